@@ -1,0 +1,189 @@
+"""The ``ruflo-consensus`` command.
+
+Exit codes, everywhere: 0 success, 1 a safety/linearizability failure was found, 2 bad
+input (a clear one-line message on stderr, never a traceback), 3 unknown (a checker
+timed out without deciding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+
+from . import __version__
+from .sim.config import ALL_FAULTS, FAULT_DESCRIPTIONS, SimConfig, SimConfigError, parse_faults
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with 2 and one line, never a traceback."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_sim_options(p: argparse.ArgumentParser) -> None:
+    d = SimConfig()
+    p.add_argument("--nodes", type=int, default=d.nodes, help="cluster size (default %(default)s)")
+    p.add_argument(
+        "--faults",
+        default="all",
+        help="comma list of faults, or 'all' / 'none' (default all): " + ", ".join(ALL_FAULTS),
+    )
+    p.add_argument("--duration", type=_positive_float, default=d.duration_s,
+                   help="simulated seconds (default %(default)s)")
+    p.add_argument("--clients", type=int, default=d.clients, help="concurrent clients")
+    p.add_argument("--keys", type=int, default=d.keys, help="keys the KV workload uses")
+    p.add_argument("--workload", default=d.workload, choices=["kv"], help="client workload")
+
+
+def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
+    return SimConfig(
+        seed=seed,
+        nodes=args.nodes,
+        duration_s=args.duration,
+        faults=parse_faults(args.faults),
+        clients=args.clients,
+        keys=args.keys,
+        workload=args.workload,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ruflo-consensus`` command."""
+    parser = _Parser(
+        prog="ruflo-consensus",
+        description="Consensus-replicated state machines: simulate, check, benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run a deterministic chaos simulation (default: 5-node Raft, all faults, 30 s)",
+        description="Run a seeded chaos simulation of a Raft cluster under a KV workload, "
+        "check Raft's invariants while it runs and the history's linearizability after.\n\n"
+        "faults:\n" + "\n".join(f"  {k}: {v}" for k, v in FAULT_DESCRIPTIONS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sim.add_argument("--seed", type=int, default=0, help="seed of a single run (default 0)")
+    sim.add_argument("--seeds", help="sweep START:END (end exclusive) across processes")
+    sim.add_argument("--processes", type=int, default=None, help="sweep workers (default: cores)")
+    sim.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    _add_sim_options(sim)
+
+    chk = sub.add_parser("check", help="check history files for linearizability")
+    chk.add_argument("files", nargs="+", metavar="HISTORY", help="JSON Lines or EDN history files")
+    chk.add_argument("--model", default="kv", help="register | kv | a registered model name")
+    chk.add_argument("--timeout", type=_positive_float, default=None,
+                     help="seconds per file before the answer is 'unknown'")
+    chk.add_argument("--json", action="store_true", help="one JSON object per file")
+
+    bench = sub.add_parser("bench", help="benchmarks (numbers go to docs/benchmarks.md)")
+    bsub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    bsim = bsub.add_parser("sim", help="simulated messages delivered per wall second")
+    bsim.add_argument("--seeds", type=int, default=3, help="how many seeds to run (default 3)")
+    bsim.add_argument("--json", action="store_true")
+    _add_sim_options(bsim)
+    bchk = bsub.add_parser("check", help="linearizability-checked operations per second")
+    bchk.add_argument("--ops", type=int, default=10_000)
+    bchk.add_argument("--clients", type=int, default=10)
+    bchk.add_argument("--keys", type=int, default=10)
+    bchk.add_argument("--seed", type=int, default=0)
+    bchk.add_argument("--rounds", type=int, default=3)
+    bchk.add_argument("--json", action="store_true")
+    return parser
+
+
+def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from .sim.report import render_summary, run_simulation
+    from .sim.sweep import parse_seed_range, render_sweep, run_sweep
+
+    if args.seeds:
+        seeds = parse_seed_range(args.seeds)
+        base = _config_from(args)
+        result = run_sweep(base, seeds, processes=args.processes, console=err,
+                           progress=not args.json)
+        if args.json:
+            print(json.dumps({
+                "seeds": [seeds.start, seeds.stop],
+                "passed": sum(s.status == "pass" for s in result.summaries),
+                "failed": [s.to_json() for s in result.failures],
+                "unknown": [s.seed for s in result.unknown],
+                "trace_hashes": {str(s.seed): s.trace_hash for s in result.summaries},
+            }))
+        else:
+            render_sweep(result, out)
+        if result.failures:
+            return EXIT_FAIL
+        return EXIT_UNKNOWN if result.unknown else EXIT_OK
+    summary = run_simulation(_config_from(args, seed=args.seed))
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    else:
+        render_summary(summary, out)
+    return {"pass": EXIT_OK, "fail": EXIT_FAIL, "unknown": EXIT_UNKNOWN}[summary.status]
+
+
+def _cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from .check.command import run_check
+
+    return run_check(args.files, args.model, args.timeout, args.json, console=out)
+
+
+def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.bench == "check":
+        from .check.command import run_bench_check
+
+        run_bench_check(n_ops=args.ops, n_clients=args.clients, n_keys=args.keys,
+                        seed=args.seed, rounds=args.rounds, as_json=args.json, console=out)
+        return EXIT_OK
+    from .sim.bench import render_bench_sim, run_bench_sim
+
+    if args.seeds < 1:
+        raise SimConfigError("--seeds must be at least 1")
+    result = run_bench_sim(_config_from(args), args.seeds, console=err, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        render_bench_sim(result, out)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ruflo-consensus`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Console()
+    err = Console(stderr=True)
+    handlers = {"simulate": _cmd_simulate, "check": _cmd_check, "bench": _cmd_bench}
+    try:
+        return handlers[args.command](args, out, err)
+    except SimConfigError as exc:
+        print(f"ruflo-consensus: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("ruflo-consensus: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""msgpack wire format for protocol messages, with size/depth limits and typed errors.
+
+A frame is a msgpack array ``[VERSION, TAG, src, dst, field...]``. Decoding never trusts
+the input: the size is checked before anything is parsed, msgpack's own length limits are
+set, nesting depth is bounded, and every field is type-checked. Anything wrong raises a
+subclass of :class:`DecodeError` whose ``reason`` is a short counter key; no other
+exception escapes :func:`decode_message`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from .core.base import Entry, Message, Proposal
+from .core.raft import AppendEntries, AppendResponse, RequestVote, VoteResponse
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_FRAME",
+    "DecodeError",
+    "FieldError",
+    "FrameTooLarge",
+    "MalformedFrame",
+    "UnknownMessageType",
+    "decode_message",
+    "encode_message",
+]
+
+VERSION = 1
+DEFAULT_MAX_FRAME = 1 << 20  # 1 MiB
+DEFAULT_MAX_DEPTH = 32
+
+
+class DecodeError(ValueError):
+    """A frame was rejected; ``reason`` names the kind (``too-large``, ``malformed``, …)."""
+
+    reason = "malformed"
+
+
+class FrameTooLarge(DecodeError):
+    """The frame is over the size limit; it was not parsed."""
+
+    reason = "too-large"
+
+
+class MalformedFrame(DecodeError):
+    """Not valid msgpack, truncated, too deep, or not a frame."""
+
+    reason = "malformed"
+
+
+class UnknownMessageType(DecodeError):
+    """The frame's version or type tag is not one we know."""
+
+    reason = "unknown-type"
+
+
+class FieldError(DecodeError):
+    """A field has the wrong type or an impossible value."""
+
+    reason = "bad-field"
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def _enc_entry(e: Entry) -> list[Any]:
+    p = e.proposal
+    return [e.term, e.index, None if p is None else [p.client, p.seq, p.command]]
+
+
+_ENCODERS: dict[type[Message], tuple[int, Callable[[Any], list[Any]]]] = {
+    RequestVote: (1, lambda m: [m.term, m.last_index, m.last_term, m.pre_vote]),
+    VoteResponse: (2, lambda m: [m.term, m.granted, m.pre_vote]),
+    AppendEntries: (
+        3,
+        lambda m: [m.term, m.prev_index, m.prev_term, [_enc_entry(e) for e in m.entries], m.commit],
+    ),
+    AppendResponse: (4, lambda m: [m.term, m.success, m.index, m.hint_index, m.hint_term]),
+}
+
+
+def encode_message(message: Message) -> bytes:
+    """Encode a protocol message as one msgpack frame."""
+    try:
+        tag, fields = _ENCODERS[type(message)]
+    except KeyError:
+        raise TypeError(f"no wire encoding for {type(message).__name__}") from None
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [VERSION, tag, message.src, message.dst, *fields(message)], use_bin_type=True
+    )
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _int(v: Any, name: str, minimum: int = 0) -> int:
+    if type(v) is not int or v < minimum:
+        raise FieldError(f"{name} must be an integer >= {minimum}, got {v!r:.40}")
+    return v
+
+
+def _bool(v: Any, name: str) -> bool:
+    if type(v) is not bool:
+        raise FieldError(f"{name} must be a boolean, got {v!r:.40}")
+    return v
+
+
+def _str(v: Any, name: str) -> str:
+    if type(v) is not str or not v or len(v) > 256:
+        raise FieldError(f"{name} must be a non-empty string of at most 256 characters")
+    return v
+
+
+def _check_depth(value: Any, limit: int) -> None:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            raise MalformedFrame(f"nesting deeper than {limit}")
+        if isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+        elif isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+
+
+def _dec_entry(raw: Any) -> Entry:
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise FieldError("entry must be [term, index, proposal]")
+    term = _int(raw[0], "entry term", 1)
+    index = _int(raw[1], "entry index", 1)
+    p = raw[2]
+    if p is None:
+        return Entry(term, index, None)
+    if not isinstance(p, list) or len(p) != 3:
+        raise FieldError("proposal must be [client, seq, command]")
+    client = None if p[0] is None else _str(p[0], "client")
+    return Entry(term, index, Proposal(client, _int(p[1], "seq"), p[2]))
+
+
+def _fields(raw: list[Any], n: int, name: str) -> list[Any]:
+    if len(raw) != n:
+        raise FieldError(f"{name} needs {n} fields, got {len(raw)}")
+    return raw
+
+
+def _dec_rv(src: str, dst: str, f: list[Any]) -> Message:
+    f = _fields(f, 4, "RequestVote")
+    return RequestVote(src, dst, _int(f[0], "term"), _int(f[1], "last_index"),
+                       _int(f[2], "last_term"), _bool(f[3], "pre_vote"))
+
+
+def _dec_vr(src: str, dst: str, f: list[Any]) -> Message:
+    f = _fields(f, 3, "VoteResponse")
+    return VoteResponse(src, dst, _int(f[0], "term"), _bool(f[1], "granted"),
+                        _bool(f[2], "pre_vote"))
+
+
+def _dec_ae(src: str, dst: str, f: list[Any]) -> Message:
+    f = _fields(f, 5, "AppendEntries")
+    if not isinstance(f[3], list):
+        raise FieldError("entries must be a list")
+    entries = tuple(_dec_entry(e) for e in f[3])
+    return AppendEntries(src, dst, _int(f[0], "term"), _int(f[1], "prev_index"),
+                         _int(f[2], "prev_term"), entries, _int(f[4], "commit"))
+
+
+def _dec_ar(src: str, dst: str, f: list[Any]) -> Message:
+    f = _fields(f, 5, "AppendResponse")
+    return AppendResponse(src, dst, _int(f[0], "term"), _bool(f[1], "success"),
+                          _int(f[2], "index"), _int(f[3], "hint_index"), _int(f[4], "hint_term"))
+
+
+_DECODERS: dict[int, Callable[[str, str, list[Any]], Message]] = {
+    1: _dec_rv,
+    2: _dec_vr,
+    3: _dec_ae,
+    4: _dec_ar,
+}
+
+
+def decode_message(
+    data: bytes, max_size: int = DEFAULT_MAX_FRAME, max_depth: int = DEFAULT_MAX_DEPTH
+) -> Message:
+    """Decode one frame; raise a :class:`DecodeError` subclass for anything invalid."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedFrame(f"a frame is bytes, got {type(data).__name__}")
+    if len(data) > max_size:
+        raise FrameTooLarge(f"frame of {len(data)} bytes is over the {max_size}-byte limit")
+    try:
+        raw = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=max_size,
+            max_str_len=max_size,
+            max_bin_len=max_size,
+            max_array_len=max_size // 2,
+            max_map_len=max_size // 4,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError) as exc:
+        raise MalformedFrame(f"not a msgpack frame: {exc}") from None
+    except Exception as exc:  # msgpack raises a few others on hostile input
+        raise MalformedFrame(f"not a msgpack frame: {type(exc).__name__}") from None
+    if not isinstance(raw, list) or len(raw) < 4:
+        raise MalformedFrame("a frame is an array [version, tag, src, dst, ...]")
+    _check_depth(raw, max_depth)
+    if raw[0] != VERSION or type(raw[0]) is not int:
+        raise UnknownMessageType(f"unknown frame version {raw[0]!r:.20}")
+    decoder = _DECODERS.get(raw[1]) if type(raw[1]) is int else None
+    if decoder is None:
+        raise UnknownMessageType(f"unknown message tag {raw[1]!r:.20}")
+    return decoder(_str(raw[2], "src"), _str(raw[3], "dst"), raw[4:])

@@ -1,0 +1,231 @@
+"""The sans-IO backend contract shared by the Raft, PBFT and CRDT cores.
+
+A core is a plain object that owns protocol state and nothing else. A driver (the
+deterministic simulator, the trio runtime) feeds it events and carries out its effects::
+
+    core.propose(proposal)     # a client command arrives at this node
+    core.step(message)         # a message from a peer arrives
+    core.tick()                # one logical clock tick passed on this node
+
+    if core.has_ready():
+        ready = core.ready()   # take the effects accumulated since the last call
+        storage.save(ready.persist)        # 1. persist (fsync) BEFORE sending anything
+        for m in ready.messages: send(m)   # 2. send
+        for c in ready.committed: apply(c) # 3. apply committed entries in order
+
+The order matters: a vote or an acknowledgement that leaves before the state it
+promises is durable can let a crash un-say it. ``docs/backend-contract.md`` describes how
+Raft, PBFT and CRDT each fit this shape.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Committed",
+    "ConsensusCore",
+    "ConsensusError",
+    "Entry",
+    "HardState",
+    "Message",
+    "NodeId",
+    "NotLeader",
+    "Persist",
+    "Proposal",
+    "ProposalDropped",
+    "ProtocolError",
+    "Ready",
+    "Role",
+    "RoleChange",
+]
+
+NodeId = str
+
+
+class Role(enum.StrEnum):
+    """What a node currently does in its protocol."""
+
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+    # PBFT roles
+    PRIMARY = "primary"
+    BACKUP = "backup"
+    VIEW_CHANGING = "view-changing"
+    # CRDT: every node is a peer
+    REPLICA = "replica"
+
+
+class ConsensusError(Exception):
+    """Base of the typed errors a core raises to its driver."""
+
+
+class NotLeader(ConsensusError):
+    """The node cannot order a proposal; ``leader`` is its best guess of who can (or None)."""
+
+    def __init__(self, node: NodeId, leader: NodeId | None) -> None:
+        super().__init__(f"{node} is not the leader (leader hint: {leader})")
+        self.node = node
+        self.leader = leader
+
+
+class ProposalDropped(ConsensusError):
+    """A proposal was refused for back-pressure or because the node is stepping down."""
+
+
+class ProtocolError(ConsensusError):
+    """A message was rejected (malformed, from an unknown node, inconsistent); state unchanged.
+
+    ``reason`` is a short counter key (``"unknown-sender"``, ``"bad-field"``, …) that drivers
+    count per reason.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A client command as a core carries it: ``(client, seq)`` makes retries idempotent."""
+
+    client: str | None
+    seq: int
+    command: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One position of a totally ordered log.
+
+    ``proposal`` is ``None`` for an entry the protocol itself needs (Raft's no-op at the
+    start of a term).
+    """
+
+    term: int
+    index: int
+    proposal: Proposal | None
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """An entry the driver must apply now, in the order given, exactly once."""
+
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChange:
+    """A node's role, term/view or known leader changed."""
+
+    node: NodeId
+    role: Role
+    term: int
+    leader: NodeId | None
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must survive a crash besides the log: current term/view, vote, commit point."""
+
+    term: int
+    vote: NodeId | None
+    commit: int
+
+
+@dataclass(slots=True)
+class Persist:
+    """A change to durable state: truncate the log from an index, then append entries.
+
+    ``truncate_from`` (when not None) removes every entry with index ≥ it before
+    ``entries`` are appended. ``hard_state`` (when not None) replaces the stored one.
+    """
+
+    hard_state: HardState | None = None
+    truncate_from: int | None = None
+    entries: list[Entry] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        """True when there is nothing to write."""
+        return self.hard_state is None and self.truncate_from is None and not self.entries
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every protocol message: who sent it and to whom."""
+
+    src: NodeId
+    dst: NodeId
+
+
+@dataclass(slots=True)
+class Ready:
+    """The effects a core produced since the last :meth:`ConsensusCore.ready` call.
+
+    The driver must carry them out in this order: ``persist``, then ``messages``, then
+    ``committed`` (in list order), and report ``role_changes`` and ``dropped`` to whoever
+    watches. An empty ``Ready`` means nothing to do.
+    """
+
+    persist: Persist = field(default_factory=Persist)
+    messages: list[Message] = field(default_factory=list)
+    committed: list[Committed] = field(default_factory=list)
+    role_changes: list[RoleChange] = field(default_factory=list)
+    dropped: list[tuple[Proposal, str]] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        """True when the driver has nothing to do."""
+        return (
+            self.persist.is_empty()
+            and not self.messages
+            and not self.committed
+            and not self.role_changes
+            and not self.dropped
+        )
+
+
+@runtime_checkable
+class ConsensusCore(Protocol):
+    """The interface every sans-IO core implements (Raft, PBFT, CRDT)."""
+
+    node_id: NodeId
+
+    @property
+    def role(self) -> Role:
+        """The node's current role."""
+        ...
+
+    @property
+    def term(self) -> int:
+        """Raft term, PBFT view, or 0 for CRDT."""
+        ...
+
+    @property
+    def leader(self) -> NodeId | None:
+        """Who the node believes orders proposals now (None when unknown or not applicable)."""
+        ...
+
+    def propose(self, proposal: Proposal) -> None:
+        """Offer a client command; raise :class:`NotLeader` or :class:`ProposalDropped`."""
+        ...
+
+    def step(self, message: Message) -> None:
+        """Handle one message from a peer; raise :class:`ProtocolError` to reject it."""
+        ...
+
+    def tick(self) -> None:
+        """Advance this node's logical clock by one tick."""
+        ...
+
+    def has_ready(self) -> bool:
+        """True when :meth:`ready` would return effects."""
+        ...
+
+    def ready(self) -> Ready:
+        """Take the pending effects (the core forgets them once returned)."""
+        ...

@@ -1,0 +1,109 @@
+"""Settings of one simulated run, and how to say them again on the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+__all__ = ["ALL_FAULTS", "FAULT_DESCRIPTIONS", "SimConfig", "SimConfigError", "parse_faults"]
+
+FAULT_DESCRIPTIONS: dict[str, str] = {
+    "drop": "links lose messages (a low base rate, with bursts of heavy loss)",
+    "dup": "links deliver some messages twice",
+    "reorder": "bursts of extra jitter so later messages overtake earlier ones",
+    "partition": "symmetric partitions: the cluster splits into two sides",
+    "oneway": "one-way partitions: a→b is cut while b→a still works",
+    "crash": "a node crashes (volatile state lost, persisted log and term kept) and restarts",
+    "pause": "a node stops (like SIGSTOP) and later resumes with its inbox queued",
+    "drift": "a node's clock runs fast or slow (ticks arrive at a skewed rate)",
+}
+ALL_FAULTS: tuple[str, ...] = tuple(FAULT_DESCRIPTIONS)
+
+
+class SimConfigError(ValueError):
+    """A simulation setting is out of range or unknown."""
+
+
+def parse_faults(text: str) -> tuple[str, ...]:
+    """Parse ``"all"``, ``"none"`` or a comma list such as ``"crash,partition"``."""
+    text = text.strip()
+    if text in ("all", "mixed"):
+        return ALL_FAULTS
+    if text in ("", "none"):
+        return ()
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in FAULT_DESCRIPTIONS]
+    if unknown:
+        raise SimConfigError(
+            f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(ALL_FAULTS)}, all, none"
+        )
+    return names
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything that determines a run. The same config and seed replay bit for bit."""
+
+    seed: int = 0
+    nodes: int = 5
+    duration_s: float = 30.0
+    faults: tuple[str, ...] = ALL_FAULTS
+    clients: int = 5
+    keys: int = 5
+    workload: str = "kv"
+    # network
+    latency_min_ms: float = 0.5
+    latency_mean_ms: float = 2.0
+    drop_rate: float = 0.01
+    dup_rate: float = 0.01
+    # nemesis
+    nemesis_interval_s: tuple[float, float] = (0.3, 1.5)
+    fault_duration_s: tuple[float, float] = (0.2, 3.0)
+    max_drift: float = 0.1
+    quiet_tail_s: float = 3.0
+    # clients
+    client_timeout_ms: float = 250.0
+    client_give_up_ms: float = 4000.0
+    think_ms: float = 10.0
+    # checks
+    invariant_interval_s: float = 0.5
+    check_timeout_s: float = 60.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.nodes > 64:
+            raise SimConfigError("--nodes must be between 1 and 64")
+        if not 0 < self.duration_s <= 3600:
+            raise SimConfigError("--duration must be in (0, 3600] seconds")
+        if self.clients < 1 or self.clients > 256:
+            raise SimConfigError("--clients must be between 1 and 256")
+        if self.keys < 1:
+            raise SimConfigError("--keys must be at least 1")
+        if self.workload not in ("kv",):
+            raise SimConfigError(f"unknown workload {self.workload!r}; choose from kv")
+        for f in self.faults:
+            if f not in FAULT_DESCRIPTIONS:
+                raise SimConfigError(f"unknown fault {f!r}")
+        if self.seed < 0:
+            raise SimConfigError("--seed must be a non-negative integer")
+
+    def with_seed(self, seed: int) -> SimConfig:
+        """The same config with another seed."""
+        return replace(self, seed=seed)
+
+    def replay_command(self) -> str:
+        """The exact CLI command that replays this run."""
+        default = SimConfig()
+        parts = ["ruflo-consensus", "simulate", "--seed", str(self.seed)]
+        if self.nodes != default.nodes:
+            parts += ["--nodes", str(self.nodes)]
+        if self.duration_s != default.duration_s:
+            parts += ["--duration", f"{self.duration_s:g}"]
+        if self.faults != default.faults:
+            parts += ["--faults", ",".join(self.faults) or "none"]
+        if self.clients != default.clients:
+            parts += ["--clients", str(self.clients)]
+        if self.keys != default.keys:
+            parts += ["--keys", str(self.keys)]
+        if self.workload != default.workload:
+            parts += ["--workload", self.workload]
+        return " ".join(parts)
