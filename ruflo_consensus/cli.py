@@ -26,7 +26,7 @@ EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with 2 and one line, never a traceback."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
@@ -48,8 +48,12 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         default="all",
         help="comma list of faults, or 'all' / 'none' (default all): " + ", ".join(ALL_FAULTS),
     )
-    p.add_argument("--duration", type=_positive_float, default=d.duration_s,
-                   help="simulated seconds (default %(default)s)")
+    p.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=d.duration_s,
+        help="simulated seconds (default %(default)s)",
+    )
     p.add_argument("--clients", type=int, default=d.clients, help="concurrent clients")
     p.add_argument("--keys", type=int, default=d.keys, help="keys the KV workload uses")
     p.add_argument("--workload", default=d.workload, choices=["kv"], help="client workload")
@@ -93,8 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="check history files for linearizability")
     chk.add_argument("files", nargs="+", metavar="HISTORY", help="JSON Lines or EDN history files")
     chk.add_argument("--model", default="kv", help="register | kv | a registered model name")
-    chk.add_argument("--timeout", type=_positive_float, default=None,
-                     help="seconds per file before the answer is 'unknown'")
+    chk.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        help="seconds per file before the answer is 'unknown'",
+    )
     chk.add_argument("--json", action="store_true", help="one JSON object per file")
 
     bench = sub.add_parser("bench", help="benchmarks (numbers go to docs/benchmarks.md)")
@@ -120,16 +128,21 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.seeds:
         seeds = parse_seed_range(args.seeds)
         base = _config_from(args)
-        result = run_sweep(base, seeds, processes=args.processes, console=err,
-                           progress=not args.json)
+        result = run_sweep(
+            base, seeds, processes=args.processes, console=err, progress=not args.json
+        )
         if args.json:
-            print(json.dumps({
-                "seeds": [seeds.start, seeds.stop],
-                "passed": sum(s.status == "pass" for s in result.summaries),
-                "failed": [s.to_json() for s in result.failures],
-                "unknown": [s.seed for s in result.unknown],
-                "trace_hashes": {str(s.seed): s.trace_hash for s in result.summaries},
-            }))
+            print(
+                json.dumps(
+                    {
+                        "seeds": [seeds.start, seeds.stop],
+                        "passed": sum(s.status == "pass" for s in result.summaries),
+                        "failed": [s.to_json() for s in result.failures],
+                        "unknown": [s.seed for s in result.unknown],
+                        "trace_hashes": {str(s.seed): s.trace_hash for s in result.summaries},
+                    }
+                )
+            )
         else:
             render_sweep(result, out)
         if result.failures:
@@ -153,8 +166,15 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.bench == "check":
         from .check.command import run_bench_check
 
-        run_bench_check(n_ops=args.ops, n_clients=args.clients, n_keys=args.keys,
-                        seed=args.seed, rounds=args.rounds, as_json=args.json, console=out)
+        run_bench_check(
+            n_ops=args.ops,
+            n_clients=args.clients,
+            n_keys=args.keys,
+            seed=args.seed,
+            rounds=args.rounds,
+            as_json=args.json,
+            console=out,
+        )
         return EXIT_OK
     from .sim.bench import render_bench_sim, run_bench_sim
 

@@ -149,14 +149,21 @@ def _fields(raw: list[Any], n: int, name: str) -> list[Any]:
 
 def _dec_rv(src: str, dst: str, f: list[Any]) -> Message:
     f = _fields(f, 4, "RequestVote")
-    return RequestVote(src, dst, _int(f[0], "term"), _int(f[1], "last_index"),
-                       _int(f[2], "last_term"), _bool(f[3], "pre_vote"))
+    return RequestVote(
+        src,
+        dst,
+        _int(f[0], "term"),
+        _int(f[1], "last_index"),
+        _int(f[2], "last_term"),
+        _bool(f[3], "pre_vote"),
+    )
 
 
 def _dec_vr(src: str, dst: str, f: list[Any]) -> Message:
     f = _fields(f, 3, "VoteResponse")
-    return VoteResponse(src, dst, _int(f[0], "term"), _bool(f[1], "granted"),
-                        _bool(f[2], "pre_vote"))
+    return VoteResponse(
+        src, dst, _int(f[0], "term"), _bool(f[1], "granted"), _bool(f[2], "pre_vote")
+    )
 
 
 def _dec_ae(src: str, dst: str, f: list[Any]) -> Message:
@@ -164,14 +171,28 @@ def _dec_ae(src: str, dst: str, f: list[Any]) -> Message:
     if not isinstance(f[3], list):
         raise FieldError("entries must be a list")
     entries = tuple(_dec_entry(e) for e in f[3])
-    return AppendEntries(src, dst, _int(f[0], "term"), _int(f[1], "prev_index"),
-                         _int(f[2], "prev_term"), entries, _int(f[4], "commit"))
+    return AppendEntries(
+        src,
+        dst,
+        _int(f[0], "term"),
+        _int(f[1], "prev_index"),
+        _int(f[2], "prev_term"),
+        entries,
+        _int(f[4], "commit"),
+    )
 
 
 def _dec_ar(src: str, dst: str, f: list[Any]) -> Message:
     f = _fields(f, 5, "AppendResponse")
-    return AppendResponse(src, dst, _int(f[0], "term"), _bool(f[1], "success"),
-                          _int(f[2], "index"), _int(f[3], "hint_index"), _int(f[4], "hint_term"))
+    return AppendResponse(
+        src,
+        dst,
+        _int(f[0], "term"),
+        _bool(f[1], "success"),
+        _int(f[2], "index"),
+        _int(f[3], "hint_index"),
+        _int(f[4], "hint_term"),
+    )
 
 
 _DECODERS: dict[int, Callable[[str, str, list[Any]], Message]] = {
@@ -202,8 +223,13 @@ def decode_message(
             max_map_len=max_size // 4,
             max_ext_len=0,
         )
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise MalformedFrame(f"not a msgpack frame: {exc}") from None
     except Exception as exc:  # msgpack raises a few others on hostile input
         raise MalformedFrame(f"not a msgpack frame: {type(exc).__name__}") from None

@@ -90,7 +90,9 @@ def _unpack(data: bytes) -> Any:
 def _require_str(command: dict[str, Any], field: str) -> str:
     value = command.get(field)
     if not isinstance(value, str):
-        raise CommandError("BAD_ARGUMENT", f"{field!r} must be a string, got {type(value).__name__}")
+        raise CommandError(
+            "BAD_ARGUMENT", f"{field!r} must be a string, got {type(value).__name__}"
+        )
     return value
 
 
@@ -242,8 +244,12 @@ class SessionTable:
     def snapshot(self) -> bytes:
         """Serialise the session table together with the machine's snapshot."""
         sessions = sorted(
-            (c, s, [r.code, r.message] if isinstance(r, CommandRejected) else None,
-             None if isinstance(r, CommandRejected) else r)
+            (
+                c,
+                s,
+                [r.code, r.message] if isinstance(r, CommandRejected) else None,
+                None if isinstance(r, CommandRejected) else r,
+            )
             for c, (s, r) in self.sessions.items()
         )
         return _pack([sessions, self.machine.snapshot()])

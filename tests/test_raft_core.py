@@ -33,8 +33,13 @@ def test_defaults_match_the_swarm_timings() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"tick_ms": 0}, {"heartbeat_ms": 200}, {"election_timeout_max_ms": 100},
-     {"max_inflight": 0}, {"max_batch_entries": 0}],
+    [
+        {"tick_ms": 0},
+        {"heartbeat_ms": 200},
+        {"election_timeout_max_ms": 100},
+        {"max_inflight": 0},
+        {"max_batch_entries": 0},
+    ],
 )
 def test_bad_config_is_rejected(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
@@ -163,8 +168,13 @@ def test_leader_stickiness_ignores_votes_while_a_leader_is_live() -> None:
 
 
 def test_follower_rejects_append_that_fails_log_matching_and_hints_back() -> None:
-    core = RaftCore("n2", ["n1", "n2", "n3"], random.Random(0), hard_state=HardState(3, None, 0),
-                    entries=[Entry(1, 1, None), Entry(2, 2, None), Entry(2, 3, None)])
+    core = RaftCore(
+        "n2",
+        ["n1", "n2", "n3"],
+        random.Random(0),
+        hard_state=HardState(3, None, 0),
+        entries=[Entry(1, 1, None), Entry(2, 2, None), Entry(2, 3, None)],
+    )
     core.step(AppendEntries("n1", "n2", 3, 3, 3, (Entry(3, 4, None),), 0))
     rd = core.ready()
     (resp,) = rd.messages
@@ -174,8 +184,13 @@ def test_follower_rejects_append_that_fails_log_matching_and_hints_back() -> Non
 
 
 def test_conflicting_suffix_is_truncated_and_replaced() -> None:
-    core = RaftCore("n2", ["n1", "n2", "n3"], random.Random(0), hard_state=HardState(3, None, 1),
-                    entries=[Entry(1, 1, None), Entry(2, 2, None), Entry(2, 3, None)])
+    core = RaftCore(
+        "n2",
+        ["n1", "n2", "n3"],
+        random.Random(0),
+        hard_state=HardState(3, None, 1),
+        entries=[Entry(1, 1, None), Entry(2, 2, None), Entry(2, 3, None)],
+    )
     new = (Entry(3, 2, Proposal("c", 1, "x")), Entry(3, 3, Proposal("c", 2, "y")))
     core.step(AppendEntries("n1", "n2", 3, 1, 1, new, 3))
     assert [e.term for e in core.log[1:]] == [1, 3, 3]
@@ -203,12 +218,14 @@ def test_diverged_follower_is_repaired_by_conflict_backoff() -> None:
 def test_figure8_old_term_entries_commit_only_with_a_current_term_entry() -> None:
     # n1 leads term 4; index 2 (term 2) is on a majority but must not commit by counting.
     log = [Entry(1, 1, None), Entry(2, 2, Proposal("c", 1, "old"))]
-    core = RaftCore("n1", ["n1", "n2", "n3"], random.Random(0), hard_state=HardState(3, "n1", 1),
-                    entries=log)
+    core = RaftCore(
+        "n1", ["n1", "n2", "n3"], random.Random(0), hard_state=HardState(3, "n1", 1), entries=log
+    )
     core._term = 3
     core._campaign(pre_vote=False)  # term 4
     core.ready()
     from ruflo_consensus.core.raft import VoteResponse
+
     core.step(VoteResponse("n2", "n1", 4, True, False))
     assert core.role is Role.LEADER
     core.ready()

@@ -142,7 +142,12 @@ class AppendResponse(Message):
     hint_term: int
 
 
-RAFT_MESSAGES: tuple[type[Message], ...] = (RequestVote, VoteResponse, AppendEntries, AppendResponse)
+RAFT_MESSAGES: tuple[type[Message], ...] = (
+    RequestVote,
+    VoteResponse,
+    AppendEntries,
+    AppendResponse,
+)
 
 
 # --------------------------------------------------------------------------- progress
@@ -390,7 +395,9 @@ class RaftCore:
     def _validate(self, m: Message) -> None:
         if m.dst != self.node_id:
             self._count("wrong-destination")
-            raise ProtocolError("wrong-destination", f"message for {m.dst!r} reached {self.node_id!r}")
+            raise ProtocolError(
+                "wrong-destination", f"message for {m.dst!r} reached {self.node_id!r}"
+            )
         if m.src not in self.peers or m.src == self.node_id:
             self._count("unknown-sender")
             raise ProtocolError("unknown-sender", f"{m.src!r} is not a peer of {self.node_id!r}")
@@ -452,7 +459,9 @@ class RaftCore:
             return
         last = self.last_index
         for peer in self.others:
-            self._send(RequestVote(self.node_id, peer, vote_term, last, self.term_at(last), pre_vote))
+            self._send(
+                RequestVote(self.node_id, peer, vote_term, last, self.term_at(last), pre_vote)
+            )
 
     def _tally(self) -> int:
         return sum(1 for granted in self.votes.values() if granted)
@@ -488,8 +497,9 @@ class RaftCore:
         up_to_date = self._log_up_to_date(m.last_index, m.last_term)
         if m.pre_vote:
             granted = m.term > self._term and up_to_date
-            self._send(VoteResponse(self.node_id, m.src, m.term if granted else self._term,
-                                    granted, True))
+            self._send(
+                VoteResponse(self.node_id, m.src, m.term if granted else self._term, granted, True)
+            )
             return
         can_vote = self.vote == m.src or (self.vote is None and self._leader is None)
         granted = can_vote and up_to_date
@@ -529,13 +539,23 @@ class RaftCore:
             if skip >= len(m.entries):
                 self._send(AppendResponse(self.node_id, m.src, self._term, True, self.commit, 0, 0))
                 return
-            m = AppendEntries(m.src, m.dst, m.term, self.commit, self.term_at(self.commit),
-                              m.entries[skip:], m.commit)
+            m = AppendEntries(
+                m.src,
+                m.dst,
+                m.term,
+                self.commit,
+                self.term_at(self.commit),
+                m.entries[skip:],
+                m.commit,
+            )
         if not self._log_matches(m.prev_index, m.prev_term):
             self._count("log-mismatch")
             hint_index, hint_term = self._conflict_hint(m.prev_index)
-            self._send(AppendResponse(self.node_id, m.src, self._term, False, m.prev_index,
-                                      hint_index, hint_term))
+            self._send(
+                AppendResponse(
+                    self.node_id, m.src, self._term, False, m.prev_index, hint_index, hint_term
+                )
+            )
             return
         self._append_from_leader(m.prev_index, m.entries)
         last_new = m.prev_index + len(m.entries)
@@ -624,8 +644,11 @@ class RaftCore:
         entries = tuple(self.log[pr.next : pr.next + self.config.max_batch_entries])
         if not entries and not allow_empty:
             return
-        self._send(AppendEntries(self.node_id, peer, self._term, prev, self.term_at(prev),
-                                 entries, self.commit))
+        self._send(
+            AppendEntries(
+                self.node_id, peer, self._term, prev, self.term_at(prev), entries, self.commit
+            )
+        )
         if pr.state is _ProgressState.REPLICATE:
             if entries:
                 last = entries[-1].index
@@ -646,8 +669,17 @@ class RaftCore:
                 pr.become_probe()
                 self._send_append(peer, allow_empty=True)
                 continue
-            self._send(AppendEntries(self.node_id, peer, self._term, pr.match,
-                                     self.term_at(pr.match), (), min(self.commit, pr.match)))
+            self._send(
+                AppendEntries(
+                    self.node_id,
+                    peer,
+                    self._term,
+                    pr.match,
+                    self.term_at(pr.match),
+                    (),
+                    min(self.commit, pr.match),
+                )
+            )
 
     def _quorum_active(self) -> bool:
         active = 1 + sum(1 for p in self.progress.values() if p.recent_active)

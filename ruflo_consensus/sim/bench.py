@@ -25,21 +25,27 @@ def run_bench_sim(
     Returns a JSON-ready dict: per-seed rows and the totals.
     """
     rows: list[dict[str, Any]] = []
-    columns = (TextColumn("[bold]bench sim"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]bench sim"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console or Console(stderr=True), disable=not progress) as bar:
         task = bar.add_task("bench", total=seeds)
         for seed in range(seeds):
             result = Simulation(base.with_seed(seed)).run()
-            rows.append({
-                "seed": seed,
-                "messages": result.messages_delivered,
-                "events": result.events,
-                "sim_seconds": result.sim_seconds,
-                "wall_seconds": result.wall_seconds,
-                "messages_per_second": result.messages_delivered / result.wall_seconds,
-                "ops_completed": sum(1 for op in result.history if op.type != "invoke"),
-            })
+            rows.append(
+                {
+                    "seed": seed,
+                    "messages": result.messages_delivered,
+                    "events": result.events,
+                    "sim_seconds": result.sim_seconds,
+                    "wall_seconds": result.wall_seconds,
+                    "messages_per_second": result.messages_delivered / result.wall_seconds,
+                    "ops_completed": sum(1 for op in result.history if op.type != "invoke"),
+                }
+            )
             bar.update(task, advance=1)
     total_msgs = sum(r["messages"] for r in rows)
     total_wall = sum(r["wall_seconds"] for r in rows)
@@ -63,15 +69,30 @@ def run_bench_sim(
 
 def render_bench_sim(result: dict[str, Any], console: Console) -> None:
     """Print the benchmark as a table."""
-    table = Table(title=f"bench sim: {result['nodes']}-node Raft, faults "
-                        f"{','.join(result['faults']) or 'none'}")
+    table = Table(
+        title=f"bench sim: {result['nodes']}-node Raft, faults "
+        f"{','.join(result['faults']) or 'none'}"
+    )
     for col in ("seed", "messages", "events", "sim s", "wall s", "msgs / wall s", "ops done"):
         table.add_column(col, justify="right")
     for r in result["rows"]:
-        table.add_row(str(r["seed"]), str(r["messages"]), str(r["events"]),
-                      f"{r['sim_seconds']:.1f}", f"{r['wall_seconds']:.2f}",
-                      f"{r['messages_per_second']:,.0f}", str(r["ops_completed"]))
-    table.add_row("all", str(result["messages"]), "", "", f"{result['wall_seconds']:.2f}",
-                  f"[bold]{result['messages_per_second']:,.0f}[/]", "")
+        table.add_row(
+            str(r["seed"]),
+            str(r["messages"]),
+            str(r["events"]),
+            f"{r['sim_seconds']:.1f}",
+            f"{r['wall_seconds']:.2f}",
+            f"{r['messages_per_second']:,.0f}",
+            str(r["ops_completed"]),
+        )
+    table.add_row(
+        "all",
+        str(result["messages"]),
+        "",
+        "",
+        f"{result['wall_seconds']:.2f}",
+        f"[bold]{result['messages_per_second']:,.0f}[/]",
+        "",
+    )
     console.print(table)
     console.print(f"simulated seconds per wall second: {result['sim_seconds_per_wall_second']:.1f}")

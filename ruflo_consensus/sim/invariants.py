@@ -90,7 +90,9 @@ class RaftInvariants:
             self.applied_by.append(node)
         else:
             raise InvariantViolation(
-                "state-machine-safety", now, f"{node} applied index {i} before index {len(self.applied)}"
+                "state-machine-safety",
+                now,
+                f"{node} applied index {i} before index {len(self.applied)}",
             )
 
     def check_logs(self, logs: dict[NodeId, list[Entry]], now: int) -> None:

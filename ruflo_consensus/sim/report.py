@@ -135,8 +135,11 @@ def render_summary(summary: SimSummary, console: Console) -> None:
     table.add_row("faults injected", faults)
     checks = ", ".join(f"{k} {v}" for k, v in summary.invariants_checked.items())
     table.add_row("invariants checked", checks)
-    verdict = {True: "[green]linearizable[/]", False: "[red]NOT linearizable[/]",
-               None: "[yellow]unknown (checker timed out)[/]"}[summary.linearizable]
+    verdict = {
+        True: "[green]linearizable[/]",
+        False: "[red]NOT linearizable[/]",
+        None: "[yellow]unknown (checker timed out)[/]",
+    }[summary.linearizable]
     table.add_row("linearizability", f"{verdict} ({summary.check_seconds:.2f} s)")
     table.add_row("time", f"{summary.sim_seconds:.1f} s simulated in {summary.wall_seconds:.2f} s")
     table.add_row("trace hash", summary.trace_hash)

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from math import log
 from typing import Any
 
 from ..check.history import Op
@@ -36,7 +37,14 @@ from ..core.base import (
     ProtocolError,
     Role,
 )
-from ..core.raft import AppendEntries, AppendResponse, RaftConfig, RaftCore, RequestVote, VoteResponse
+from ..core.raft import (
+    AppendEntries,
+    AppendResponse,
+    RaftConfig,
+    RaftCore,
+    RequestVote,
+    VoteResponse,
+)
 from ..statemachine import CommandRejected, KVStateMachine, SessionTable
 from .config import SimConfig
 from .invariants import InvariantViolation, RaftInvariants
@@ -220,6 +228,9 @@ class Simulation:
         self.events = 0
         self.leader_changes = 0
         self.rejected: dict[str, int] = {}
+        self._random = self.rng.random
+        self._lat_base = config.latency_min_ms * 1000
+        self._lat_spread = max(0.0, config.latency_mean_ms - config.latency_min_ms) * 1000
         self._hasher = hashlib.blake2b(digest_size=16)
         self._trace_buf: list[str] = []
         self.recent: deque[str] = deque(maxlen=40)
@@ -229,9 +240,7 @@ class Simulation:
             node = _Node(nid, i, None, storage, SessionTable(KVStateMachine()))
             node.core = self._make_core(node)
             self.nodes.append(node)
-        self.clients = [
-            _Client(index=i, process=i, name=f"c{i}") for i in range(config.clients)
-        ]
+        self.clients = [_Client(index=i, process=i, name=f"c{i}") for i in range(config.clients)]
         self._active_faults: list[tuple[str, Any]] = []
 
     # ------------------------------------------------------------------ plumbing
@@ -239,7 +248,9 @@ class Simulation:
     def _make_core(self, node: _Node) -> ConsensusCore:
         rng = random.Random(self.rng.getrandbits(64))
         st = node.storage
-        return self.core_factory(node.id, self.ids, rng, self.raft_config, st.hard_state, st.log[1:])
+        return self.core_factory(
+            node.id, self.ids, rng, self.raft_config, st.hard_state, st.log[1:]
+        )
 
     def _push(self, at: int, kind: int, a: Any = None, b: Any = None) -> None:
         self._seq += 1
@@ -262,26 +273,26 @@ class Simulation:
         self.fault_counts[kind] = self.fault_counts.get(kind, 0) + 1
 
     def _latency(self) -> int:
-        cfg = self.config
-        base = cfg.latency_min_ms * 1000
-        spread = max(0.0, cfg.latency_mean_ms - cfg.latency_min_ms) * 1000
-        lat = base + self.rng.expovariate(1.0 / spread) if spread > 0 else base
+        # base + exponential(mean spread), written out (same draws as random.expovariate)
+        rand = self._random
+        lat = self._lat_base - self._lat_spread * log(1.0 - rand())
         if self.jitter_us:
-            lat += self.rng.random() * self.jitter_us
+            lat += rand() * self.jitter_us
         return int(lat) + 1
 
     # ------------------------------------------------------------------ network
 
     def _send(self, m: Message) -> None:
-        src = self.by_id[m.src]
-        dst = self.by_id[m.dst]
-        if self.rng.random() < self.base_drop + self.extra_drop:
+        rand = self._random
+        if rand() < self.base_drop + self.extra_drop:
             self.dropped += 1
             return
-        self._push(self.now + self._latency(), _DELIVER, m, (src, dst))
-        if self.rng.random() < self.base_dup + self.extra_dup:
+        link = (self.by_id[m.src], self.by_id[m.dst])
+        self._seq += 1
+        heapq.heappush(self._heap, (self.now + self._latency(), self._seq, _DELIVER, m, link))
+        if rand() < self.base_dup + self.extra_dup:
             self.duplicated += 1
-            self._push(self.now + self._latency(), _DELIVER, m, (src, dst))
+            self._push(self.now + self._latency(), _DELIVER, m, link)
 
     def _deliver(self, m: Message, link: tuple[int, int]) -> None:
         if link in self.blocked:
@@ -299,7 +310,11 @@ class Simulation:
     def _step(self, node: _Node, m: Message) -> None:
         assert node.core is not None
         self.delivered += 1
-        self._trace(f"{m.src}>{m.dst} {_trace_key(m)}")
+        line = f"{self.now} {m.src}>{m.dst} {_trace_key(m)}"
+        self._trace_buf.append(line)
+        self.recent.append(line)
+        if len(self._trace_buf) >= 2048:
+            self._flush_trace()
         try:
             node.core.step(m)
         except ProtocolError as exc:

@@ -1,0 +1,54 @@
+"""Deliberately broken Raft cores: the sweep must catch each of them.
+
+They live in tests only; the library's core has no switches for being wrong.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from ruflo_consensus.core.base import Entry, HardState, NodeId
+from ruflo_consensus.core.raft import RaftConfig, RaftCore
+
+
+class CommitWithoutMajority(RaftCore):
+    """A leader that commits everything it has as soon as one follower acknowledges."""
+
+    def _advance_commit(self) -> bool:
+        if self.last_index > self.commit and self.term_at(self.last_index) == self.term:
+            self.commit = self.last_index
+            self._hs_dirty = True
+            return True
+        return False
+
+
+class SkipLogMatching(RaftCore):
+    """A follower that appends whatever it is sent, without the log-matching check."""
+
+    def _log_matches(self, prev_index: int, prev_term: int) -> bool:
+        return prev_index <= self.last_index
+
+
+def commit_without_majority(
+    node_id: NodeId,
+    peers: Sequence[NodeId],
+    rng: random.Random,
+    config: RaftConfig,
+    hard_state: HardState | None,
+    entries: Sequence[Entry],
+) -> RaftCore:
+    """Factory for :class:`CommitWithoutMajority`."""
+    return CommitWithoutMajority(node_id, peers, rng, config, hard_state, entries)
+
+
+def skip_log_matching(
+    node_id: NodeId,
+    peers: Sequence[NodeId],
+    rng: random.Random,
+    config: RaftConfig,
+    hard_state: HardState | None,
+    entries: Sequence[Entry],
+) -> RaftCore:
+    """Factory for :class:`SkipLogMatching`."""
+    return SkipLogMatching(node_id, peers, rng, config, hard_state, entries)

@@ -1,0 +1,200 @@
+"""The deterministic simulator: replay, every fault, the sweep, and proof that it can fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ruflo_consensus.core.base import Entry, Proposal
+from ruflo_consensus.sim import (
+    ALL_FAULTS,
+    InvariantViolation,
+    RaftInvariants,
+    SimConfig,
+    SimConfigError,
+    Simulation,
+    parse_faults,
+    run_simulation,
+    run_sweep,
+)
+from tests.broken_raft import commit_without_majority, skip_log_matching
+
+REPLAY_SNIPPET = (
+    "import sys; from ruflo_consensus.sim import SimConfig, Simulation; "
+    "print(Simulation(SimConfig(seed=int(sys.argv[1]), duration_s=4)).run().trace_hash)"
+)
+
+
+def test_same_seed_gives_the_same_trace_hash_in_this_process_and_another() -> None:
+    a = Simulation(SimConfig(seed=11, duration_s=4)).run()
+    b = Simulation(SimConfig(seed=11, duration_s=4)).run()
+    assert a.trace_hash == b.trace_hash
+    assert a.history == b.history
+    # another interpreter, with a different string-hash seed
+    out = subprocess.run(
+        [sys.executable, "-c", REPLAY_SNIPPET, "11"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == a.trace_hash
+
+
+def test_different_seeds_give_different_runs() -> None:
+    hashes = {Simulation(SimConfig(seed=s, duration_s=2)).run().trace_hash for s in range(5)}
+    assert len(hashes) == 5
+
+
+@pytest.mark.parametrize("fault", ALL_FAULTS)
+def test_each_fault_fires_and_the_invariants_hold(fault: str) -> None:
+    summary = run_simulation(SimConfig(seed=3, duration_s=8, faults=(fault,)))
+    assert summary.faults.get(fault, 0) > 0, summary.faults
+    assert set(summary.faults) == {fault}
+    assert summary.status == "pass", summary.violations
+    assert summary.linearizable is True
+    assert summary.operations["ok"] > 100
+    assert all(v > 0 for v in summary.invariants_checked.values())
+    if fault == "drop":
+        assert summary.messages_dropped > 0
+    if fault == "dup":
+        assert summary.messages_duplicated > 0
+    if fault == "crash":
+        assert summary.leader_changes >= 1
+
+
+def test_no_faults_means_no_drops_and_a_stable_leader() -> None:
+    summary = run_simulation(SimConfig(seed=1, duration_s=5, faults=()))
+    assert summary.faults == {}
+    assert summary.messages_dropped == 0 and summary.messages_duplicated == 0
+    assert summary.leader_changes == 1
+    assert summary.operations["info"] == 0
+
+
+def test_a_sweep_of_200_seeds_with_all_faults_passes() -> None:
+    result = run_sweep(SimConfig(duration_s=6), range(200), processes=2, progress=False)
+    assert len(result.summaries) == 200
+    assert [s.seed for s in result.failures] == []
+    assert [s.seed for s in result.unknown] == []
+    # the faults really happened across the sweep
+    for fault in ALL_FAULTS:
+        assert sum(s.faults.get(fault, 0) for s in result.summaries) > 50
+    # more elections than seeds: leaders failed over, not just the first election
+    assert sum(s.leader_changes for s in result.summaries) > len(result.summaries)
+
+
+@pytest.mark.parametrize(
+    "factory,seeds",
+    [(commit_without_majority, range(0, 24)), (skip_log_matching, range(0, 40))],
+    ids=["commit-without-majority", "skip-log-matching"],
+)
+def test_the_sweep_catches_a_broken_raft_and_the_seed_replays_it(factory, seeds) -> None:
+    result = run_sweep(
+        SimConfig(duration_s=8), seeds, processes=2, core_factory=factory, progress=False
+    )
+    assert result.failures, "a broken Raft must not pass the sweep"
+    first = result.failures[0]
+    assert first.violations
+    assert f"--seed {first.seed}" in first.replay
+    again = run_simulation(SimConfig(seed=first.seed, duration_s=8), factory)
+    assert again.status == "fail"
+    assert again.trace_hash == first.trace_hash
+    assert again.violations == first.violations
+    # the correct core passes the very same seed
+    assert run_simulation(SimConfig(seed=first.seed, duration_s=8)).status == "pass"
+
+
+def _e(term: int, index: int, value: str | None = None) -> Entry:
+    return Entry(term, index, None if value is None else Proposal("c", index, value))
+
+
+def test_invariants_catch_two_leaders_in_one_term() -> None:
+    inv = RaftInvariants()
+    inv.on_leader("n1", 3, [_e(0, 0)], 10)
+    with pytest.raises(InvariantViolation) as exc:
+        inv.on_leader("n2", 3, [_e(0, 0)], 20)
+    assert exc.value.invariant == "election-safety"
+    assert "n1 and n2" in str(exc.value)
+
+
+def test_invariants_catch_different_applies_at_one_index() -> None:
+    inv = RaftInvariants()
+    inv.on_apply("n1", _e(1, 1, "a"), 1)
+    inv.on_apply("n2", _e(1, 1, "a"), 2)
+    with pytest.raises(InvariantViolation) as exc:
+        inv.on_apply("n3", _e(2, 1, "b"), 3)
+    assert exc.value.invariant == "state-machine-safety"
+
+
+def test_invariants_catch_a_leader_missing_a_committed_entry() -> None:
+    inv = RaftInvariants()
+    inv.on_apply("n1", _e(1, 1, "a"), 1)
+    with pytest.raises(InvariantViolation) as exc:
+        inv.on_leader("n2", 2, [_e(0, 0)], 5)
+    assert exc.value.invariant == "leader-completeness"
+
+
+def test_invariants_catch_logs_that_break_log_matching() -> None:
+    inv = RaftInvariants()
+    a = [_e(0, 0), _e(1, 1, "x"), _e(2, 2, "y")]
+    b = [_e(0, 0), _e(1, 1, "DIFFERENT"), _e(2, 2, "y")]
+    inv.check_logs({"n1": a, "n2": list(a)}, 1)
+    with pytest.raises(InvariantViolation) as exc:
+        inv.check_logs({"n1": a, "n2": b}, 2)
+    assert exc.value.invariant == "log-matching"
+    assert "index 1" in str(exc.value)
+
+
+def test_a_violation_stops_the_run_with_a_readable_report() -> None:
+    summary = run_simulation(SimConfig(seed=4, duration_s=8), commit_without_majority)
+    assert summary.status == "fail"
+    assert summary.sim_seconds < 8
+    assert summary.recent_events
+    assert "violated at t=" in summary.violations[0]
+    data = summary.to_json()
+    assert data["recent_events"] and data["violations"] and data["replay"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"nodes": 0},
+        {"duration_s": 0},
+        {"clients": 0},
+        {"workload": "nope"},
+        {"faults": ("meteor",)},
+        {"seed": -1},
+    ],
+)
+def test_bad_sim_config_is_a_typed_error(kwargs) -> None:
+    with pytest.raises(SimConfigError):
+        SimConfig(**kwargs)
+
+
+def test_parse_faults() -> None:
+    assert parse_faults("all") == ALL_FAULTS
+    assert parse_faults("none") == ()
+    assert parse_faults("crash, partition,crash") == ("crash", "partition")
+    with pytest.raises(SimConfigError, match="meteor"):
+        parse_faults("crash,meteor")
+
+
+def test_summary_json_is_serialisable_and_complete() -> None:
+    summary = run_simulation(SimConfig(seed=2, duration_s=3))
+    data = json.loads(json.dumps(summary.to_json()))
+    for key in (
+        "seed",
+        "trace_hash",
+        "violations",
+        "linearizable",
+        "operations",
+        "faults",
+        "invariants_checked",
+        "replay",
+        "status",
+    ):
+        assert key in data
+    assert data["status"] == "pass" and "recent_events" not in data
