@@ -16,7 +16,16 @@ from typing import Any
 from rich.console import Console
 
 from . import __version__
-from .sim.config import ALL_FAULTS, FAULT_DESCRIPTIONS, SimConfig, SimConfigError, parse_faults
+from .sim.config import (
+    ALL_FAULTS,
+    BACKENDS,
+    FAULT_DESCRIPTIONS,
+    WORKLOADS,
+    SimConfig,
+    SimConfigError,
+    parse_faults,
+)
+from .topology import KINDS, TopologyError, load_topology
 
 __all__ = ["build_parser", "main"]
 
@@ -42,7 +51,12 @@ def _positive_float(text: str) -> float:
 
 def _add_sim_options(p: argparse.ArgumentParser) -> None:
     d = SimConfig()
-    p.add_argument("--nodes", type=int, default=d.nodes, help="cluster size (default %(default)s)")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help=f"cluster size (default {d.nodes}, or the topology file's)",
+    )
     p.add_argument(
         "--faults",
         default="all",
@@ -56,19 +70,46 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--clients", type=int, default=d.clients, help="concurrent clients")
     p.add_argument("--keys", type=int, default=d.keys, help="keys the KV workload uses")
-    p.add_argument("--workload", default=d.workload, choices=["kv"], help="client workload")
+    p.add_argument(
+        "--workload",
+        default=d.workload,
+        choices=list(WORKLOADS),
+        help="client workload (default %(default)s)",
+    )
+    p.add_argument(
+        "--backend",
+        default=d.backend,
+        choices=list(BACKENDS),
+        help="consensus backend (default %(default)s)",
+    )
+    p.add_argument(
+        "--topology",
+        default=d.topology,
+        help="mesh | ring | star | hierarchical, or a TOML spec file (default %(default)s)",
+    )
 
 
 def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
-    return SimConfig(
+    nodes = args.nodes
+    if args.topology not in KINDS and nodes is None:
+        # a spec file decides the cluster size unless --nodes says otherwise
+        try:
+            nodes = len(load_topology(args.topology).nodes)
+        except TopologyError as exc:
+            raise SimConfigError(str(exc)) from None
+    config = SimConfig(
         seed=seed,
-        nodes=args.nodes,
+        nodes=SimConfig().nodes if nodes is None else nodes,
+        backend=args.backend,
+        topology=args.topology,
         duration_s=args.duration,
         faults=parse_faults(args.faults),
         clients=args.clients,
         keys=args.keys,
         workload=args.workload,
     )
+    config.build_topology()  # fail early, with a clear message, on a bad spec
+    return config
 
 
 def build_parser() -> argparse.ArgumentParser:

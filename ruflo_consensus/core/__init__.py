@@ -1,6 +1,7 @@
 """Sans-IO protocol cores and the contract they share (:mod:`.base`)."""
 
 from .base import (
+    CommandResult,
     Committed,
     ConsensusCore,
     ConsensusError,
@@ -20,6 +21,7 @@ from .base import (
 from .raft import RaftConfig, RaftCore
 
 __all__ = [
+    "CommandResult",
     "Committed",
     "ConsensusCore",
     "ConsensusError",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "CommandResult",
     "Committed",
     "ConsensusCore",
     "ConsensusError",
@@ -120,6 +121,18 @@ class Committed:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The outcome of a proposal that a core executed itself (CRDT: applied locally).
+
+    Totally ordered backends leave results to the driver, which applies ``committed``
+    entries to the state machine; a backend without a log reports them here.
+    """
+
+    proposal: Proposal
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
 class RoleChange:
     """A node's role, term/view or known leader changed."""
 
@@ -144,15 +157,23 @@ class Persist:
 
     ``truncate_from`` (when not None) removes every entry with index ≥ it before
     ``entries`` are appended. ``hard_state`` (when not None) replaces the stored one.
+    ``state`` (when not None) is a backend's opaque durable state that replaces the stored
+    one — the CRDT core's encoded document, for instance.
     """
 
     hard_state: HardState | None = None
     truncate_from: int | None = None
     entries: list[Entry] = field(default_factory=list)
+    state: bytes | None = None
 
     def is_empty(self) -> bool:
         """True when there is nothing to write."""
-        return self.hard_state is None and self.truncate_from is None and not self.entries
+        return (
+            self.hard_state is None
+            and self.truncate_from is None
+            and not self.entries
+            and self.state is None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +189,8 @@ class Ready:
     """The effects a core produced since the last :meth:`ConsensusCore.ready` call.
 
     The driver must carry them out in this order: ``persist``, then ``messages``, then
-    ``committed`` (in list order), and report ``role_changes`` and ``dropped`` to whoever
-    watches. An empty ``Ready`` means nothing to do.
+    ``committed`` (in list order), and report ``results``, ``role_changes`` and
+    ``dropped`` to whoever watches. An empty ``Ready`` means nothing to do.
     """
 
     persist: Persist = field(default_factory=Persist)
@@ -177,6 +198,7 @@ class Ready:
     committed: list[Committed] = field(default_factory=list)
     role_changes: list[RoleChange] = field(default_factory=list)
     dropped: list[tuple[Proposal, str]] = field(default_factory=list)
+    results: list[CommandResult] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         """True when the driver has nothing to do."""
@@ -186,6 +208,7 @@ class Ready:
             and not self.committed
             and not self.role_changes
             and not self.dropped
+            and not self.results
         )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field, replace
+
+from ..topology import KINDS, Topology, TopologyError, build_topology, load_topology
 
 __all__ = ["ALL_FAULTS", "FAULT_DESCRIPTIONS", "SimConfig", "SimConfigError", "parse_faults"]
 
@@ -17,6 +20,8 @@ FAULT_DESCRIPTIONS: dict[str, str] = {
     "drift": "a node's clock runs fast or slow (ticks arrive at a skewed rate)",
 }
 ALL_FAULTS: tuple[str, ...] = tuple(FAULT_DESCRIPTIONS)
+WORKLOADS: tuple[str, ...] = ("kv", "federation")
+BACKENDS: tuple[str, ...] = ("raft", "crdt")
 
 
 class SimConfigError(ValueError):
@@ -50,6 +55,8 @@ class SimConfig:
     clients: int = 5
     keys: int = 5
     workload: str = "kv"
+    backend: str = "raft"
+    topology: str = "mesh"
     # network
     latency_min_ms: float = 0.5
     latency_mean_ms: float = 2.0
@@ -78,8 +85,14 @@ class SimConfig:
             raise SimConfigError("--clients must be between 1 and 256")
         if self.keys < 1:
             raise SimConfigError("--keys must be at least 1")
-        if self.workload not in ("kv",):
-            raise SimConfigError(f"unknown workload {self.workload!r}; choose from kv")
+        if self.workload not in WORKLOADS:
+            raise SimConfigError(
+                f"unknown workload {self.workload!r}; choose from {', '.join(WORKLOADS)}"
+            )
+        if self.backend not in BACKENDS:
+            raise SimConfigError(
+                f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}"
+            )
         for f in self.faults:
             if f not in FAULT_DESCRIPTIONS:
                 raise SimConfigError(f"unknown fault {f!r}")
@@ -106,4 +119,24 @@ class SimConfig:
             parts += ["--keys", str(self.keys)]
         if self.workload != default.workload:
             parts += ["--workload", self.workload]
+        if self.backend != default.backend:
+            parts += ["--backend", self.backend]
+        if self.topology != default.topology:
+            parts += ["--topology", shlex.quote(self.topology)]
         return " ".join(parts)
+
+    def build_topology(self) -> Topology:
+        """The run's topology: a kind name built over ``nodes``, or a TOML spec file."""
+        try:
+            if self.topology in KINDS:
+                return build_topology(self.topology, self.nodes)
+            topo = load_topology(self.topology)
+        except TopologyError as exc:
+            raise SimConfigError(str(exc)) from None
+        if len(topo.nodes) != self.nodes:
+            raise SimConfigError(
+                f"{self.topology} has {len(topo.nodes)} nodes but --nodes is {self.nodes}"
+            )
+        if not topo.connected():
+            raise SimConfigError(f"{self.topology} is not connected")
+        return topo

@@ -38,6 +38,7 @@ class SimSummary:
     messages_delivered: int
     messages_dropped: int
     messages_duplicated: int
+    messages_relayed: int
     rejected_messages: dict[str, int]
     sim_seconds: float
     wall_seconds: float
@@ -90,6 +91,7 @@ def summarize(result: SimResult, check_timeout_s: float | None = None) -> SimSum
         messages_delivered=result.messages_delivered,
         messages_dropped=result.messages_dropped,
         messages_duplicated=result.messages_duplicated,
+        messages_relayed=result.messages_relayed,
         rejected_messages=result.rejected,
         sim_seconds=result.sim_seconds,
         wall_seconds=result.wall_seconds,
@@ -124,7 +126,7 @@ def render_summary(summary: SimSummary, console: Console) -> None:
     table.add_row(
         "messages",
         f"{summary.messages_delivered} delivered, {summary.messages_dropped} dropped, "
-        f"{summary.messages_duplicated} duplicated",
+        f"{summary.messages_duplicated} duplicated, {summary.messages_relayed} relay hops",
     )
     if summary.rejected_messages:
         table.add_row(

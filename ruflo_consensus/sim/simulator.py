@@ -13,14 +13,10 @@ client requests/replies/timeouts, nemesis faults and heals, and periodic invaria
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from math import log
 from typing import Any
 
 from ..check.history import Op
@@ -46,7 +42,9 @@ from ..core.raft import (
     VoteResponse,
 )
 from ..statemachine import CommandRejected, KVStateMachine, SessionTable
+from ..topology import Topology
 from .config import SimConfig
+from .engine import FIRST_BACKEND_KIND, EngineNode, SimEngine
 from .invariants import InvariantViolation, RaftInvariants
 
 __all__ = ["ClientReply", "ClientRequest", "CoreFactory", "SimResult", "SimStorage", "Simulation"]
@@ -56,9 +54,10 @@ CoreFactory = Callable[
     ConsensusCore,
 ]
 
-# event kinds
-_TICK, _DELIVER, _CLIENT_REQ, _CLIENT_REPLY, _CLIENT_TIMEOUT, _CLIENT_NEXT = range(6)
-_CLIENT_RESEND, _NEMESIS, _HEAL, _CHECK, _STOP_FAULTS = range(6, 11)
+# Raft simulation event kinds (the engine owns the shared ones)
+_CLIENT_REQ, _CLIENT_REPLY, _CLIENT_TIMEOUT, _CLIENT_NEXT, _CLIENT_RESEND = range(
+    FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 5
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,17 +102,10 @@ class SimStorage:
 
 
 @dataclass(slots=True)
-class _Node:
-    id: NodeId
-    index: int
+class _RaftNode:
     core: ConsensusCore | None
     storage: SimStorage
     table: SessionTable
-    up: bool = True
-    paused: bool = False
-    inbox: list[tuple[int, Any]] = field(default_factory=list)
-    rate: float = 1.0
-    tick_gen: int = 0
     waiting: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
@@ -155,6 +147,7 @@ class SimResult:
     messages_delivered: int
     messages_dropped: int
     messages_duplicated: int
+    messages_relayed: int
     events: int
     sim_seconds: float
     wall_seconds: float
@@ -186,11 +179,13 @@ def default_core_factory(
     return RaftCore(node_id, peers, rng, config, hard_state, entries)
 
 
-class Simulation:
-    """One deterministic run of a cluster under a workload and a nemesis.
+class Simulation(SimEngine):
+    """One deterministic run of a Raft cluster under a workload and a nemesis.
 
     ``core_factory`` builds each node's core (on start and on every restart from its
     persisted state); tests pass deliberately broken cores to prove the checks can fail.
+    ``topology`` wires the nodes (default: a full mesh); messages between nodes without a
+    direct link are relayed along it.
     """
 
     def __init__(
@@ -198,217 +193,135 @@ class Simulation:
         config: SimConfig,
         core_factory: CoreFactory = default_core_factory,
         raft_config: RaftConfig | None = None,
+        topology: Topology | None = None,
     ) -> None:
-        self.config = config
-        self.core_factory = core_factory
         self.raft_config = raft_config or RaftConfig()
-        self.rng = random.Random(config.seed)
-        self.now = 0
-        self._seq = 0
-        self._heap: list[tuple[int, int, int, Any, Any]] = []
-        self.ids: list[NodeId] = [f"n{i + 1}" for i in range(config.nodes)]
-        self.by_id: dict[NodeId, int] = {nid: i for i, nid in enumerate(self.ids)}
-        self.tick_us = self.raft_config.tick_ms * 1000
-        self.end_us = int(config.duration_s * 1e6)
-        self.faults_end_us = max(0, self.end_us - int(config.quiet_tail_s * 1e6))
+        topology = topology or config.build_topology()
+        super().__init__(config, topology, self.raft_config.tick_ms)
+        self.core_factory = core_factory
         self.ops_end_us = max(0, self.end_us - int(min(1.0, config.duration_s / 4) * 1e6))
         self.invariants = RaftInvariants()
         self.history: list[Op] = []
-        faults = set(config.faults)
-        self.base_drop = config.drop_rate if "drop" in faults else 0.0
-        self.base_dup = config.dup_rate if "dup" in faults else 0.0
-        self.extra_drop = 0.0
-        self.extra_dup = 0.0
-        self.jitter_us = 0
-        self.blocked: dict[tuple[int, int], int] = {}
-        self.fault_counts: dict[str, int] = {}
-        self.delivered = 0
-        self.dropped = 0
-        self.duplicated = 0
-        self.events = 0
         self.leader_changes = 0
         self.rejected: dict[str, int] = {}
-        self._random = self.rng.random
-        self._lat_base = config.latency_min_ms * 1000
-        self._lat_spread = max(0.0, config.latency_mean_ms - config.latency_min_ms) * 1000
-        self._hasher = hashlib.blake2b(digest_size=16)
-        self._trace_buf: list[str] = []
-        self.recent: deque[str] = deque(maxlen=40)
-        self.nodes: list[_Node] = []
-        for i, nid in enumerate(self.ids):
-            storage = SimStorage()
-            node = _Node(nid, i, None, storage, SessionTable(KVStateMachine()))
-            node.core = self._make_core(node)
-            self.nodes.append(node)
+        self.raft: list[_RaftNode] = []
+        for node in self.nodes:
+            rn = _RaftNode(None, SimStorage(), SessionTable(KVStateMachine()))
+            node.state = rn
+            self.raft.append(rn)
+            rn.core = self._make_core(node)
         self.clients = [_Client(index=i, process=i, name=f"c{i}") for i in range(config.clients)]
-        self._active_faults: list[tuple[str, Any]] = []
+        self.handle(_CLIENT_REQ, lambda a, b: self._client_request(a))
+        self.handle(_CLIENT_REPLY, lambda a, b: self._client_reply(a))
+        self.handle(_CLIENT_TIMEOUT, lambda a, b: self._client_timeout(a, b, resend=False))
+        self.handle(_CLIENT_RESEND, lambda a, b: self._client_timeout(a, b, resend=True))
+        self.handle(_CLIENT_NEXT, lambda a, b: self._next_op(self.clients[a]))
 
-    # ------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------ nodes
 
-    def _make_core(self, node: _Node) -> ConsensusCore:
+    def _make_core(self, node: EngineNode) -> ConsensusCore:
         rng = random.Random(self.rng.getrandbits(64))
-        st = node.storage
+        st = self.raft[node.index].storage
         return self.core_factory(
             node.id, self.ids, rng, self.raft_config, st.hard_state, st.log[1:]
         )
 
-    def _push(self, at: int, kind: int, a: Any = None, b: Any = None) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, kind, a, b))
-
-    def _trace(self, line: str) -> None:
-        entry = f"{self.now} {line}"
-        self._trace_buf.append(entry)
-        self.recent.append(entry)
-        if len(self._trace_buf) >= 2048:
-            self._flush_trace()
-
-    def _flush_trace(self) -> None:
-        if self._trace_buf:
-            self._hasher.update("\n".join(self._trace_buf).encode())
-            self._hasher.update(b"\n")
-            self._trace_buf = []
-
-    def _count_fault(self, kind: str) -> None:
-        self.fault_counts[kind] = self.fault_counts.get(kind, 0) + 1
-
-    def _latency(self) -> int:
-        # base + exponential(mean spread), written out (same draws as random.expovariate)
-        rand = self._random
-        lat = self._lat_base - self._lat_spread * log(1.0 - rand())
-        if self.jitter_us:
-            lat += rand() * self.jitter_us
-        return int(lat) + 1
-
-    # ------------------------------------------------------------------ network
-
-    def _send(self, m: Message) -> None:
-        rand = self._random
-        if rand() < self.base_drop + self.extra_drop:
-            self.dropped += 1
-            return
-        link = (self.by_id[m.src], self.by_id[m.dst])
-        self._seq += 1
-        heapq.heappush(self._heap, (self.now + self._latency(), self._seq, _DELIVER, m, link))
-        if rand() < self.base_dup + self.extra_dup:
-            self.duplicated += 1
-            self._push(self.now + self._latency(), _DELIVER, m, link)
-
-    def _deliver(self, m: Message, link: tuple[int, int]) -> None:
-        if link in self.blocked:
-            self.dropped += 1
-            return
-        node = self.nodes[link[1]]
-        if not node.up:
-            self.dropped += 1
-            return
-        if node.paused:
-            node.inbox.append((_DELIVER, m))
-            return
-        self._step(node, m)
-
-    def _step(self, node: _Node, m: Message) -> None:
-        assert node.core is not None
-        self.delivered += 1
+    def on_message(self, node: EngineNode, m: Message) -> None:
+        """Step the node's core with a message that reached it."""
+        rn = self.raft[node.index]
+        core = rn.core
+        assert core is not None
         line = f"{self.now} {m.src}>{m.dst} {_trace_key(m)}"
         self._trace_buf.append(line)
         self.recent.append(line)
         if len(self._trace_buf) >= 2048:
             self._flush_trace()
         try:
-            node.core.step(m)
+            core.step(m)
         except ProtocolError as exc:
             self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
             return
         self._process_ready(node)
 
-    def _process_ready(self, node: _Node) -> None:
-        core = node.core
+    def on_tick(self, node: EngineNode) -> None:
+        """Tick the node's core."""
+        core = self.raft[node.index].core
+        assert core is not None
+        core.tick()
+        self._process_ready(node)
+
+    def on_queued(self, node: EngineNode, kind: int, item: Any) -> None:
+        """A client request that waited while the node was paused."""
+        self._client_request(item)
+
+    def crash_node(self, node: EngineNode) -> None:
+        """Lose the core, the state machine and pending client waits; keep storage."""
+        rn = self.raft[node.index]
+        rn.core = None
+        rn.waiting.clear()
+
+    def restart_node(self, node: EngineNode) -> None:
+        """Rebuild the core from the persisted log and hard state."""
+        rn = self.raft[node.index]
+        rn.table = SessionTable(KVStateMachine())
+        rn.core = self._make_core(node)
+        self.trace(f"{node.id} restart term {rn.core.term} log {len(rn.storage.log) - 1}")
+        self._process_ready(node)
+
+    def on_start(self) -> None:
+        """Start every client within the first 10 ms."""
+        for client in self.clients:
+            self.push(int(self.rng.random() * 10_000), _CLIENT_NEXT, client.index)
+
+    def on_check(self) -> None:
+        """Log matching across all nodes' persisted logs."""
+        self.invariants.check_logs(
+            {n.id: self.raft[n.index].storage.log for n in self.nodes}, self.now
+        )
+
+    def _process_ready(self, node: EngineNode) -> None:
+        rn = self.raft[node.index]
+        core = rn.core
         assert core is not None
         if not core.has_ready():
             return
         rd = core.ready()
-        node.storage.save(rd.persist)
+        rn.storage.save(rd.persist)
         for rc in rd.role_changes:
-            self._trace(f"{rc.node} role {rc.role} term {rc.term} leader {rc.leader}")
+            self.trace(f"{rc.node} role {rc.role} term {rc.term} leader {rc.leader}")
             if rc.role is Role.LEADER:
                 self.leader_changes += 1
-                self.invariants.on_leader(node.id, rc.term, node.storage.log, self.now)
+                self.invariants.on_leader(node.id, rc.term, rn.storage.log, self.now)
             else:
-                node.waiting.clear()
+                rn.waiting.clear()
         for m in rd.messages:
-            self._send(m)
+            self.send(m)
         for c in rd.committed:
             self._apply(node, c.entry)
         for proposal, reason in rd.dropped:
             if proposal.client is not None:
-                node.waiting.pop((proposal.client, proposal.seq), None)
-            self._trace(f"{node.id} dropped {proposal.client}#{proposal.seq}: {reason}")
+                rn.waiting.pop((proposal.client, proposal.seq), None)
+            self.trace(f"{node.id} dropped {proposal.client}#{proposal.seq}: {reason}")
 
-    def _apply(self, node: _Node, entry: Entry) -> None:
+    def _apply(self, node: EngineNode, entry: Entry) -> None:
         self.invariants.on_apply(node.id, entry, self.now)
         p = entry.proposal
         if p is None:
             return
-        result = node.table.apply(p.client, p.seq, p.command)
+        rn = self.raft[node.index]
+        result = rn.table.apply(p.client, p.seq, p.command)
         if p.client is not None:
-            client_index = node.waiting.pop((p.client, p.seq), None)
+            client_index = rn.waiting.pop((p.client, p.seq), None)
             if client_index is not None:
                 self._reply(node, client_index, p.seq, True, result)
 
-    def _reply(self, node: _Node, client_index: int, seq: int, ok: bool, result: Any) -> None:
-        leader = node.core.leader if node.core is not None else None
-        if self.rng.random() < self.base_drop + self.extra_drop:
-            self.dropped += 1
+    def _reply(self, node: EngineNode, client_index: int, seq: int, ok: bool, result: Any) -> None:
+        core = self.raft[node.index].core
+        leader = core.leader if core is not None else None
+        if self.lossy():
             return
         reply = ClientReply(client_index, seq, ok, result, leader)
-        self._push(self.now + self._latency(), _CLIENT_REPLY, reply)
-
-    # ------------------------------------------------------------------ nodes
-
-    def _schedule_tick(self, node: _Node) -> None:
-        interval = max(1, int(self.tick_us / node.rate))
-        self._push(self.now + interval, _TICK, node.index, node.tick_gen)
-
-    def _tick(self, node: _Node, gen: int) -> None:
-        if gen != node.tick_gen or not node.up:
-            return
-        self._schedule_tick(node)
-        if node.paused:
-            return
-        assert node.core is not None
-        node.core.tick()
-        self._process_ready(node)
-
-    def _crash(self, node: _Node) -> None:
-        node.up = False
-        node.paused = False
-        node.inbox.clear()
-        node.core = None
-        node.waiting.clear()
-        node.tick_gen += 1
-        self._trace(f"{node.id} crash")
-
-    def _restart(self, node: _Node) -> None:
-        node.table = SessionTable(KVStateMachine())
-        node.core = self._make_core(node)
-        node.up = True
-        node.tick_gen += 1
-        self._trace(f"{node.id} restart term {node.core.term} log {len(node.storage.log) - 1}")
-        self._schedule_tick(node)
-        self._process_ready(node)
-
-    def _resume(self, node: _Node) -> None:
-        node.paused = False
-        self._trace(f"{node.id} resume ({len(node.inbox)} queued)")
-        inbox, node.inbox = node.inbox, []
-        for kind, item in inbox:
-            if not node.up or node.paused:
-                break
-            if kind == _DELIVER:
-                self._step(node, item)
-            else:
-                self._client_request(item)
+        self.push(self.now + self.latency(), _CLIENT_REPLY, reply)
 
     # ------------------------------------------------------------------ clients
 
@@ -446,12 +359,10 @@ class Simulation:
         p = client.pending
         assert p is not None
         req = ClientRequest(client.name, client.index, p.seq, p.command, self.ids[p.target])
-        if self.rng.random() < self.base_drop + self.extra_drop:
-            self.dropped += 1
-        else:
-            self._push(self.now + self._latency(), _CLIENT_REQ, req)
+        if not self.lossy():
+            self.push(self.now + self.latency(), _CLIENT_REQ, req)
         timeout = int(self.config.client_timeout_ms * 1000)
-        self._push(self.now + timeout, _CLIENT_TIMEOUT, client.index, (p.seq, p.attempt))
+        self.push(self.now + timeout, _CLIENT_TIMEOUT, client.index, (p.seq, p.attempt))
 
     def _client_request(self, req: ClientRequest) -> None:
         node = self.nodes[self.by_id[req.node]]
@@ -460,10 +371,11 @@ class Simulation:
         if node.paused:
             node.inbox.append((_CLIENT_REQ, req))
             return
-        core = node.core
+        rn = self.raft[node.index]
+        core = rn.core
         assert core is not None
-        self._trace(f"{req.client}>{node.id} req {req.seq}")
-        last = node.table.sessions.get(req.client)
+        self.trace(f"{req.client}>{node.id} req {req.seq}")
+        last = rn.table.sessions.get(req.client)
         if last is not None and req.seq <= last[0]:
             if req.seq == last[0]:
                 self._reply(node, req.client_index, req.seq, True, last[1])
@@ -472,14 +384,14 @@ class Simulation:
             self._reply(node, req.client_index, req.seq, False, None)
             return
         key = (req.client, req.seq)
-        if key in node.waiting:
+        if key in rn.waiting:
             return
         try:
             core.propose(Proposal(req.client, req.seq, req.command))
         except (NotLeader, ProposalDropped):
             self._reply(node, req.client_index, req.seq, False, None)
             return
-        node.waiting[key] = req.client_index
+        rn.waiting[key] = req.client_index
         self._process_ready(node)
 
     def _client_reply(self, reply: ClientReply) -> None:
@@ -497,7 +409,7 @@ class Simulation:
                 delay = 20_000
             client.leader_guess = p.target
             p.attempt += 1
-            self._push(self.now + delay, _CLIENT_RESEND, client.index, (p.seq, p.attempt))
+            self.push(self.now + delay, _CLIENT_RESEND, client.index, (p.seq, p.attempt))
             return
         client.leader_guess = p.target
         op = p.op
@@ -514,12 +426,14 @@ class Simulation:
         else:
             done = Op(op.process, "ok", op.f, op.key, op.value)
         self.history.append(done)
-        self._trace(f"{client.name} {done.type} {op.f} {p.seq}")
+        self.trace(f"{client.name} {done.type} {op.f} {p.seq}")
         client.pending = None
         think = int(self.rng.random() * self.config.think_ms * 1000)
-        self._push(self.now + think, _CLIENT_NEXT, client.index)
+        self.push(self.now + think, _CLIENT_NEXT, client.index)
 
-    def _client_timeout(self, client: _Client, seq: int, attempt: int, resend: bool) -> None:
+    def _client_timeout(self, index: int, attempt_id: tuple[int, int], resend: bool) -> None:
+        client = self.clients[index]
+        seq, attempt = attempt_id
         p = client.pending
         if p is None or p.seq != seq or p.attempt != attempt:
             return
@@ -537,7 +451,7 @@ class Simulation:
         assert p is not None
         op = p.op
         self.history.append(Op(op.process, "info", op.f, op.key, op.value))
-        self._trace(f"{client.name} info {op.f} {p.seq}")
+        self.trace(f"{client.name} info {op.f} {p.seq}")
         # Like a crashed Jepsen process: a new process and client identity take over.
         # A fresh session id, so the old session's sequence numbers cannot collide.
         client.process += len(self.clients)
@@ -546,188 +460,41 @@ class Simulation:
         client.seq = 0
         client.counter = 0
         client.last_seen.clear()
-        self._push(self.now + 1000, _CLIENT_NEXT, client.index)
-
-    # ------------------------------------------------------------------ nemesis
-
-    def _nemesis(self) -> None:
-        if self.now >= self.faults_end_us:
-            return
-        cfg = self.config
-        rng = self.rng
-        lo, hi = cfg.nemesis_interval_s
-        self._push(self.now + int(rng.uniform(lo, hi) * 1e6), _NEMESIS)
-        if not cfg.faults:
-            return
-        kind = cfg.faults[rng.randrange(len(cfg.faults))]
-        dlo, dhi = cfg.fault_duration_s
-        heal_at = min(self.faults_end_us, self.now + int(rng.uniform(dlo, dhi) * 1e6))
-        n = len(self.nodes)
-        detail: Any = None
-        if kind == "drop":
-            amount = rng.uniform(0.1, 0.5)
-            self.extra_drop += amount
-            detail = amount
-        elif kind == "dup":
-            amount = rng.uniform(0.05, 0.3)
-            self.extra_dup += amount
-            detail = amount
-        elif kind == "reorder":
-            amount = int(rng.uniform(5, 50) * 1000)
-            self.jitter_us += amount
-            detail = amount
-        elif kind in ("partition", "oneway"):
-            if n < 2:
-                return
-            order = list(range(n))
-            rng.shuffle(order)
-            cut = rng.randrange(1, n)
-            side_a, side_b = order[:cut], order[cut:]
-            links = [(a, b) for a in side_a for b in side_b]
-            if kind == "partition":
-                links += [(b, a) for a, b in links]
-            for link in links:
-                self.blocked[link] = self.blocked.get(link, 0) + 1
-            detail = links
-            self._trace(f"nemesis {kind} {sorted(side_a)}|{sorted(side_b)}")
-        elif kind in ("crash", "pause"):
-            down = sum(1 for x in self.nodes if not x.up or x.paused)
-            candidates = [x for x in self.nodes if x.up and not x.paused]
-            if down >= (n - 1) // 2 or not candidates:
-                return
-            node = candidates[rng.randrange(len(candidates))]
-            if kind == "crash":
-                self._crash(node)
-            else:
-                node.paused = True
-                self._trace(f"{node.id} pause")
-            detail = node.index
-        elif kind == "drift":
-            node = self.nodes[rng.randrange(n)]
-            node.rate = 1.0 + rng.uniform(-cfg.max_drift, cfg.max_drift)
-            self._trace(f"{node.id} drift {node.rate:.4f}")
-            detail = node.index
-        self._count_fault(kind)
-        record = (kind, detail)
-        self._active_faults.append(record)
-        self._push(heal_at, _HEAL, record)
-
-    def _heal(self, record: tuple[str, Any]) -> None:
-        if record not in self._active_faults:
-            return
-        self._active_faults.remove(record)
-        kind, detail = record
-        self._trace(f"heal {kind}")
-        if kind == "drop":
-            self.extra_drop = max(0.0, self.extra_drop - detail)
-        elif kind == "dup":
-            self.extra_dup = max(0.0, self.extra_dup - detail)
-        elif kind == "reorder":
-            self.jitter_us = max(0, self.jitter_us - detail)
-        elif kind in ("partition", "oneway"):
-            for link in detail:
-                left = self.blocked[link] - 1
-                if left:
-                    self.blocked[link] = left
-                else:
-                    del self.blocked[link]
-        elif kind == "crash":
-            node = self.nodes[detail]
-            if not node.up:
-                self._restart(node)
-        elif kind == "pause":
-            node = self.nodes[detail]
-            if node.paused:
-                self._resume(node)
-        elif kind == "drift":
-            self.nodes[detail].rate = 1.0
-
-    def _heal_all(self) -> None:
-        for record in list(self._active_faults):
-            self._heal(record)
-
-    # ------------------------------------------------------------------ checks
-
-    def _check_logs(self) -> None:
-        logs = {n.id: n.storage.log for n in self.nodes}
-        self.invariants.check_logs(logs, self.now)
+        self.push(self.now + 1000, _CLIENT_NEXT, client.index)
 
     # ------------------------------------------------------------------ run
 
     def run(self) -> SimResult:
         """Run to the configured duration (or the first invariant violation)."""
         started = time.perf_counter()
-        for node in self.nodes:
-            self._schedule_tick(node)
-        for client in self.clients:
-            self._push(int(self.rng.random() * 10_000), _CLIENT_NEXT, client.index)
-        if self.config.faults:
-            self._push(int(self.rng.uniform(*self.config.nemesis_interval_s) * 1e6), _NEMESIS)
-        self._push(self.faults_end_us, _STOP_FAULTS)
-        check_us = int(self.config.invariant_interval_s * 1e6)
-        self._push(check_us, _CHECK)
         violation: InvariantViolation | None = None
-        heap = self._heap
-        pop = heapq.heappop
-        end = self.end_us
         try:
-            while heap:
-                at, _, kind, a, b = pop(heap)
-                if at > end:
-                    break
-                self.now = at
-                self.events += 1
-                if kind == _DELIVER:
-                    self._deliver(a, b)
-                elif kind == _TICK:
-                    self._tick(self.nodes[a], b)
-                elif kind == _CLIENT_REQ:
-                    self._client_request(a)
-                elif kind == _CLIENT_REPLY:
-                    self._client_reply(a)
-                elif kind == _CLIENT_TIMEOUT:
-                    self._client_timeout(self.clients[a], b[0], b[1], resend=False)
-                elif kind == _CLIENT_RESEND:
-                    self._client_timeout(self.clients[a], b[0], b[1], resend=True)
-                elif kind == _CLIENT_NEXT:
-                    self._next_op(self.clients[a])
-                elif kind == _NEMESIS:
-                    self._nemesis()
-                elif kind == _HEAL:
-                    self._heal(a)
-                elif kind == _STOP_FAULTS:
-                    self._heal_all()
-                elif kind == _CHECK:
-                    self._check_logs()
-                    self._push(self.now + check_us, _CHECK)
-            self.now = min(self.now, end)
-            self._check_logs()
+            self.run_loop()
+            self.on_check()
         except InvariantViolation as exc:
             violation = exc
         for client in self.clients:
             if client.pending is not None:
                 op = client.pending.op
                 self.history.append(Op(op.process, "info", op.f, op.key, op.value))
-        self._flush_trace()
-        self._hasher.update(f"end {self.now}".encode())
-        terms = max((n.core.term for n in self.nodes if n.core is not None), default=0)
-        commit = max((getattr(n.core, "commit", 0) for n in self.nodes if n.core), default=0)
+        cores = [rn.core for rn in self.raft if rn.core is not None]
         return SimResult(
             config=self.config,
-            trace_hash=self._hasher.hexdigest(),
+            trace_hash=self.trace_hash(),
             history=self.history,
             violation=violation,
             recent_events=list(self.recent),
             invariant_checks=dict(self.invariants.checks),
             faults=dict(sorted(self.fault_counts.items())),
             leader_changes=self.leader_changes,
-            terms=terms,
+            terms=max((c.term for c in cores), default=0),
             messages_delivered=self.delivered,
             messages_dropped=self.dropped,
             messages_duplicated=self.duplicated,
+            messages_relayed=self.relayed,
             events=self.events,
             sim_seconds=self.now / 1e6,
             wall_seconds=time.perf_counter() - started,
             rejected=dict(sorted(self.rejected.items())),
-            commit_index=commit,
+            commit_index=max((getattr(c, "commit", 0) for c in cores), default=0),
         )
