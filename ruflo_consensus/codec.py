@@ -115,6 +115,9 @@ def _str(v: Any, name: str) -> str:
     return v
 
 
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
 def _check_depth(value: Any, limit: int) -> None:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -125,6 +128,9 @@ def _check_depth(value: Any, limit: int) -> None:
             stack.extend((x, depth + 1) for x in v)
         elif isinstance(v, dict):
             stack.extend((x, depth + 1) for x in v.values())
+        elif not isinstance(v, _PLAIN):
+            # msgpack decodes its timestamp extension itself, without the ext hook
+            raise MalformedFrame(f"{type(v).__name__} values are not allowed in a frame")
 
 
 def _dec_entry(raw: Any) -> Entry:
@@ -203,6 +209,10 @@ _DECODERS: dict[int, Callable[[str, str, list[Any]], Message]] = {
 }
 
 
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise MalformedFrame(f"msgpack ext type {code} is not allowed in a frame")
+
+
 def decode_message(
     data: bytes, max_size: int = DEFAULT_MAX_FRAME, max_depth: int = DEFAULT_MAX_DEPTH
 ) -> Message:
@@ -216,13 +226,17 @@ def decode_message(
             bytes(data),
             raw=False,
             strict_map_key=True,
-            max_buffer_size=max_size,
+            # every element takes at least one byte, so these never refuse a frame that
+            # fits in max_size; they stop a tiny header from announcing a huge container
             max_str_len=max_size,
             max_bin_len=max_size,
-            max_array_len=max_size // 2,
-            max_map_len=max_size // 4,
-            max_ext_len=0,
+            max_array_len=max_size,
+            max_map_len=max_size // 2,
+            max_ext_len=max_size,
+            ext_hook=_refuse_ext,
         )
+    except MalformedFrame:
+        raise
     except (
         ValueError,
         TypeError,

@@ -84,7 +84,18 @@ def _pack(obj: Any) -> bytes:
 
 
 def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    """Decode a snapshot; anything that is not one msgpack value is BAD_SNAPSHOT."""
+    if not isinstance(data, bytes | bytearray):
+        raise CommandError("BAD_SNAPSHOT", f"a snapshot is bytes, got {type(data).__name__}")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises ValueError, FormatError, ExtraData, …
+        raise CommandError("BAD_SNAPSHOT", f"not a msgpack snapshot: {exc}") from None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Value equality as replicas see it: by encoding, so 1, 1.0 and True differ."""
+    return _pack(a) == _pack(b)
 
 
 def _require_str(command: dict[str, Any], field: str) -> str:
@@ -184,7 +195,7 @@ class RegisterStateMachine:
         if op == "cas":
             if "old" not in cmd or "new" not in cmd:
                 raise CommandError("BAD_ARGUMENT", "cas needs 'old' and 'new'")
-            if self.value != cmd["old"]:
+            if not _same(self.value, cmd["old"]):
                 return False
             self.value = cmd["new"]
             return True
@@ -255,10 +266,31 @@ class SessionTable:
         return _pack([sessions, self.machine.snapshot()])
 
     def restore(self, data: bytes) -> None:
-        """Load a snapshot made by :meth:`snapshot`."""
-        sessions, machine_data = _unpack(data)
-        self.machine.restore(machine_data)
-        self.sessions = {
-            c: (s, CommandRejected(rej[0], rej[1]) if rej is not None else r)
-            for c, s, rej, r in sessions
-        }
+        """Load a snapshot made by :meth:`snapshot`; on a bad one nothing changes."""
+        loaded = _unpack(data)
+        if not isinstance(loaded, list) or len(loaded) != 2 or not isinstance(loaded[1], bytes):
+            raise CommandError("BAD_SNAPSHOT", "session snapshot must be [sessions, machine]")
+        rows, machine_data = loaded
+        if not isinstance(rows, list):
+            raise CommandError("BAD_SNAPSHOT", "sessions must be a list")
+        sessions: dict[str, tuple[int, Result]] = {}
+        for row in rows:
+            if not (
+                isinstance(row, list)
+                and len(row) == 4
+                and isinstance(row[0], str)
+                and type(row[1]) is int
+                and (
+                    row[2] is None
+                    or (
+                        isinstance(row[2], list)
+                        and len(row[2]) == 2
+                        and all(isinstance(x, str) for x in row[2])
+                    )
+                )
+            ):
+                raise CommandError("BAD_SNAPSHOT", f"bad session row {row!r:.80}")
+            client, seq, rej, result = row
+            sessions[client] = (seq, CommandRejected(rej[0], rej[1]) if rej else result)
+        self.machine.restore(machine_data)  # validates before it changes anything
+        self.sessions = sessions

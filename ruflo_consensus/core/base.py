@@ -41,6 +41,7 @@ __all__ = [
     "Ready",
     "Role",
     "RoleChange",
+    "Snapshot",
 ]
 
 NodeId = str
@@ -149,6 +150,22 @@ class HardState:
     term: int
     vote: NodeId | None
     commit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A state machine snapshot and the log position and membership it covers.
+
+    ``index``/``term`` are those of the last entry the snapshot includes; ``voters`` and
+    ``learners`` are the cluster configuration as of that entry; ``data`` is the state
+    machine's (and session table's) serialised state.
+    """
+
+    index: int
+    term: int
+    voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...]
+    data: bytes
 
 
 @dataclass(slots=True)
