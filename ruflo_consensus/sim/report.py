@@ -29,6 +29,8 @@ class SimSummary:
     trace_hash: str
     violations: list[str]
     linearizable: bool | None
+    linearizability_checked: bool
+    properties: dict[str, Any]
     operations: dict[str, int]
     leader_changes: int
     max_term: int
@@ -63,8 +65,10 @@ def summarize(result: SimResult, check_timeout_s: float | None = None) -> SimSum
     violations: list[str] = []
     if result.violation is not None:
         violations.append(str(result.violation))
+    violations.extend(f"cross-node property: {v}" for v in result.property_violations)
     timeout = result.config.check_timeout_s if check_timeout_s is None else check_timeout_s
-    check = check_history(result.history, "kv", timeout=timeout)
+    checked = result.config.workload == "kv"
+    check = check_history(result.history if checked else [], "kv", timeout=timeout)
     window = None
     if check.linearizable is False:
         violations.append("linearizability: the client history is not linearizable")
@@ -72,7 +76,7 @@ def summarize(result: SimResult, check_timeout_s: float | None = None) -> SimSum
             window = check.failure.render()
     if violations:
         status = "fail"
-    elif check.linearizable is None:
+    elif checked and check.linearizable is None:
         status = "unknown"
     else:
         status = "pass"
@@ -81,7 +85,9 @@ def summarize(result: SimResult, check_timeout_s: float | None = None) -> SimSum
         status=status,
         trace_hash=result.trace_hash,
         violations=violations,
-        linearizable=check.linearizable,
+        linearizable=check.linearizable if checked else None,
+        linearizability_checked=checked,
+        properties=result.properties,
         operations={"ok": counts["ok"], "fail": counts["fail"], "info": counts["info"]},
         leader_changes=result.leader_changes,
         max_term=result.terms,
@@ -142,7 +148,18 @@ def render_summary(summary: SimSummary, console: Console) -> None:
         False: "[red]NOT linearizable[/]",
         None: "[yellow]unknown (checker timed out)[/]",
     }[summary.linearizable]
-    table.add_row("linearizability", f"{verdict} ({summary.check_seconds:.2f} s)")
+    if summary.linearizability_checked:
+        table.add_row("linearizability", f"{verdict} ({summary.check_seconds:.2f} s)")
+    else:
+        table.add_row("linearizability", "not checked for this workload (see properties)")
+    for name, value in summary.properties.items():
+        if isinstance(value, bool):
+            shown = "[green]holds[/]" if value else "[red]VIOLATED[/]"
+        elif isinstance(value, dict):
+            shown = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+        else:
+            shown = str(value)
+        table.add_row(name, shown)
     table.add_row("time", f"{summary.sim_seconds:.1f} s simulated in {summary.wall_seconds:.2f} s")
     table.add_row("trace hash", summary.trace_hash)
     table.add_row("replay", summary.replay)

@@ -41,7 +41,9 @@ from ..core.raft import (
     RequestVote,
     VoteResponse,
 )
-from ..statemachine import CommandRejected, KVStateMachine, SessionTable
+from ..federation.machine import FederationStateMachine
+from ..federation.workload import FederationWorkload, check_cross_replica
+from ..statemachine import CommandRejected, KVStateMachine, SessionTable, StateMachine
 from ..topology import Topology
 from .config import SimConfig
 from .engine import FIRST_BACKEND_KIND, EngineNode, SimEngine
@@ -153,6 +155,8 @@ class SimResult:
     wall_seconds: float
     rejected: dict[str, int]
     commit_index: int
+    properties: dict[str, Any] = field(default_factory=dict)
+    property_violations: list[str] = field(default_factory=list)
 
 
 def _trace_key(m: Message) -> str:
@@ -204,9 +208,15 @@ class Simulation(SimEngine):
         self.history: list[Op] = []
         self.leader_changes = 0
         self.rejected: dict[str, int] = {}
+        self.fed_rejected: dict[str, int] = {}
+        self.federation: FederationWorkload | None = None
+        if config.workload == "federation":
+            self.federation = FederationWorkload(
+                self.rng.getrandbits(32), peers=config.keys, node_ids=self.ids
+            )
         self.raft: list[_RaftNode] = []
         for node in self.nodes:
-            rn = _RaftNode(None, SimStorage(), SessionTable(KVStateMachine()))
+            rn = _RaftNode(None, SimStorage(), SessionTable(self._new_machine()))
             node.state = rn
             self.raft.append(rn)
             rn.core = self._make_core(node)
@@ -218,6 +228,12 @@ class Simulation(SimEngine):
         self.handle(_CLIENT_NEXT, lambda a, b: self._next_op(self.clients[a]))
 
     # ------------------------------------------------------------------ nodes
+
+    def _new_machine(self) -> StateMachine:
+        """A fresh replica state machine for the configured workload."""
+        if self.federation is not None:
+            return self.federation.new_machine()
+        return KVStateMachine()
 
     def _make_core(self, node: EngineNode) -> ConsensusCore:
         rng = random.Random(self.rng.getrandbits(64))
@@ -263,7 +279,7 @@ class Simulation(SimEngine):
     def restart_node(self, node: EngineNode) -> None:
         """Rebuild the core from the persisted log and hard state."""
         rn = self.raft[node.index]
-        rn.table = SessionTable(KVStateMachine())
+        rn.table = SessionTable(self._new_machine())
         rn.core = self._make_core(node)
         self.trace(f"{node.id} restart term {rn.core.term} log {len(rn.storage.log) - 1}")
         self._process_ready(node)
@@ -329,6 +345,10 @@ class Simulation(SimEngine):
         if self.now >= self.ops_end_us or client.pending is not None:
             return
         rng = self.rng
+        if self.federation is not None:
+            fed_cmd = self.federation.next_command()
+            self._start_op(client, fed_cmd, Op(client.process, "invoke", "fed", fed_cmd["op"]))
+            return
         key = f"k{rng.randrange(self.config.keys)}"
         roll = rng.random()
         client.counter += 1
@@ -347,10 +367,13 @@ class Simulation(SimEngine):
             old = client.last_seen.get(key, "")
             command = {"op": "cas", "key": key, "old": old, "new": token}
             op = Op(client.process, "invoke", "cas", key, [old, token])
+        self._start_op(client, command, op)
+
+    def _start_op(self, client: _Client, command: dict[str, Any], op: Op) -> None:
         client.seq += 1
         target = client.leader_guess
         if target is None:
-            target = rng.randrange(len(self.nodes))
+            target = self.rng.randrange(len(self.nodes))
         client.pending = _Pending(op, command, client.seq, self.now, 0, target)
         self.history.append(op)
         self._send_request(client)
@@ -416,6 +439,10 @@ class Simulation(SimEngine):
         result = reply.result
         if isinstance(result, CommandRejected):
             done = Op(op.process, "fail", op.f, op.key, op.value)
+            if op.f == "fed":
+                self.fed_rejected[result.code] = self.fed_rejected.get(result.code, 0) + 1
+        elif op.f == "fed":
+            done = Op(op.process, "ok", op.f, op.key, None)
         elif op.f == "get":
             client.last_seen[op.key] = result
             done = Op(op.process, "ok", "get", op.key, result)
@@ -462,6 +489,45 @@ class Simulation(SimEngine):
         client.last_seen.clear()
         self.push(self.now + 1000, _CLIENT_NEXT, client.index)
 
+    # ------------------------------------------------------------------ properties
+
+    def _final_properties(self, clean: bool) -> tuple[dict[str, Any], list[str]]:
+        """Cross-node properties of the replicated state at the end of the run."""
+        if self.federation is None or not clean:
+            return {}, []
+        live = [(n, self.raft[n.index]) for n in self.nodes if n.up]
+        snapshots = [rn.table.machine.snapshot() for _, rn in live]
+        violations = check_cross_replica(snapshots, require_equal=False)
+        # replicas at the same log position must hold byte-identical state
+        by_commit: dict[int, set[bytes]] = {}
+        for (_, rn), snap in zip(live, snapshots, strict=True):
+            applied = getattr(rn.core, "applied", -1)
+            by_commit.setdefault(applied, set()).add(snap)
+        for applied, snaps in sorted(by_commit.items()):
+            if len(snaps) > 1:
+                violations.append(f"replicas that applied {applied} entries hold different states")
+        leader_state = max(live, key=lambda x: getattr(x[1].core, "applied", -1))[1]
+        fed = leader_state.table.machine
+        assert isinstance(fed, FederationStateMachine)
+        decided = [p for p in fed.proposals.proposals.values() if p.status.value != "pending"]
+
+        def holds(*needles: str) -> bool:
+            return not any(n in v for v in violations for n in needles)
+
+        properties: dict[str, Any] = {
+            "replicas compared": len(snapshots),
+            "replicas at the same position agree": holds("different states", "differ in"),
+            "no spend above a cap": holds("above cap", "hops >"),
+            "identical trust levels": holds(" vs ", "UNTRUSTED with"),
+            "one outcome per proposal": holds("proposal "),
+            "audit chain verifies": holds("audit"),
+            "commands accepted": fed.accepted,
+            "commands rejected by code": dict(sorted(self.fed_rejected.items())),
+            "proposals decided": len(decided),
+            "peers": len(fed.registry.peers),
+        }
+        return properties, violations
+
     # ------------------------------------------------------------------ run
 
     def run(self) -> SimResult:
@@ -478,7 +544,10 @@ class Simulation(SimEngine):
                 op = client.pending.op
                 self.history.append(Op(op.process, "info", op.f, op.key, op.value))
         cores = [rn.core for rn in self.raft if rn.core is not None]
+        properties, property_violations = self._final_properties(violation is None)
         return SimResult(
+            properties=properties,
+            property_violations=property_violations,
             config=self.config,
             trace_hash=self.trace_hash(),
             history=self.history,

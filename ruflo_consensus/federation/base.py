@@ -1,0 +1,57 @@
+"""The validate-then-commit skeleton shared by the federation machines.
+
+A machine splits every command in two: :meth:`PlannedMachine.plan` runs *all* checks and
+raises a typed error, or returns a :data:`~ruflo_consensus.federation.validation.Commit`
+closure that mutates state and cannot fail. ``apply`` calls the two in turn, so a rejected
+command never leaves a half-applied state; :class:`FederationStateMachine` plans several
+machines' parts of one command first and commits them only when every plan succeeded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ruflo_consensus.federation.errors import UnknownOp
+from ruflo_consensus.federation.validation import Commit, effective_time, parse_command
+
+__all__ = ["PlannedMachine"]
+
+
+class PlannedMachine:
+    """Base of the standalone federation machines (a :class:`StateMachine` each).
+
+    Subclasses set ``namespace`` and ``ops`` and implement ``_plan_<op>(cmd, t)``;
+    :meth:`advance` materialises time-driven transitions (expiries, evictions) after each
+    accepted command.
+    """
+
+    namespace: ClassVar[str] = ""
+    ops: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self.clock = 0
+
+    def plan(self, op: str, cmd: dict[str, Any], t: int) -> Commit:
+        """Validate ``cmd`` (op without namespace) at time ``t``; return its commit closure."""
+        if op not in self.ops:
+            raise UnknownOp(f"{self.namespace} machine has no op {op!r}")
+        planner = getattr(self, f"_plan_{op}")
+        commit: Commit = planner(cmd, t)
+        return commit
+
+    def advance(self, t: int) -> list[dict[str, Any]]:
+        """Apply transitions that became due by time ``t``; return what changed."""
+        del t
+        return []
+
+    def apply(self, command: Any) -> Any:
+        """Apply one command: validate everything, then commit; raise a typed error to reject."""
+        cmd, op = parse_command(command, self.namespace)
+        if op not in self.ops:
+            raise UnknownOp(f"{self.namespace} machine has no op {op!r}")
+        t = effective_time(self.clock, cmd)
+        commit = self.plan(op, cmd, t)
+        result = commit()
+        self.clock = t
+        self.advance(t)
+        return result
