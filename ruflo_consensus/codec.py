@@ -15,7 +15,15 @@ from typing import Any
 import msgpack
 
 from .core.base import Entry, Message, Proposal
-from .core.raft import AppendEntries, AppendResponse, RequestVote, VoteResponse
+from .core.raft import (
+    AppendEntries,
+    AppendResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    RequestVote,
+    TimeoutNow,
+    VoteResponse,
+)
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -73,13 +81,26 @@ def _enc_entry(e: Entry) -> list[Any]:
 
 
 _ENCODERS: dict[type[Message], tuple[int, Callable[[Any], list[Any]]]] = {
-    RequestVote: (1, lambda m: [m.term, m.last_index, m.last_term, m.pre_vote]),
+    RequestVote: (1, lambda m: [m.term, m.last_index, m.last_term, m.pre_vote, m.transfer]),
     VoteResponse: (2, lambda m: [m.term, m.granted, m.pre_vote]),
     AppendEntries: (
         3,
-        lambda m: [m.term, m.prev_index, m.prev_term, [_enc_entry(e) for e in m.entries], m.commit],
+        lambda m: [
+            m.term,
+            m.prev_index,
+            m.prev_term,
+            [_enc_entry(e) for e in m.entries],
+            m.commit,
+            m.round,
+        ],
     ),
-    AppendResponse: (4, lambda m: [m.term, m.success, m.index, m.hint_index, m.hint_term]),
+    AppendResponse: (
+        4,
+        lambda m: [m.term, m.success, m.index, m.hint_index, m.hint_term, m.round],
+    ),
+    TimeoutNow: (5, lambda m: [m.term]),
+    ReadIndexRequest: (6, lambda m: [m.term, m.ctx]),
+    ReadIndexResponse: (7, lambda m: [m.term, m.ctx, m.index]),
 }
 
 
@@ -147,14 +168,20 @@ def _dec_entry(raw: Any) -> Entry:
     return Entry(term, index, Proposal(client, _int(p[1], "seq"), p[2]))
 
 
-def _fields(raw: list[Any], n: int, name: str) -> list[Any]:
-    if len(raw) != n:
-        raise FieldError(f"{name} needs {n} fields, got {len(raw)}")
+def _fields(raw: list[Any], n: int, name: str, optional: int = 0) -> list[Any]:
+    """Check the field count: ``n`` required, then up to ``optional`` more (older peers)."""
+    if not n <= len(raw) <= n + optional:
+        want = str(n) if not optional else f"{n}..{n + optional}"
+        raise FieldError(f"{name} needs {want} fields, got {len(raw)}")
     return raw
 
 
+def _opt(f: list[Any], i: int, check: Callable[[Any, str], Any], name: str, default: Any) -> Any:
+    return check(f[i], name) if len(f) > i else default
+
+
 def _dec_rv(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 4, "RequestVote")
+    f = _fields(f, 4, "RequestVote", optional=1)
     return RequestVote(
         src,
         dst,
@@ -162,6 +189,7 @@ def _dec_rv(src: str, dst: str, f: list[Any]) -> Message:
         _int(f[1], "last_index"),
         _int(f[2], "last_term"),
         _bool(f[3], "pre_vote"),
+        _opt(f, 4, _bool, "transfer", False),
     )
 
 
@@ -173,7 +201,7 @@ def _dec_vr(src: str, dst: str, f: list[Any]) -> Message:
 
 
 def _dec_ae(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 5, "AppendEntries")
+    f = _fields(f, 5, "AppendEntries", optional=1)
     if not isinstance(f[3], list):
         raise FieldError("entries must be a list")
     entries = tuple(_dec_entry(e) for e in f[3])
@@ -185,11 +213,12 @@ def _dec_ae(src: str, dst: str, f: list[Any]) -> Message:
         _int(f[2], "prev_term"),
         entries,
         _int(f[4], "commit"),
+        _opt(f, 5, _int, "round", 0),
     )
 
 
 def _dec_ar(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 5, "AppendResponse")
+    f = _fields(f, 5, "AppendResponse", optional=1)
     return AppendResponse(
         src,
         dst,
@@ -198,6 +227,24 @@ def _dec_ar(src: str, dst: str, f: list[Any]) -> Message:
         _int(f[2], "index"),
         _int(f[3], "hint_index"),
         _int(f[4], "hint_term"),
+        _opt(f, 5, _int, "round", 0),
+    )
+
+
+def _dec_tn(src: str, dst: str, f: list[Any]) -> Message:
+    f = _fields(f, 1, "TimeoutNow")
+    return TimeoutNow(src, dst, _int(f[0], "term"))
+
+
+def _dec_rir(src: str, dst: str, f: list[Any]) -> Message:
+    f = _fields(f, 2, "ReadIndexRequest")
+    return ReadIndexRequest(src, dst, _int(f[0], "term"), _int(f[1], "ctx"))
+
+
+def _dec_rirs(src: str, dst: str, f: list[Any]) -> Message:
+    f = _fields(f, 3, "ReadIndexResponse")
+    return ReadIndexResponse(
+        src, dst, _int(f[0], "term"), _int(f[1], "ctx"), _int(f[2], "index", minimum=-1)
     )
 
 
@@ -206,6 +253,9 @@ _DECODERS: dict[int, Callable[[str, str, list[Any]], Message]] = {
     2: _dec_vr,
     3: _dec_ae,
     4: _dec_ar,
+    5: _dec_tn,
+    6: _dec_rir,
+    7: _dec_rirs,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 
-from ruflo_consensus.core.base import Entry, HardState, Message, Role
+from ruflo_consensus.core.base import Entry, HardState, Message, ReadState, Role
 from ruflo_consensus.core.raft import RaftConfig, RaftCore
 
 
@@ -26,6 +26,7 @@ class Harness:
         self.queue: list[Message] = []
         self.cut: set[tuple[str, str]] = set()
         self.applied: dict[str, list[Entry]] = {nid: [] for nid in self.ids}
+        self.reads: dict[str, list[ReadState]] = {nid: [] for nid in self.ids}
         self.down: set[str] = set()
 
     def flush(self, nid: str) -> None:
@@ -40,6 +41,7 @@ class Harness:
         self.persisted[nid] = (rd.persist.hard_state or hs, log)
         self.queue.extend(rd.messages)
         self.applied[nid].extend(c.entry for c in rd.committed)
+        self.reads[nid].extend(rd.reads)
 
     def run(self, max_steps: int = 10_000, drop: Callable[[Message], bool] | None = None) -> int:
         """Deliver queued messages until quiet; returns how many were delivered."""

@@ -22,7 +22,16 @@ from ruflo_consensus.codec import (
     encode_message,
 )
 from ruflo_consensus.core.base import Entry, Message, Proposal
-from ruflo_consensus.core.raft import AppendEntries, AppendResponse, RequestVote, VoteResponse
+from ruflo_consensus.core.raft import (
+    RAFT_MESSAGES,
+    AppendEntries,
+    AppendResponse,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    RequestVote,
+    TimeoutNow,
+    VoteResponse,
+)
 
 # A valid frame decodes (this once failed: an unknown unpackb keyword rejected everything).
 
@@ -87,6 +96,13 @@ SAMPLE_MESSAGES: list[Message] = [
     ),
     AppendResponse("f", "leader", 5, True, 16, 0, 0),
     AppendResponse("f", "leader", 5, False, 10, 7, 3),
+    AppendEntries("leader", "f", 3, 2, 1, (), 2, round=41),
+    AppendResponse("f", "leader", 3, True, 2, 0, 0, round=41),
+    RequestVote("n1", "n2", 9, 4, 3, False, transfer=True),
+    TimeoutNow("leader", "f", 6),
+    ReadIndexRequest("f", "leader", 6, 12),
+    ReadIndexResponse("leader", "f", 6, 12, 40),
+    ReadIndexResponse("leader", "f", 6, 12, -1),
     RequestVote("x" * 256, "ñ" * 256, 2**64 - 1, 2**64 - 1, 2**64 - 1, True),
 ]
 
@@ -233,6 +249,9 @@ BASE_FRAMES: dict[str, tuple[list[Any], Message]] = {
         [1, 4, "a", "b", 3, True, 5, 0, 0],
         AppendResponse("a", "b", 3, True, 5, 0, 0),
     ),
+    "TimeoutNow": ([1, 5, "a", "b", 3], TimeoutNow("a", "b", 3)),
+    "ReadIndexRequest": ([1, 6, "a", "b", 3, 7], ReadIndexRequest("a", "b", 3, 7)),
+    "ReadIndexResponse": ([1, 7, "a", "b", 3, 7, 9], ReadIndexResponse("a", "b", 3, 7, 9)),
 }
 
 # Positions of integer and boolean fields in each base frame.
@@ -241,12 +260,18 @@ INT_FIELDS = {
     "VoteResponse": [4],
     "AppendEntries": [4, 5, 6, 8],
     "AppendResponse": [4, 6, 7, 8],
+    "TimeoutNow": [4],
+    "ReadIndexRequest": [4, 5],
+    "ReadIndexResponse": [4, 5],  # the index may be -1 (refused), so it is checked apart
 }
 BOOL_FIELDS = {
     "RequestVote": [7],
     "VoteResponse": [5, 6],
     "AppendEntries": [],
     "AppendResponse": [5],
+    "TimeoutNow": [],
+    "ReadIndexRequest": [],
+    "ReadIndexResponse": [],
 }
 
 
@@ -306,7 +331,8 @@ def test_wrong_field_count_raises_field_error(name: str, change: str) -> None:
     if change == "drop-last":
         frame = frame[:-1]
     elif change == "extra":
-        frame = [*frame, 0]
+        # two more than the layout has (one optional trailing field is allowed on some)
+        frame = [*frame, 0, 0]
     else:
         frame = frame[:4]
     assert_rejected(pack(frame), FieldError)
@@ -353,7 +379,7 @@ def test_unknown_version_raises_unknown_message_type(version: Any) -> None:
         assert_rejected(pack([version, *frame[1:]]), UnknownMessageType)
 
 
-@pytest.mark.parametrize("tag", [0, 5, 99, -1, "1", 1.0, 3.0, True, None, [3], b"\x03"])
+@pytest.mark.parametrize("tag", [0, 8, 99, -1, "1", 1.0, 3.0, True, None, [3], b"\x03"])
 def test_unknown_tag_raises_unknown_message_type(tag: Any) -> None:
     assert_rejected(pack([1, tag, "a", "b", 3, 2, 1, False]), UnknownMessageType)
 
@@ -416,7 +442,7 @@ def _check_random_input(data: bytes) -> None:
     except DecodeError as exc:
         assert exc.reason == REASONS[type(exc)]
     else:
-        assert isinstance(result, RequestVote | VoteResponse | AppendEntries | AppendResponse)
+        assert isinstance(result, RAFT_MESSAGES)
 
 
 @settings(max_examples=500, deadline=None)
@@ -599,3 +625,15 @@ def test_error_hierarchy_and_reasons() -> None:
         assert cls("x").reason == reason
     assert len(set(REASONS.values())) == 4
     assert DecodeError("x").reason == "malformed"
+
+
+def test_read_index_response_index_below_minus_one_is_refused() -> None:
+    assert_rejected(pack([1, 7, "a", "b", 3, 7, -2]), FieldError)
+
+
+def test_frames_from_peers_without_the_optional_fields_still_decode() -> None:
+    # RequestVote without `transfer`, AppendEntries/AppendResponse without `round`
+    assert decode_message(pack([1, 1, "a", "b", 3, 2, 1, True])) == RequestVote(
+        "a", "b", 3, 2, 1, True, False
+    )
+    assert decode_message(pack([1, 4, "a", "b", 3, True, 5, 0, 0])).round == 0  # type: ignore[attr-defined]

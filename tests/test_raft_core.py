@@ -120,7 +120,7 @@ def test_pipelining_is_bounded_by_max_inflight() -> None:
     assert sent == 3  # three appends in flight, then the follower is paused
     inflight = core.progress[follower].inflight
     assert len(inflight) == 3
-    assert core.progress[follower].next == inflight[-1] + 1
+    assert core.progress[follower].next == inflight[-1][0] + 1
 
 
 def test_pre_vote_keeps_an_isolated_node_from_inflating_terms() -> None:

@@ -38,10 +38,12 @@ __all__ = [
     "Proposal",
     "ProposalDropped",
     "ProtocolError",
+    "ReadState",
     "Ready",
     "Role",
     "RoleChange",
     "Snapshot",
+    "TransferRefused",
 ]
 
 NodeId = str
@@ -77,6 +79,10 @@ class NotLeader(ConsensusError):
 
 class ProposalDropped(ConsensusError):
     """A proposal was refused for back-pressure or because the node is stepping down."""
+
+
+class TransferRefused(ConsensusError):
+    """A leadership transfer was refused (not leader, unknown target, target behind)."""
 
 
 class ProtocolError(ConsensusError):
@@ -131,6 +137,18 @@ class CommandResult:
 
     proposal: Proposal
     value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read point: serve the read for ``ctx`` once ``index`` is applied.
+
+    ``index`` is -1 when the read could not be confirmed (leadership was lost); the
+    driver then retries elsewhere.
+    """
+
+    ctx: Any
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +234,7 @@ class Ready:
     role_changes: list[RoleChange] = field(default_factory=list)
     dropped: list[tuple[Proposal, str]] = field(default_factory=list)
     results: list[CommandResult] = field(default_factory=list)
+    reads: list[ReadState] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         """True when the driver has nothing to do."""
@@ -226,6 +245,7 @@ class Ready:
             and not self.role_changes
             and not self.dropped
             and not self.results
+            and not self.reads
         )
 
 

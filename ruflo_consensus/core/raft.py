@@ -27,6 +27,9 @@ import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
 
 from .base import (
     Committed,
@@ -37,10 +40,13 @@ from .base import (
     NotLeader,
     Persist,
     Proposal,
+    ProposalDropped,
     ProtocolError,
+    ReadState,
     Ready,
     Role,
     RoleChange,
+    TransferRefused,
 )
 
 __all__ = [
@@ -65,6 +71,11 @@ class RaftConfig:
     check_quorum: bool = True
     max_inflight: int = 8
     max_batch_entries: int = 64
+    max_inflight_bytes: int = 4 << 20
+    max_batch_bytes: int = 1 << 20
+    max_uncommitted_entries: int = 10_000
+    read_mode: str = "read-index"
+    lease_drift_bound: float = 0.1
 
     def __post_init__(self) -> None:
         if self.tick_ms <= 0:
@@ -75,6 +86,16 @@ class RaftConfig:
             raise ValueError("election_timeout_max_ms must exceed election_timeout_min_ms")
         if self.max_inflight < 1 or self.max_batch_entries < 1:
             raise ValueError("max_inflight and max_batch_entries must be at least 1")
+        if self.max_inflight_bytes < 1 or self.max_batch_bytes < 1:
+            raise ValueError("max_inflight_bytes and max_batch_bytes must be at least 1")
+        if self.max_uncommitted_entries < 1:
+            raise ValueError("max_uncommitted_entries must be at least 1")
+        if self.read_mode not in ("read-index", "lease"):
+            raise ValueError("read_mode must be 'read-index' or 'lease'")
+        if self.read_mode == "lease" and not self.check_quorum:
+            raise ValueError("lease reads are only safe with check_quorum")
+        if not 0.0 <= self.lease_drift_bound < 1.0:
+            raise ValueError("lease_drift_bound must be in [0, 1)")
 
     @property
     def election_ticks(self) -> int:
@@ -91,6 +112,17 @@ class RaftConfig:
         """Heartbeat interval in ticks."""
         return max(1, self.heartbeat_ms // self.tick_ms)
 
+    @property
+    def lease_ticks(self) -> int:
+        """How long a quorum's acknowledgement keeps a lease, on the leader's clock.
+
+        Followers refuse votes for ``election_ticks`` on *their* clocks after hearing the
+        leader; with clocks off by up to ±``lease_drift_bound`` the lease must end within
+        ``election_ticks · (1 − d) / (1 + d)`` of the leader's clock.
+        """
+        d = self.lease_drift_bound
+        return int(self.election_ticks * (1.0 - d) / (1.0 + d))
+
 
 # --------------------------------------------------------------------------- messages
 
@@ -103,6 +135,7 @@ class RequestVote(Message):
     last_index: int
     last_term: int
     pre_vote: bool
+    transfer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +156,7 @@ class AppendEntries(Message):
     prev_term: int
     entries: tuple[Entry, ...]
     commit: int
+    round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +174,31 @@ class AppendResponse(Message):
     index: int
     hint_index: int
     hint_term: int
+    round: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow(Message):
+    """Leader → chosen successor: start an election now (leadership transfer)."""
+
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexRequest(Message):
+    """Follower → leader: confirm leadership and tell me a read point for ``ctx``."""
+
+    term: int
+    ctx: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexResponse(Message):
+    """Leader → follower: the read point for ``ctx`` (-1: refused)."""
+
+    term: int
+    ctx: int
+    index: int
 
 
 RAFT_MESSAGES: tuple[type[Message], ...] = (
@@ -147,7 +206,21 @@ RAFT_MESSAGES: tuple[type[Message], ...] = (
     VoteResponse,
     AppendEntries,
     AppendResponse,
+    TimeoutNow,
+    ReadIndexRequest,
+    ReadIndexResponse,
 )
+
+
+def entry_size(entry: Entry) -> int:
+    """Bytes an entry takes on the wire (its msgpack encoding), for flow control."""
+    p = entry.proposal
+    if p is None:
+        return 8
+    try:
+        return 16 + len(msgpack.packb([p.client, p.seq, p.command], use_bin_type=True))
+    except (TypeError, ValueError, OverflowError):
+        return 16 + len(repr(p.command))
 
 
 # --------------------------------------------------------------------------- progress
@@ -168,28 +241,40 @@ class _Progress:
     probe_sent: bool = False
     recent_active: bool = False
     match_at_heartbeat: int = -1
-    inflight: deque[int] = field(default_factory=deque)
+    acked_round: int = 0
+    inflight: deque[tuple[int, int]] = field(default_factory=deque)
+    inflight_bytes: int = 0
 
     def become_probe(self) -> None:
         self.state = _ProgressState.PROBE
         self.next = self.match + 1
         self.probe_sent = False
         self.inflight.clear()
+        self.inflight_bytes = 0
 
     def become_replicate(self) -> None:
         self.state = _ProgressState.REPLICATE
         self.next = self.match + 1
         self.probe_sent = False
         self.inflight.clear()
+        self.inflight_bytes = 0
 
-    def paused(self, max_inflight: int) -> bool:
+    def paused(self, max_inflight: int, max_bytes: int) -> bool:
         if self.state is _ProgressState.PROBE:
             return self.probe_sent
-        return len(self.inflight) >= max_inflight
+        return len(self.inflight) >= max_inflight or self.inflight_bytes >= max_bytes
+
+    def add_inflight(self, last: int, size: int) -> None:
+        self.inflight.append((last, size))
+        self.inflight_bytes += size
 
     def free_to(self, index: int) -> None:
-        while self.inflight and self.inflight[0] <= index:
-            self.inflight.popleft()
+        while self.inflight and self.inflight[0][0] <= index:
+            self.inflight_bytes -= self.inflight.popleft()[1]
+
+    def free_one(self) -> None:
+        if self.inflight:
+            self.inflight_bytes -= self.inflight.popleft()[1]
 
 
 # --------------------------------------------------------------------------- the core
@@ -248,6 +333,19 @@ class RaftCore:
         self._role_changes: list[RoleChange] = []
         self._dropped: list[tuple[Proposal, str]] = []
         self._pending_broadcast = False
+        # leadership transfer
+        self.transfer_target: NodeId | None = None
+        self._transfer_elapsed = 0
+        # reads: numbered heartbeat rounds confirm leadership for ReadIndex and leases
+        self.ticks = 0
+        self._round = 0
+        self._round_tick: dict[int, int] = {}
+        self._read_round_needed = False
+        self._pending_reads: list[tuple[int, Any, int, NodeId | None, int]] = []
+        self._reads_before_commit: list[tuple[Any, NodeId | None, int]] = []
+        self._remote_reads: dict[int, Any] = {}
+        self._next_read_id = 0
+        self._reads: list[ReadState] = []
         # counters a driver may export
         self.rejected: dict[str, int] = {}
 
@@ -289,6 +387,12 @@ class RaftCore:
         """Append a client command to the leader's log; raise :class:`NotLeader` elsewhere."""
         if self._role is not Role.LEADER:
             raise NotLeader(self.node_id, self._leader)
+        if self.transfer_target is not None:
+            raise ProposalDropped(f"leadership is being transferred to {self.transfer_target}")
+        if self.last_index - self.commit >= self.config.max_uncommitted_entries:
+            raise ProposalDropped(
+                f"{self.config.max_uncommitted_entries} entries are already waiting to commit"
+            )
         index = self.last_index + 1
         self.log.append(Entry(self._term, index, proposal))
         self._mark_unstable(index)
@@ -299,8 +403,13 @@ class RaftCore:
     def tick(self) -> None:
         """Advance the logical clock by one tick: elections, heartbeats, check-quorum."""
         self.election_elapsed += 1
+        self.ticks += 1
         if self._role is Role.LEADER:
             self.heartbeat_elapsed += 1
+            if self.transfer_target is not None:
+                self._transfer_elapsed += 1
+                if self._transfer_elapsed >= self.config.election_ticks:
+                    self.transfer_target = None  # the target never took over: carry on
             if self.election_elapsed >= self.config.election_ticks:
                 self.election_elapsed = 0
                 if self.config.check_quorum and not self._quorum_active():
@@ -317,7 +426,7 @@ class RaftCore:
         self._validate(m)
         mterm: int = m.term  # type: ignore[attr-defined]
         if mterm > self._term:
-            if isinstance(m, RequestVote):
+            if isinstance(m, RequestVote) and not m.transfer:
                 in_lease = (
                     self.config.check_quorum
                     and self._leader is not None
@@ -350,6 +459,15 @@ class RaftCore:
             self._handle_request_vote(m)
         elif isinstance(m, VoteResponse):
             self._handle_vote_response(m)
+        elif isinstance(m, TimeoutNow):
+            if self._role is Role.FOLLOWER and m.src == self._leader:
+                self._campaign(pre_vote=False, transfer=True)
+        elif isinstance(m, ReadIndexRequest):
+            self._handle_read_request(m)
+        elif isinstance(m, ReadIndexResponse):
+            ctx = self._remote_reads.pop(m.ctx, None)
+            if ctx is not None:
+                self._reads.append(ReadState(ctx, m.index))
 
     # ----------------------------------------------------------------- effects out
 
@@ -362,6 +480,8 @@ class RaftCore:
             or self._role_changes
             or self._dropped
             or self._pending_broadcast
+            or self._read_round_needed
+            or self._reads
             or self.applied < self.commit
         )
 
@@ -372,6 +492,11 @@ class RaftCore:
             if self._role is Role.LEADER:
                 for peer in self.others:
                     self._send_append(peer, allow_empty=False)
+        if self._read_round_needed:
+            self._read_round_needed = False
+            if self._role is Role.LEADER:
+                self.heartbeat_elapsed = 0
+                self._broadcast_heartbeat()
         persist = Persist()
         if self._unstable_from is not None:
             persist.truncate_from = self._unstable_from
@@ -384,10 +509,13 @@ class RaftCore:
         if self.applied < self.commit:
             committed = [Committed(e) for e in self.log[self.applied + 1 : self.commit + 1]]
             self.applied = self.commit
-        ready = Ready(persist, self._msgs, committed, self._role_changes, self._dropped)
+        ready = Ready(
+            persist, self._msgs, committed, self._role_changes, self._dropped, reads=self._reads
+        )
         self._msgs = []
         self._role_changes = []
         self._dropped = []
+        self._reads = []
         return ready
 
     # ----------------------------------------------------------------- validation
@@ -439,9 +567,13 @@ class RaftCore:
         self.election_elapsed = 0
         self.randomized_timeout = self._random_timeout()
         self.progress = {}
+        self.transfer_target = None
+        self._fail_reads()
+        if leader != self._leader:
+            self._fail_remote_reads()
         self._set_role(Role.FOLLOWER, leader)
 
-    def _campaign(self, pre_vote: bool) -> None:
+    def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
         self.election_elapsed = 0
         self.randomized_timeout = self._random_timeout()
         if pre_vote:
@@ -454,13 +586,15 @@ class RaftCore:
             vote_term = self._term
             self._set_role(Role.CANDIDATE, None)
         self.votes = {self.node_id: True}
+        self._fail_remote_reads()
         if self._tally() >= self.quorum:
             self._won_election(pre_vote)
             return
         last = self.last_index
+        last_term = self.term_at(last)
         for peer in self.others:
             self._send(
-                RequestVote(self.node_id, peer, vote_term, last, self.term_at(last), pre_vote)
+                RequestVote(self.node_id, peer, vote_term, last, last_term, pre_vote, transfer)
             )
 
     def _tally(self) -> int:
@@ -477,6 +611,7 @@ class RaftCore:
         self.election_elapsed = 0
         last = self.last_index
         self.progress = {p: _Progress(match=0, next=last + 1) for p in self.others}
+        self._round_tick = {}
         self._set_role(Role.LEADER, self.node_id)
         # A no-op entry of the new term lets the leader commit entries of earlier terms.
         self.log.append(Entry(self._term, last + 1, None))
@@ -537,7 +672,11 @@ class RaftCore:
             # Everything up to our commit index is already known to match.
             skip = self.commit - m.prev_index
             if skip >= len(m.entries):
-                self._send(AppendResponse(self.node_id, m.src, self._term, True, self.commit, 0, 0))
+                self._send(
+                    AppendResponse(
+                        self.node_id, m.src, self._term, True, self.commit, 0, 0, m.round
+                    )
+                )
                 return
             m = AppendEntries(
                 m.src,
@@ -547,13 +686,21 @@ class RaftCore:
                 self.term_at(self.commit),
                 m.entries[skip:],
                 m.commit,
+                m.round,
             )
         if not self._log_matches(m.prev_index, m.prev_term):
             self._count("log-mismatch")
             hint_index, hint_term = self._conflict_hint(m.prev_index)
             self._send(
                 AppendResponse(
-                    self.node_id, m.src, self._term, False, m.prev_index, hint_index, hint_term
+                    self.node_id,
+                    m.src,
+                    self._term,
+                    False,
+                    m.prev_index,
+                    hint_index,
+                    hint_term,
+                    m.round,
                 )
             )
             return
@@ -563,7 +710,7 @@ class RaftCore:
         if new_commit > self.commit:
             self.commit = new_commit
             self._hs_dirty = True
-        self._send(AppendResponse(self.node_id, m.src, self._term, True, last_new, 0, 0))
+        self._send(AppendResponse(self.node_id, m.src, self._term, True, last_new, 0, 0, m.round))
 
     def _conflict_hint(self, prev_index: int) -> tuple[int, int]:
         if prev_index > self.last_index:
@@ -590,6 +737,10 @@ class RaftCore:
             return
         pr = self.progress[m.src]
         pr.recent_active = True
+        if m.round > pr.acked_round:
+            pr.acked_round = m.round
+            if self._pending_reads:
+                self._release_reads()
         if m.success:
             if m.index > pr.match:
                 pr.match = m.index
@@ -600,6 +751,7 @@ class RaftCore:
                 else:
                     pr.free_to(m.index)
                 if self._advance_commit():
+                    self._on_commit_advanced()
                     for peer in self.others:
                         self._send_append(peer, allow_empty=True)
                     return
@@ -609,8 +761,8 @@ class RaftCore:
             # A reply that acknowledges nothing new (a heartbeat's or a duplicate).
             if pr.state is _ProgressState.PROBE:
                 pr.probe_sent = False
-            elif len(pr.inflight) >= self.config.max_inflight:
-                pr.inflight.popleft()  # let one more append out
+            elif pr.paused(self.config.max_inflight, self.config.max_inflight_bytes):
+                pr.free_one()  # let one more append out
             if pr.match < self.last_index:
                 self._send_append(m.src, allow_empty=False)
             return
@@ -638,10 +790,19 @@ class RaftCore:
 
     def _send_append(self, peer: NodeId, allow_empty: bool) -> None:
         pr = self.progress[peer]
-        if pr.paused(self.config.max_inflight):
+        cfg = self.config
+        if pr.paused(cfg.max_inflight, cfg.max_inflight_bytes):
             return
         prev = pr.next - 1
-        entries = tuple(self.log[pr.next : pr.next + self.config.max_batch_entries])
+        batch = self.log[pr.next : pr.next + cfg.max_batch_entries]
+        size = 0
+        for k, e in enumerate(batch):
+            esize = entry_size(e)
+            if k > 0 and size + esize > cfg.max_batch_bytes:
+                batch = batch[:k]
+                break
+            size += esize
+        entries = tuple(batch)
         if not entries and not allow_empty:
             return
         self._send(
@@ -653,11 +814,13 @@ class RaftCore:
             if entries:
                 last = entries[-1].index
                 pr.next = last + 1
-                pr.inflight.append(last)
+                pr.add_inflight(last, size)
         else:
             pr.probe_sent = True
 
     def _broadcast_heartbeat(self) -> None:
+        self._round += 1
+        self._round_tick[self._round] = self.ticks
         last = self.last_index
         for peer in self.others:
             pr = self.progress[peer]
@@ -678,6 +841,7 @@ class RaftCore:
                     self.term_at(pr.match),
                     (),
                     min(self.commit, pr.match),
+                    self._round,
                 )
             )
 
@@ -698,6 +862,117 @@ class RaftCore:
             self._hs_dirty = True
             return True
         return False
+
+    # ----------------------------------------------------------------- reads
+
+    def read_index(self, ctx: Any) -> None:
+        """Ask for a linearizable read point for ``ctx``; it arrives in ``Ready.reads``.
+
+        The driver serves the read once this node has applied up to the returned index.
+        On the leader the point is its commit index, confirmed by a heartbeat round that a
+        majority acknowledges (or, with ``read_mode="lease"``, by an unexpired lease). A
+        follower asks the leader. Raises :class:`NotLeader` when no leader is known.
+        """
+        if self._role is Role.LEADER:
+            self._leader_read(ctx, None, 0)
+            return
+        if self._leader is None or self._role is not Role.FOLLOWER:
+            raise NotLeader(self.node_id, self._leader)
+        self._next_read_id += 1
+        self._remote_reads[self._next_read_id] = ctx
+        self._send(ReadIndexRequest(self.node_id, self._leader, self._term, self._next_read_id))
+
+    def _handle_read_request(self, m: ReadIndexRequest) -> None:
+        if self._role is not Role.LEADER:
+            self._send(ReadIndexResponse(self.node_id, m.src, self._term, m.ctx, -1))
+            return
+        self._leader_read(None, m.src, m.ctx)
+
+    def _leader_read(self, ctx: Any, origin: NodeId | None, rid: int) -> None:
+        if self.term_at(self.commit) != self._term:
+            # Until an entry of this term commits, the commit index may be stale.
+            self._reads_before_commit.append((ctx, origin, rid))
+            return
+        index = self.commit
+        if not self.others or (self.config.read_mode == "lease" and self.lease_valid()):
+            self._deliver_read(ctx, origin, rid, index)
+            return
+        self._pending_reads.append((self._round + 1, ctx, index, origin, rid))
+        self._read_round_needed = True
+
+    def lease_valid(self) -> bool:
+        """True while a majority's heartbeat acknowledgement keeps this leader's lease."""
+        if self._role is not Role.LEADER or not self.config.check_quorum:
+            return False
+        sent = self._round_tick.get(self._quorum_round())
+        return sent is not None and self.ticks < sent + self.config.lease_ticks
+
+    def _quorum_round(self) -> int:
+        rounds = [self._round, *(p.acked_round for p in self.progress.values())]
+        rounds.sort(reverse=True)
+        return rounds[self.quorum - 1]
+
+    def _release_reads(self) -> None:
+        confirmed = self._quorum_round()
+        keep = []
+        for entry in self._pending_reads:
+            needed, ctx, index, origin, rid = entry
+            if needed <= confirmed:
+                self._deliver_read(ctx, origin, rid, index)
+            else:
+                keep.append(entry)
+        self._pending_reads = keep
+        floor = min(confirmed, *(e[0] for e in keep)) if keep else confirmed
+        for r in [r for r in self._round_tick if r < floor]:
+            del self._round_tick[r]
+
+    def _deliver_read(self, ctx: Any, origin: NodeId | None, rid: int, index: int) -> None:
+        if origin is None:
+            self._reads.append(ReadState(ctx, index))
+        else:
+            self._send(ReadIndexResponse(self.node_id, origin, self._term, rid, index))
+
+    def _on_commit_advanced(self) -> None:
+        if self._reads_before_commit and self.term_at(self.commit) == self._term:
+            waiting, self._reads_before_commit = self._reads_before_commit, []
+            for ctx, origin, rid in waiting:
+                self._leader_read(ctx, origin, rid)
+
+    def _fail_reads(self) -> None:
+        for _, ctx, _, origin, rid in self._pending_reads:
+            self._deliver_read(ctx, origin, rid, -1)
+        for ctx, origin, rid in self._reads_before_commit:
+            self._deliver_read(ctx, origin, rid, -1)
+        self._pending_reads = []
+        self._reads_before_commit = []
+
+    def _fail_remote_reads(self) -> None:
+        for ctx in self._remote_reads.values():
+            self._reads.append(ReadState(ctx, -1))
+        self._remote_reads = {}
+
+    # ----------------------------------------------------------------- leadership transfer
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Hand leadership to ``target`` with TimeoutNow; it must be a caught-up voter.
+
+        Raises :class:`TransferRefused` when this node is not the leader, ``target`` is
+        not another voter, or ``target`` has not replicated the whole log. While a
+        transfer is under way proposals are refused (:class:`ProposalDropped`); it is
+        abandoned after an election timeout if the target never takes over.
+        """
+        if self._role is not Role.LEADER:
+            raise TransferRefused(f"{self.node_id} is not the leader")
+        if target not in self.progress:
+            raise TransferRefused(f"{target!r} is not another voter of this cluster")
+        pr = self.progress[target]
+        if pr.match < self.last_index:
+            raise TransferRefused(
+                f"{target} is behind (has {pr.match} of {self.last_index} entries)"
+            )
+        self.transfer_target = target
+        self._transfer_elapsed = 0
+        self._send(TimeoutNow(self.node_id, target, self._term))
 
     # ----------------------------------------------------------------- helpers
 
