@@ -115,6 +115,7 @@ def generate_history(
         key = rng.randrange(n_keys) if kv else None
         roll = rng.random()
         counter += 1
+        value: Any
         if kv:
             if roll < 0.4:
                 f, value = "get", None
@@ -211,8 +212,9 @@ def mutate_history(ops: Sequence[Op], seed: int, kind: str = "never-written") ->
 
     ``kind="never-written"`` (default): one ``ok`` read/get completion, chosen with
     ``random.Random(seed)``, gets a fresh string value that contains a character found in
-    no value of the history, so no write, cas or sequence of appends can produce it; a history without an ``ok`` read gets a new read of such a value
-    appended at the end (new process). That read can never be linearised, so the result is
+    no value of the history, so no write, cas or sequence of appends can produce it; a
+    history without an ``ok`` read gets a new read of such a value appended at the end
+    (new process). That read can never be linearised, so the result is
     non-linearizable for the register and kv models, whatever the input.
 
     ``kind="stale"``: one ``ok`` read is changed to return an *older* value ``w`` such that

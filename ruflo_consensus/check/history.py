@@ -22,7 +22,7 @@ the line; no other exception type escapes :func:`load_history`.
 from __future__ import annotations
 
 import json
-import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,187 +102,163 @@ class _ParseError(Exception):
 # EDN subset reader
 # --------------------------------------------------------------------------------------
 
-_EDN_DELIMS = frozenset(" \t\r\n,()[]{}\"';")
-_EDN_STRING_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+_EDN_TOKEN = re.compile(
+    r"""
+    [\s,]+ | ;[^\n]*                      # whitespace, commas and comments: skipped
+    | (?P<str>"(?:[^"\\]|\\.)*")          # a complete string literal
+    | (?P<open>\#\{|[{\[(])               # map, vector, list or set opener
+    | (?P<close>[}\])])
+    | (?P<disc>\#_)                       # discard the next form
+    | (?P<atom>[^\s,()\[\]{}";]+)         # keyword, number, nil/true/false, symbol
+    | (?P<bad>.)                          # anything else (e.g. an unterminated string)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_EDN_CLOSERS = {"{": "}", "#{": "}", "[": "]", "(": ")"}
+_EDN_MAX_DEPTH = 256
+_EDN_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.DOTALL)
+_EDN_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+_EDN_INT = re.compile(r"[+-]?\d+N?")
+_EDN_FLOAT = re.compile(r"[+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?M?")
 
 
-class _EdnReader:
-    """A recursive-descent reader for the EDN subset that Jepsen op maps use.
+def _edn_unescape(match: re.Match[str]) -> str:
+    esc = match.group(1)
+    if len(esc) == 5:
+        return chr(int(esc[1:], 16))
+    try:
+        return _EDN_ESCAPES[esc]
+    except KeyError:
+        raise _ParseError(f"unknown string escape \\{esc}") from None
+
+
+def _edn_atom(token: str, column: int) -> Any:
+    first = token[0]
+    if first == ":":
+        if len(token) == 1:
+            raise _ParseError(f"empty keyword at column {column}")
+        return token[1:]
+    if token.isdigit():
+        return int(token)
+    if token == "nil":
+        return None
+    if token == "true":
+        return True
+    if token == "false":
+        return False
+    if _EDN_INT.fullmatch(token):
+        return int(token.rstrip("N"))
+    if _EDN_FLOAT.fullmatch(token):
+        return float(token.rstrip("M"))
+    if first == "#":
+        raise _ParseError(f"unsupported EDN tagged literal {token!r} at column {column}")
+    if first in "0123456789" or (len(token) > 1 and first in "+-" and token[1].isdigit()):
+        raise _ParseError(f"bad number {token!r} at column {column}")
+    raise _ParseError(
+        f"unsupported EDN symbol {token!r} at column {column} (only keywords, nil, true, false)"
+    )
+
+
+def _edn_build(opener: str, items: list[Any], column: int) -> Any:
+    if opener == "{":
+        if len(items) % 2:
+            raise _ParseError(f"map starting at column {column} has an odd number of forms")
+        result: dict[Any, Any] = {}
+        for k, v in zip(items[::2], items[1::2], strict=True):
+            try:
+                result[k] = v
+            except TypeError:
+                raise _ParseError(f"unhashable map key {k!r}") from None
+        return result
+    if opener == "#{":
+        try:
+            return frozenset(items)
+        except TypeError:
+            raise _ParseError("unhashable element in a set literal") from None
+    return tuple(items)
+
+
+def _edn_read(text: str) -> Any:
+    """Read exactly one EDN value from ``text`` (iteratively; at most 256 levels deep).
 
     Supported: maps, vectors, lists, sets, strings, integers (``42``, ``-7``, ``42N``),
     floats (``1.5``, ``1e3``, ``1.5M``), keywords (returned as their name without the
     colon, so ``:read`` reads as ``"read"``), ``nil``, ``true``, ``false``, commas as
-    whitespace and ``;`` comments. Vectors and lists read as tuples, sets as frozensets,
-    maps as dicts. Tagged literals, characters and symbols are rejected.
+    whitespace, ``;`` comments and ``#_`` discards. Vectors and lists read as tuples, sets
+    as frozensets, maps as dicts. Tagged literals, characters and symbols are rejected.
     """
-
-    __slots__ = ("pos", "text")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-
-    def _skip_ws(self) -> None:
-        text = self.text
-        n = len(text)
-        while self.pos < n:
-            ch = text[self.pos]
-            if ch in " \t\r\n,":
-                self.pos += 1
-            elif ch == ";":
-                while self.pos < n and text[self.pos] != "\n":
-                    self.pos += 1
+    # frame: [opener, items, pending discards, column]
+    stack: list[list[Any]] = [["", [], 0, 0]]
+    frame = stack[0]
+    for match in _EDN_TOKEN.finditer(text):
+        kind = match.lastgroup
+        if kind is None:
+            continue
+        value: Any
+        if kind == "atom":
+            token = match.group(kind)
+            if token[0] == ":" and len(token) > 1:
+                value = token[1:]
             else:
-                return
-
-    def read_top(self) -> Any:
-        """Read exactly one value and check nothing but whitespace follows it."""
-        value = self.read()
-        self._skip_ws()
-        if self.pos != len(self.text):
-            raise _ParseError(f"unexpected text after the value at column {self.pos + 1}")
-        return value
-
-    def read(self) -> Any:
-        """Read one value starting at the current position."""
-        self._skip_ws()
-        text = self.text
-        if self.pos >= len(text):
-            raise _ParseError("unexpected end of line (truncated EDN value?)")
-        ch = text[self.pos]
-        if ch == "{":
-            self.pos += 1
-            items = self._read_seq("}")
-            if len(items) % 2:
-                raise _ParseError("map literal has an odd number of forms")
-            result: dict[Any, Any] = {}
-            for k, v in zip(items[::2], items[1::2], strict=True):
-                try:
-                    result[k] = v
-                except TypeError as exc:
-                    raise _ParseError(f"unhashable map key {k!r}") from exc
-            return result
-        if ch == "[":
-            self.pos += 1
-            return tuple(self._read_seq("]"))
-        if ch == "(":
-            self.pos += 1
-            return tuple(self._read_seq(")"))
-        if ch == "#":
-            if text.startswith("#{", self.pos):
-                self.pos += 2
-                try:
-                    return frozenset(self._read_seq("}"))
-                except TypeError as exc:
-                    raise _ParseError("unhashable element in a set literal") from exc
-            if text.startswith("#_", self.pos):
-                self.pos += 2
-                self.read()  # discard the next form
-                return self.read()
-            raise _ParseError(f"unsupported EDN dispatch '#' at column {self.pos + 1}")
-        if ch == '"':
-            return self._read_string()
-        if ch == ":":
-            self.pos += 1
-            token = self._read_token()
-            if not token:
-                raise _ParseError(f"empty keyword at column {self.pos}")
-            return token
-        if ch in ")]}":
-            raise _ParseError(f"unexpected {ch!r} at column {self.pos + 1}")
-        token = self._read_token()
-        if not token:
-            raise _ParseError(f"unexpected character {ch!r} at column {self.pos + 1}")
-        return self._atom(token)
-
-    def _read_seq(self, close: str) -> list[Any]:
-        items: list[Any] = []
-        text = self.text
-        while True:
-            self._skip_ws()
-            if self.pos >= len(text):
-                raise _ParseError(f"unexpected end of line: missing {close!r} (truncated?)")
-            if text[self.pos] == close:
-                self.pos += 1
-                return items
-            if text.startswith("#_", self.pos):
-                self.pos += 2
-                self.read()  # discard the next form
-                continue
-            items.append(self.read())
-
-    def _read_token(self) -> str:
-        text = self.text
-        start = self.pos
-        n = len(text)
-        while self.pos < n and text[self.pos] not in _EDN_DELIMS:
-            self.pos += 1
-        return text[start : self.pos]
-
-    def _read_string(self) -> str:
-        text = self.text
-        self.pos += 1  # opening quote
-        out: list[str] = []
-        n = len(text)
-        while True:
-            if self.pos >= n:
-                raise _ParseError("unterminated string (truncated line?)")
-            ch = text[self.pos]
-            if ch == '"':
-                self.pos += 1
-                return "".join(out)
-            if ch == "\\":
-                if self.pos + 1 >= n:
-                    raise _ParseError("unterminated string escape")
-                esc = text[self.pos + 1]
-                if esc in _EDN_STRING_ESCAPES:
-                    out.append(_EDN_STRING_ESCAPES[esc])
-                    self.pos += 2
-                elif esc == "u":
-                    digits = text[self.pos + 2 : self.pos + 6]
-                    if len(digits) != 4 or any(c not in "0123456789abcdefABCDEF" for c in digits):
-                        raise _ParseError(f"bad \\u escape at column {self.pos + 1}")
-                    out.append(chr(int(digits, 16)))
-                    self.pos += 6
-                else:
-                    raise _ParseError(f"unknown string escape \\{esc} at column {self.pos + 1}")
-            else:
-                out.append(ch)
-                self.pos += 1
-
-    def _atom(self, token: str) -> Any:
-        if token == "nil":
-            return None
-        if token == "true":
-            return True
-        if token == "false":
-            return False
-        body = token[:-1] if token[-1] in "NM" and len(token) > 1 else token
-        if body[0] in "0123456789" or (body[0] in "+-" and len(body) > 1 and body[1].isdigit()):
-            try:
-                if token.endswith("N") or all(c in "+-0123456789" for c in body):
-                    return int(body)
-                value = float(body)
-            except ValueError as exc:
-                raise _ParseError(f"bad number {token!r}") from exc
-            if not math.isfinite(value):
-                raise _ParseError(f"bad number {token!r}")
-            return value
-        raise _ParseError(f"unsupported EDN symbol {token!r} (only keywords, nil, true, false)")
+                value = _edn_atom(token, match.start() + 1)
+        elif kind == "open":
+            if len(stack) > _EDN_MAX_DEPTH:
+                raise _ParseError(f"EDN value nested more than {_EDN_MAX_DEPTH} levels deep")
+            frame = [match.group(kind), [], 0, match.start() + 1]
+            stack.append(frame)
+            continue
+        elif kind == "close":
+            token = match.group(kind)
+            if len(stack) == 1:
+                raise _ParseError(f"unexpected {token!r} at column {match.start() + 1}")
+            opener, items, discards, start = stack.pop()
+            frame = stack[-1]
+            if _EDN_CLOSERS[opener] != token:
+                raise _ParseError(f"{opener!r} at column {start} closed by {token!r}")
+            if discards:
+                raise _ParseError(f"'#_' with nothing to discard before column {match.start()}")
+            value = _edn_build(opener, items, start)
+        elif kind == "str":
+            body = match.group(kind)[1:-1]
+            value = _EDN_ESCAPE.sub(_edn_unescape, body) if "\\" in body else body
+        elif kind == "disc":
+            frame[2] += 1
+            continue
+        elif match.group(kind) == '"':
+            raise _ParseError(f"unterminated string at column {match.start() + 1} (truncated?)")
+        else:
+            raise _ParseError(
+                f"unexpected character {match.group(kind)!r} at column {match.start() + 1}"
+            )
+        if frame[2]:
+            frame[2] -= 1
+        else:
+            frame[1].append(value)
+    if len(stack) > 1:
+        opener, _, _, start = stack[-1]
+        raise _ParseError(
+            f"unexpected end of line: {opener!r} at column {start} is not closed (truncated?)"
+        )
+    _, items, discards, _ = stack[0]
+    if discards:
+        raise _ParseError("'#_' with nothing to discard")
+    if not items:
+        raise _ParseError("no EDN value on the line")
+    if len(items) > 1:
+        raise _ParseError("more than one EDN value on the line")
+    return items[0]
 
 
 def parse_edn(text: str) -> Any:
-    """Parse one EDN value from ``text`` (the subset described in :class:`_EdnReader`).
+    """Parse one EDN value from ``text`` (the subset described in :func:`_edn_read`).
 
     Keywords become plain strings without the leading colon, vectors and lists become
     tuples, sets frozensets, maps dicts. Raises :class:`ValueError` on bad syntax.
     """
     try:
-        return _EdnReader(text).read_top()
+        return _edn_read(text)
     except _ParseError as exc:
         raise ValueError(str(exc)) from None
-    except RecursionError:
-        raise ValueError("EDN value nested too deeply") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -290,8 +266,13 @@ def parse_edn(text: str) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+_SCALARS = frozenset({int, str, float, bool, type(None)})
+
+
 def _tupleize(value: Any) -> Any:
     """JSON arrays become tuples (recursively), so JSON and EDN read alike."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, list):
         return tuple(_tupleize(v) for v in value)
     if isinstance(value, dict):
@@ -299,10 +280,28 @@ def _tupleize(value: Any) -> Any:
     return value
 
 
-def _op_from_map(raw: Any) -> Op:
-    """Validate one decoded op map and build an :class:`Op` (raises _ParseError)."""
+def _edn_type_name(value: Any) -> str:
+    """A readable EDN type name for error messages."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, tuple):
+        return "a vector"
+    if isinstance(value, frozenset):
+        return "a set"
+    if isinstance(value, str):
+        return "a keyword or string"
+    return "a number"
+
+
+def _op_from_map(raw: Any, from_json: bool = False) -> Op:
+    """Validate one decoded op map and build an :class:`Op` (raises _ParseError).
+
+    For JSON, arrays in ``key`` and ``value`` are turned into tuples.
+    """
     if not isinstance(raw, dict):
-        raise _ParseError(f"expected an op map, got {type(raw).__name__}")
+        raise _ParseError(f"expected an op map, got {_edn_type_name(raw)}")
     for field in ("process", "type", "f"):
         if field not in raw:
             raise _ParseError(f"op map has no {field!r}")
@@ -319,32 +318,31 @@ def _op_from_map(raw: Any) -> Op:
     time: float | None = None
     if isinstance(raw_time, int | float) and not isinstance(raw_time, bool):
         time = float(raw_time)
-    return Op(
-        process=process,
-        type=op_type,
-        f=f,
-        key=raw.get("key"),
-        value=raw.get("value"),
-        time=time,
-    )
+    key = raw.get("key")
+    value = raw.get("value")
+    if from_json:
+        key = _tupleize(key)
+        value = _tupleize(value)
+    return Op(process, op_type, f, key, value, time)
 
 
 def _parse_json_line(line: str) -> Op:
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise _ParseError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+        raise _ParseError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
         raise _ParseError("JSON value nested too deeply") from None
-    return _op_from_map(_tupleize(raw))
+    if not isinstance(raw, dict):
+        kind = {list: "array", str: "string", bool: "boolean"}.get(type(raw), "number")
+        if raw is None:
+            kind = "null"
+        raise _ParseError(f"expected a JSON object (op map), got a JSON {kind}")
+    return _op_from_map(raw, from_json=True)
 
 
 def _parse_edn_line(line: str) -> Op:
-    try:
-        raw = _EdnReader(line).read_top()
-    except RecursionError:
-        raise _ParseError("EDN value nested too deeply") from None
-    return _op_from_map(raw)
+    return _op_from_map(_edn_read(line))
 
 
 def _detect_format(line: str) -> str:

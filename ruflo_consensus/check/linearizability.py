@@ -16,7 +16,8 @@ been linearised although it must precede everything that follows, so the search
 backtracks (restores the most recently linearised operation and tries the next
 candidate). Every configuration (set of linearised operations as an int bitset, model
 state) is recorded, so the same configuration is never explored twice. The history is
-linearizable iff the list can be emptied.
+linearizable iff every ``ok`` operation can be linearised this way; ``info`` operations
+still unplaced at that point are taken not to have happened.
 
 Models may split a history into partitions (for example by key); by P-compositionality
 the history is linearizable iff every partition is.
@@ -24,6 +25,7 @@ the history is linearizable iff every partition is.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -42,12 +44,14 @@ __all__ = [
 _TIME_CHECK_INTERVAL = 1024
 """The search looks at the clock once every this many steps."""
 
-_WINDOW_CHECK_SECONDS = 2.0
-"""Time budget for re-checking a failure window on its own."""
+
+_PLAIN = frozenset({int, str, float, bool, type(None), bytes})
 
 
 def _freeze(value: Any) -> Any:
     """Make values hashable: lists -> tuples, dicts -> frozensets of items, sets -> frozen."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, list | tuple):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, dict):
@@ -111,9 +115,9 @@ class _Outcome:
     """Internal result of searching one partition."""
 
     linearizable: bool | None
-    best_prefix: list[int] = field(default_factory=list)
+    best_prefix: list[Operation] = field(default_factory=list)
     best_state: Any = None
-    blocking: int = -1
+    blocking: Operation | None = None
 
 
 def _search(
@@ -125,17 +129,25 @@ def _search(
     """Run the WGL/Lowe search over ``ops`` (one partition) from ``init_state``.
 
     Returns linearizable True / False / None (deadline passed). On False, also the
-    deepest configuration reached: the linearised operations (local indices, in order),
-    the state after them, and the operation whose return event stopped the search there.
+    deepest configuration reached: the linearised operations in order, the state after
+    them, and the operation whose return event stopped the search there.
+
+    The set of linearised operations is kept as ``(low, bits)``: operations are numbered
+    in call order, the first ``low`` of them are all linearised, and ``bits`` holds the
+    rest shifted down by ``low``. That is canonical, so ``(low, bits, state)`` is the memo
+    key, and it stays a small int even in a long history.
     """
-    n = len(ops)
-    if n == 0:
+    opl = sorted(ops, key=lambda op: op.call)
+    n = len(opl)
+    is_ok = [op.status == "ok" for op in opl]
+    remaining = sum(is_ok)  # ok operations still to place; info ones may stay out
+    if remaining == 0:
         return _Outcome(True)
     # Events sorted by history position; info returns go after every real event, in
     # call order.
     beyond = 1 << 62
     events: list[tuple[int, int, int]] = []
-    for i, op in enumerate(ops):
+    for i, op in enumerate(opl):
         events.append((op.call, 0, i))
         ret = op.ret
         events.append((ret if op.status == "ok" and ret is not None else beyond + op.call, 1, i))
@@ -146,7 +158,7 @@ def _search(
     nxt = [*range(1, m), -1, 0]  # index m is the head sentinel
     prv = [head, *range(0, m - 1), -1]
     match = [-1] * m  # call event -> its return event; -1 for return events
-    evop = [0] * m  # event -> local operation index
+    evop = [0] * m  # event -> operation number
     call_ev = [0] * n
     for e, (_, kind, i) in enumerate(events):
         evop[e] = i
@@ -157,20 +169,23 @@ def _search(
 
     step = model.step
     monotonic = time.monotonic
-    opl = list(ops)
+    pure = [model.read_only(op) for op in opl]
     state: Any = init_state
-    linearized = 0
-    stack_e: list[int] = []
-    stack_s: list[Any] = []
-    seen: set[tuple[int, Any]] = set()
+    low = 0
+    bits = 0
+    # (call event, state, low, bits, committed) before each linearised operation;
+    # committed marks a read-only op placed as soon as it was legal (no alternatives).
+    stack: list[tuple[int, Any, int, int, bool]] = []
+    seen: set[tuple[int, int, Any]] = set()
     best_depth = -1
-    best_prefix: list[int] = []
+    best_events: list[int] = []
     best_state: Any = init_state
     blocking = -1
+    low_water = 0  # stack entries below this are unchanged since best_events was taken
     countdown = _TIME_CHECK_INTERVAL
 
     e = nxt[head]
-    while e != -1:
+    while True:
         countdown -= 1
         if countdown == 0:
             countdown = _TIME_CHECK_INTERVAL
@@ -180,40 +195,70 @@ def _search(
         if r >= 0:
             i = evop[e]
             legal, new_state = step(state, opl[i])
-            if legal:
-                config = (linearized | (1 << i), new_state)
-                if config not in seen:
-                    seen.add(config)
-                    stack_e.append(e)
-                    stack_s.append(state)
-                    state = new_state
-                    linearized = config[0]
-                    # lift the call and its return out of the list
-                    p = prv[e]
-                    q = nxt[e]
-                    nxt[p] = q
+            if not legal:
+                e = nxt[e]
+                continue
+            j = i - low
+            if j:
+                new_low = low
+                new_bits = bits | (1 << j)
+            else:
+                # bit 0 becomes set: absorb the run of trailing ones into low
+                new_bits = bits | 1
+                ones = (~new_bits & (new_bits + 1)).bit_length() - 1
+                new_low = low + ones
+                new_bits >>= ones
+            config = (new_low, new_bits, new_state)
+            if config not in seen:
+                seen.add(config)
+                stack.append((e, state, low, bits, pure[i]))
+                state = new_state
+                low = new_low
+                bits = new_bits
+                # lift the call and its return out of the list
+                p = prv[e]
+                q = nxt[e]
+                nxt[p] = q
+                prv[q] = p
+                p = prv[r]
+                q = nxt[r]
+                nxt[p] = q
+                if q != -1:
                     prv[q] = p
-                    p = prv[r]
-                    q = nxt[r]
-                    nxt[p] = q
-                    if q != -1:
-                        prv[q] = p
-                    e = nxt[head]
-                    continue
-            e = nxt[e]
+                if is_ok[i]:
+                    remaining -= 1
+                    if remaining == 0:
+                        return _Outcome(True)
+                e = nxt[head]
+                continue
+            if not pure[i]:
+                e = nxt[e]
+                continue
+            # A legal read-only op whose successor configuration already failed: this
+            # configuration fails too (see read_only), so fall through to backtrack.
         else:
             # A return of an operation that is not linearised yet: backtrack.
-            depth = len(stack_e)
+            depth = len(stack)
             if depth > best_depth:
                 best_depth = depth
-                best_prefix = [evop[c] for c in stack_e]
+                del best_events[low_water:]
+                best_events.extend(entry[0] for entry in stack[low_water:])
+                low_water = depth
                 best_state = state
                 blocking = evop[e]
-            if not stack_e:
-                return _Outcome(False, best_prefix, best_state, blocking)
-            e = stack_e.pop()
-            state = stack_s.pop()
-            linearized ^= 1 << evop[e]
+        while True:
+            if not stack:
+                return _Outcome(
+                    False,
+                    [opl[evop[c]] for c in best_events],
+                    best_state,
+                    opl[blocking],
+                )
+            e, state, low, bits, committed = stack.pop()
+            if len(stack) < low_water:
+                low_water = len(stack)
+            if is_ok[evop[e]]:
+                remaining += 1
             # unlift: put the return back, then the call
             r = match[e]
             p = prv[r]
@@ -224,8 +269,9 @@ def _search(
             p = prv[e]
             nxt[p] = e
             prv[nxt[e]] = e
-            e = nxt[e]
-    return _Outcome(True)
+            if not committed:
+                break
+        e = nxt[e]
 
 
 def _position(op: Operation) -> str:
@@ -237,23 +283,24 @@ class FailureReport:
     """Where the search got stuck in a non-linearizable partition.
 
     The search tracks the *deepest* configuration it reached: a sequence ``prefix`` of
-    operations that can be linearised, in that order, consistently with real time and the
-    model -- there is no longer such sequence (in the search's sense: each operation is
-    placed before every operation not yet placed whose return it does not follow) -- and
-    ``state``, the model state after it. From there the search could not continue:
-    ``blocking`` is the first not-yet-linearised operation to return, so it had to be
-    linearised before any operation invoked after that return; ``window`` holds every
-    not-yet-linearised operation invoked before ``blocking`` returned (``blocking``
-    included), i.e. exactly the candidates the search tried next. For each,
-    ``legal_from_state`` says whether the model accepts it from ``state``; a legal
-    candidate led only to dead ends later.
+    operations that is a legal sequential execution of the model and respects real time
+    (if an operation in it was invoked after some operation returned, that operation is
+    in it too, earlier), and ``state``, the model state after it. The search is exhaustive
+    up to memoisation, so no longer such prefix exists among the partition's operations
+    (after :meth:`~ruflo_consensus.check.models.Model.simplify`).
 
-    ``window_alone_fails`` is True when the window's operations on their own, started
-    from ``state`` and keeping their real-time order, cannot be linearised -- then the
-    window is a self-contained witness given that prefix; False when they can (the
-    conflict also involves operations invoked later); None when that re-check ran out of
-    time. The prefix is one longest prefix, not necessarily the only one; the bug may lie
-    in how the history ordered operations inside it.
+    ``blocking`` is the first operation not in the prefix to return: it has to be
+    linearised before any operation invoked after that return. ``window`` holds every
+    operation not in the prefix that was invoked before ``blocking`` returned
+    (``blocking`` included) -- exactly the operations that could come next. **None of
+    them is legal from** ``state``: had one been, the prefix could be extended, and it
+    is a longest one. So, given that prefix, the window is a self-contained witness:
+    whichever of its operations is placed next, the model rejects it.
+
+    The prefix is one longest prefix, not necessarily the only one, and not necessarily
+    where the bug is: a faulty system may have ordered operations inside the prefix
+    differently from what the clients later observed. It is also not guaranteed to be
+    the shortest contiguous slice of the history that is non-linearizable.
 
     Positions (``call``/``ret`` of the operations) are 0-based event positions in the
     history list; :meth:`render` shows them 1-based, which for a file without blank lines
@@ -269,8 +316,6 @@ class FailureReport:
     state: Any
     blocking: Operation
     window: tuple[Operation, ...]
-    legal_from_state: tuple[bool, ...]
-    window_alone_fails: bool | None
 
     def render(self, prefix_tail: int = 5) -> str:
         """A readable multi-line explanation (plain text).
@@ -297,33 +342,20 @@ class FailureReport:
         lines.append(f"  {self._op_line(self.blocking)}")
         lines.append(
             f"Window: the {len(self.window)} operation(s) not in the prefix that were invoked "
-            "before it returned (each tried next from that state):"
+            "before it returned. One of them would have to come next, but none can be applied "
+            "to that state (otherwise a longer prefix would exist):"
         )
         width = max(len(model.describe_op(op)) for op in self.window)
         width = max(width, len("operation"))
         lines.append(
             f"  {'op':>7}  {'process':>8}  {'operation':<{width}}  {'call':>7}  {'return':>7}"
-            "  from that state"
         )
-        for op, legal in zip(self.window, self.legal_from_state, strict=True):
-            verdict = "legal, but every continuation failed" if legal else "illegal"
+        for op in self.window:
             mark = "  <- could not be linearized" if op is self.blocking else ""
             lines.append(
                 f"  {'#' + str(op.index):>7}  {op.process!s:>8}  "
-                f"{model.describe_op(op):<{width}}  {op.call + 1:>7}  {_position(op):>7}"
-                f"  {verdict}{mark}"
+                f"{model.describe_op(op):<{width}}  {op.call + 1:>7}  {_position(op):>7}{mark}"
             )
-        if self.window_alone_fails is True:
-            lines.append(
-                "These window operations alone, started from that state, cannot be linearized."
-            )
-        elif self.window_alone_fails is False:
-            lines.append(
-                "These window operations alone can be linearized from that state; the "
-                "conflict also involves operations invoked later."
-            )
-        else:
-            lines.append("(Re-checking the window on its own ran out of time.)")
         lines.append(
             "Positions are 1-based history event numbers; 'inf' marks an info operation, "
             "whose return is treated as the end of the history."
@@ -368,23 +400,17 @@ def _explain(
     index: int,
     partitions: int,
 ) -> FailureReport:
-    prefix = tuple(part[i] for i in outcome.best_prefix)
-    done = set(outcome.best_prefix)
-    blocking = part[outcome.blocking]
+    prefix = tuple(outcome.best_prefix)
+    done = {op.index for op in prefix}
+    blocking = outcome.blocking
+    assert blocking is not None
     limit = blocking.ret if blocking.status == "ok" and blocking.ret is not None else None
     window = tuple(
         op
-        for i, op in enumerate(part)
-        if i not in done and (limit is None or op.call < limit)
+        for op in sorted(part, key=lambda op: op.call)
+        if op.index not in done and (limit is None or op.call < limit)
     )
     state = outcome.best_state
-    legal: list[bool] = []
-    for op in window:
-        try:
-            legal.append(bool(model.step(state, op)[0]))
-        except Exception:  # a user model that cannot even evaluate it: call it illegal
-            legal.append(False)
-    alone = _search(model, window, state, time.monotonic() + _WINDOW_CHECK_SECONDS)
     return FailureReport(
         model=model,
         partition=index,
@@ -395,8 +421,6 @@ def _explain(
         state=state,
         blocking=blocking,
         window=window,
-        legal_from_state=tuple(legal),
-        window_alone_fails=None if alone.linearizable is None else not alone.linearizable,
     )
 
 
@@ -422,13 +446,25 @@ def check_history(
     start = time.monotonic()
     if isinstance(model, str):
         model = get_model(model)
+    # The search allocates many small acyclic tuples; the cyclic collector would walk the
+    # growing memo set again and again, so it is paused for the duration of the check.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _check(ops, model, start, timeout)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _check(ops: Sequence[Op], model: Model, start: float, timeout: float | None) -> CheckResult:
     deadline = None if timeout is None else start + timeout
     operations = pair_operations(ops)
     invocations = sum(1 for op in ops if op.type == "invoke")
     for op in operations:
         model.validate(op)
-    operations = [op for op in operations if not (op.is_info and model.can_drop(op))]
     parts = [part for part in model.partition(operations) if part]
+    parts = [simple for simple in (model.simplify(part) for part in parts) if simple]
 
     verdict: bool | None = True
     failure: FailureReport | None = None

@@ -92,9 +92,9 @@ class Model:
     Required: set :attr:`name` and implement :meth:`init` and :meth:`step`. Optional:
     :meth:`partition` (split a history into independent sub-histories -- the history is
     linearizable iff each part is), :meth:`validate` (reject ops the model cannot
-    interpret before searching), :meth:`can_drop` (drop ``info`` ops that constrain
-    nothing, such as reads whose result is unknown), and the ``describe_*`` helpers used
-    by failure reports.
+    interpret before searching), :meth:`read_only` (declare queries, which makes the
+    search faster and lets ``info`` queries be dropped), :meth:`simplify` (drop ``info``
+    ops that cannot matter), and the ``describe_*`` helpers used by failure reports.
 
     Models must be deterministic and must not mutate states: :meth:`step` returns a new
     state. States must be hashable and equal states must be interchangeable.
@@ -123,12 +123,28 @@ class Model:
     def validate(self, op: Operation) -> None:
         """Raise :class:`InvalidOperationError` if ``op`` makes no sense for this model."""
 
-    def can_drop(self, op: Operation) -> bool:
-        """True if ``op`` (whose status is ``"info"``) constrains nothing and can be dropped.
+    def read_only(self, op: Operation) -> bool:
+        """True if ``op`` never changes the state: wherever it is legal, ``step`` returns
+        the state it was given (a query, such as a read).
 
-        The default keeps every op. Read-only operations with unknown results return True.
+        The default is False, which is always safe. Declaring queries lets the search
+        commit to a legal query as soon as it can be linearised, without exploring the
+        alternatives (moving a state-preserving operation earlier cannot invalidate a
+        linearization), and lets the default :meth:`simplify` drop ``info`` queries. A
+        wrong True makes the checker unsound.
         """
         return False
+
+    def simplify(self, ops: list[Operation]) -> list[Operation]:
+        """Remove ``info`` operations of one partition that cannot change the verdict.
+
+        Called on each partition before the search. It must keep every ``ok`` operation
+        and may drop an ``info`` operation only if the partition is linearizable without
+        it whenever it is linearizable with it (dropping means "it did not happen"). Fewer
+        ``info`` operations make the search much faster. The default drops the ``info``
+        operations that are :meth:`read_only` (their unknown result constrains nothing).
+        """
+        return [op for op in ops if not (op.is_info and self.read_only(op))]
 
     def describe_op(self, op: Operation) -> str:
         """A short readable form of ``op``, e.g. ``"write 3"`` or ``"read -> 3"``."""
@@ -190,9 +206,33 @@ class RegisterModel(Model):
                 op, "the register model understands read, write and cas only"
             )
 
-    def can_drop(self, op: Operation) -> bool:
-        """Reads with unknown results constrain nothing."""
+    def read_only(self, op: Operation) -> bool:
+        """Reads (``read`` / ``get``) never change the register."""
         return op.f in _READS
+
+    def simplify(self, ops: list[Operation]) -> list[Operation]:
+        """Drop info reads, and info writes / cas whose written value is never observed.
+
+        A value is *observed* if an ``ok`` read returned it or any ``cas`` expected it. If
+        an unobserved value was written, no read or successful cas can run until it is
+        overwritten, so leaving the write out keeps every linearization valid.
+        """
+        observed: set[Any] = set()
+        for op in ops:
+            if op.f in _READS and op.status == "ok":
+                observed.add(op.output)
+            elif op.f == "cas":
+                observed.add(op.input[0])
+        kept: list[Operation] = []
+        for op in ops:
+            if op.is_info:
+                if op.f in _READS:
+                    continue
+                written = op.input[1] if op.f == "cas" else op.input
+                if written not in observed:
+                    continue
+            kept.append(op)
+        return kept
 
     def describe_op(self, op: Operation) -> str:
         """``read -> v``, ``write v`` or ``cas old -> new`` (plus ``(info)``)."""
@@ -230,37 +270,40 @@ class KVModel(Model):
         """No key has been written."""
         return ()
 
-    @staticmethod
-    def _get(state: tuple[tuple[Any, Any], ...], key: Any) -> Any:
-        for k, v in state:
-            if k == key:
-                return v
-        return ""
-
-    @staticmethod
-    def _set(state: tuple[tuple[Any, Any], ...], key: Any, value: Any) -> Hashable:
-        for i, (k, _) in enumerate(state):
-            if k == key:
-                return (*state[:i], (key, value), *state[i + 1 :])
-        return (*state, (key, value))
-
     def step(self, state: Any, op: Operation) -> tuple[bool, Hashable]:
         """Apply one get / put / append / cas to the map ``state``."""
-        f = op.f
+        # Written inline (no helper calls): this is the checker's innermost loop.
         key = op.key
+        at = -1
+        current: Any = ""
+        for n, pair in enumerate(state):
+            if pair[0] == key:
+                at = n
+                current = pair[1]
+                break
+        f = op.f
         if f in _READS:
-            return (op.status != "ok" or _kv_norm(op.output) == self._get(state, key)), state
+            if op.status != "ok":
+                return True, state
+            out = op.output
+            return (current == (out if out is not None else "")), state
+        value = op.input
         if f in _WRITES:
-            return True, self._set(state, key, _kv_norm(op.input))
-        if f == "append":
-            current = self._get(state, key)
+            new = value if value is not None else ""
+        elif f == "append":
             if not isinstance(current, str):
                 return False, state
-            return True, self._set(state, key, current + _kv_norm(op.input))
-        old, new = op.input
-        if self._get(state, key) == _kv_norm(old):
-            return True, self._set(state, key, _kv_norm(new))
-        return False, state
+            new = current + (value if value is not None else "")
+        else:
+            old = value[0]
+            if current != (old if old is not None else ""):
+                return False, state
+            new = value[1] if value[1] is not None else ""
+        if at < 0:
+            return True, (*state, (key, new))
+        if len(state) == 1:
+            return True, ((key, new),)
+        return True, (*state[:at], (key, new), *state[at + 1 :])
 
     def validate(self, op: Operation) -> None:
         """Accept get/read, put/write, append of a string, and cas ``[old, new]``."""
@@ -285,9 +328,53 @@ class KVModel(Model):
                 group.append(op)
         return list(groups.values())
 
-    def can_drop(self, op: Operation) -> bool:
-        """Gets with unknown results constrain nothing."""
+    def read_only(self, op: Operation) -> bool:
+        """Gets (``get`` / ``read``) never change the map."""
         return op.f in _READS
+
+    def simplify(self, ops: list[Operation]) -> list[Operation]:
+        """Drop info gets and info updates whose effect no observation can contain.
+
+        Observations are ``ok`` get results and every ``cas`` expected value. An info
+        ``append s`` is dropped when no observation contains ``s`` (an empty append always);
+        when every written value is a string, an info ``put v`` / ``cas [_, v]`` is dropped
+        when no observation starts with ``v``. In both cases the value it would leave
+        can be neither read nor compared until a put overwrites it, so leaving the
+        operation out keeps every linearization valid.
+        """
+        observed: list[Any] = []
+        all_strings = True
+        for op in ops:
+            if op.f in _READS:
+                if op.status == "ok":
+                    observed.append(_kv_norm(op.output))
+            elif op.f == "cas":
+                old, new = op.input
+                observed.append(_kv_norm(old))
+                all_strings = all_strings and isinstance(_kv_norm(new), str)
+            elif op.f in _WRITES:
+                all_strings = all_strings and isinstance(_kv_norm(op.input), str)
+        observed_strings = [v for v in set(observed) if isinstance(v, str)]
+
+        def unobserved_prefix(value: Any) -> bool:
+            return all_strings and not any(v.startswith(value) for v in observed_strings)
+
+        kept: list[Operation] = []
+        for op in ops:
+            if op.is_info:
+                if op.f in _READS:
+                    continue
+                if op.f == "append":
+                    suffix = _kv_norm(op.input)
+                    if not any(suffix in v for v in observed_strings):
+                        continue
+                elif op.f == "cas":
+                    if unobserved_prefix(_kv_norm(op.input[1])):
+                        continue
+                elif unobserved_prefix(_kv_norm(op.input)):
+                    continue
+            kept.append(op)
+        return kept
 
     def describe_op(self, op: Operation) -> str:
         """``get k -> v``, ``put k v``, ``append k v`` or ``cas k old -> new``."""
