@@ -12,6 +12,15 @@ Load a history (:func:`load_history`), pick a sequential model (:func:`get_model
 See ``docs/checker.md`` for the formats, the model API and the CLI.
 """
 
+from ruflo_consensus.check.convergence import (
+    AckedWrite,
+    ClientRead,
+    ConvergenceReport,
+    check_acknowledged_writes,
+    check_convergence,
+    check_monotonic_reads,
+    converged,
+)
 from ruflo_consensus.check.generate import generate_history, mutate_history
 from ruflo_consensus.check.history import (
     HistoryError,
@@ -39,7 +48,10 @@ from ruflo_consensus.check.models import (
 )
 
 __all__ = [
+    "AckedWrite",
     "CheckResult",
+    "ClientRead",
+    "ConvergenceReport",
     "FailureReport",
     "HistoryError",
     "InvalidOperationError",
@@ -49,7 +61,11 @@ __all__ = [
     "Operation",
     "RegisterModel",
     "UnknownModelError",
+    "check_acknowledged_writes",
+    "check_convergence",
     "check_history",
+    "check_monotonic_reads",
+    "converged",
     "dump_history_jsonl",
     "generate_history",
     "get_model",

@@ -18,13 +18,18 @@ from .base import (
     Role,
     RoleChange,
 )
+from .crdt import CRDT_MESSAGES, CrdtConfig, CrdtCore, CrdtUpdate, SyncReply, SyncRequest
 from .raft import RaftConfig, RaftCore
 
 __all__ = [
+    "CRDT_MESSAGES",
     "CommandResult",
     "Committed",
     "ConsensusCore",
     "ConsensusError",
+    "CrdtConfig",
+    "CrdtCore",
+    "CrdtUpdate",
     "Entry",
     "HardState",
     "Message",
@@ -39,4 +44,6 @@ __all__ = [
     "Ready",
     "Role",
     "RoleChange",
+    "SyncReply",
+    "SyncRequest",
 ]

@@ -35,6 +35,13 @@ from the persisted state) with SHA-256, never drawn at random; gossip targets co
 injected ``random.Random`` sampling *sorted* neighbour lists; time is ``tick()`` calls.
 One seed therefore gives one message sequence, bit for bit.
 
+**Persistence.** ``Ready.persist.state`` is the whole encoded document. It comes with every
+``Ready`` that carries results or local edits — an acknowledged write or an answered read
+is durable before the answer leaves — and, for merged remote updates alone, once the
+document has been dirty for an anti-entropy interval: a crash that loses merged updates
+loses nothing anti-entropy cannot bring back, and relaying does not rewrite the document
+on every message.
+
 **Clock.** The core keeps a :class:`~ruflo_consensus.crdt_machines.HybridLogicalClock`
 whose physical part is ``ticks * tick_ms``. After every local edit it writes its clock to
 its own entry of the reserved root map ``ruflo.hlc``; observing that map moves every
@@ -293,9 +300,11 @@ def precheck_update(data: bytes) -> None:
 def client_id_for(node_id: NodeId, state: bytes | None = None) -> int:
     """The Yjs client id of ``node_id``: 53 bits of SHA-256 over the node id (and state).
 
-    A restarted replica mixes its persisted state into the id, so it never reuses the id of
-    an incarnation whose unpersisted edits might already be out in the network (a reused
-    ``(client, clock)`` with different content would make replicas diverge).
+    A restarted replica mixes its persisted state into the id, so each incarnation that
+    starts from a different state issues items under a fresh id. Two items with one
+    ``(client, clock)`` but different content would make replicas diverge for good; with
+    persist-before-send, an incarnation restarting from the *same* state never sent
+    anything beyond it, so reusing its id is harmless.
     """
     h = hashlib.sha256(b"ruflo-crdt-client\x00" + node_id.encode())
     if state is not None:
@@ -395,7 +404,10 @@ class CrdtCore:
         self._merged_since_local = False
         self._waiting: list[_Waiting] = []
         self._last_pull: dict[NodeId, int] = {}
-        self._dirty = False
+        self._dirty = False  # the document changed since the last Persist.state
+        self._persist_due = False  # merged remote changes waited an anti-entropy interval
+        self._persisted_at = 0
+        self._sv_cache: tuple[bytes, dict[int, int]] = (b"", {})
         self._sessions: dict[str, tuple[int, Any]] = {}
         # counters a driver may export
         self.rejected: dict[str, int] = {}
@@ -441,7 +453,10 @@ class CrdtCore:
         return encode_state_vector(self._vector())
 
     def _vector(self) -> dict[int, int]:
-        return decode_state_vector(self._doc.get_state())
+        raw = self._doc.get_state()
+        if raw != self._sv_cache[0]:
+            self._sv_cache = (raw, decode_state_vector(raw))
+        return self._sv_cache[1]
 
     def delete_set(self) -> dict[int, list[tuple[int, int]]]:
         """This replica's delete set, canonicalised (see :func:`decode_delete_set`)."""
@@ -495,7 +510,7 @@ class CrdtCore:
                     else CommandRejected("STALE", "older request")
                 )
         ctx = EditContext(self.node_id, self.hlc.now(self.ticks * self.config.tick_ms))
-        before = self._doc.get_state()
+        before = self._vector()
         self._txn_updates.clear()
         result: Any
         try:
@@ -516,7 +531,7 @@ class CrdtCore:
                 # nothing merged since the batch's base: this edit depends only on it
                 self._batches[-1].deltas.append(delta)
             else:
-                self._batches.append(_Batch(encode_state_vector(decode_state_vector(before))))
+                self._batches.append(_Batch(encode_state_vector(before)))
                 self._batches[-1].deltas.append(delta)
             self._merged_since_local = False
             self._dirty = True
@@ -528,6 +543,8 @@ class CrdtCore:
     def tick(self) -> None:
         """Advance the logical clock one tick; start an anti-entropy round when due."""
         self.ticks += 1
+        if self._dirty and self.ticks - self._persisted_at >= self.config.anti_entropy_ticks:
+            self._persist_due = True
         if not self.config.anti_entropy or not self.neighbours:
             return
         self.sync_elapsed += 1
@@ -570,7 +587,9 @@ class CrdtCore:
 
     def has_ready(self) -> bool:
         """True when :meth:`ready` has something for the driver."""
-        return bool(self._msgs or self._committed or self._results or self._batches or self._dirty)
+        return bool(
+            self._msgs or self._committed or self._results or self._batches or self._persist_due
+        )
 
     def ready(self) -> Ready:
         """Take pending effects: the document to persist first, then messages, then results."""
@@ -581,9 +600,11 @@ class CrdtCore:
             delta = ds[0] if len(ds) == 1 else merge_updates(*ds)
             self._gossip(delta, batch.base, self.config.gossip_ttl, exclude=None)
         persist = Persist()
-        if self._dirty:
+        if self._dirty and (self._results or batches or self._persist_due):
             persist.state = self._doc.get_update()
             self._dirty = False
+            self._persist_due = False
+            self._persisted_at = self.ticks
         ready = Ready(persist, self._msgs, self._committed, results=self._results)
         self._msgs = []
         self._committed = []

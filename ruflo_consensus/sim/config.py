@@ -18,10 +18,12 @@ FAULT_DESCRIPTIONS: dict[str, str] = {
     "crash": "a node crashes (volatile state lost, persisted log and term kept) and restarts",
     "pause": "a node stops (like SIGSTOP) and later resumes with its inbox queued",
     "drift": "a node's clock runs fast or slow (ticks arrive at a skewed rate)",
+    "transfer": "an operator hands leadership to a random node (refused if it is behind)",
 }
 ALL_FAULTS: tuple[str, ...] = tuple(FAULT_DESCRIPTIONS)
 WORKLOADS: tuple[str, ...] = ("kv", "federation")
 BACKENDS: tuple[str, ...] = ("raft", "crdt")
+READ_MODES: tuple[str, ...] = ("read-index", "lease", "log")
 
 
 class SimConfigError(ValueError):
@@ -57,6 +59,7 @@ class SimConfig:
     workload: str = "kv"
     backend: str = "raft"
     topology: str = "mesh"
+    reads: str = "read-index"
     # network
     latency_min_ms: float = 0.5
     latency_mean_ms: float = 2.0
@@ -89,6 +92,10 @@ class SimConfig:
             raise SimConfigError(
                 f"unknown workload {self.workload!r}; choose from {', '.join(WORKLOADS)}"
             )
+        if self.reads not in READ_MODES:
+            raise SimConfigError(
+                f"unknown read mode {self.reads!r}; choose from {', '.join(READ_MODES)}"
+            )
         if self.backend not in BACKENDS:
             raise SimConfigError(
                 f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}"
@@ -96,6 +103,11 @@ class SimConfig:
         for f in self.faults:
             if f not in FAULT_DESCRIPTIONS:
                 raise SimConfigError(f"unknown fault {f!r}")
+        if self.backend == "crdt" and self.workload != "kv":
+            raise SimConfigError(
+                "the crdt backend runs the kv workload only (budgets with a "
+                "hard cap cannot be CRDTs: see docs/crdt.md)"
+            )
         if self.seed < 0:
             raise SimConfigError("--seed must be a non-negative integer")
 
@@ -119,6 +131,8 @@ class SimConfig:
             parts += ["--keys", str(self.keys)]
         if self.workload != default.workload:
             parts += ["--workload", self.workload]
+        if self.reads != default.reads:
+            parts += ["--reads", self.reads]
         if self.backend != default.backend:
             parts += ["--backend", self.backend]
         if self.topology != default.topology:
