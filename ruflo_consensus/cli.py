@@ -20,6 +20,7 @@ from .sim.config import (
     ALL_FAULTS,
     BACKENDS,
     FAULT_DESCRIPTIONS,
+    READ_MODES,
     WORKLOADS,
     SimConfig,
     SimConfigError,
@@ -83,6 +84,12 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         help="consensus backend (default %(default)s)",
     )
     p.add_argument(
+        "--reads",
+        default=d.reads,
+        choices=list(READ_MODES),
+        help="how get is served: read-index (default), lease, or through the log",
+    )
+    p.add_argument(
         "--topology",
         default=d.topology,
         help="mesh | ring | star | hierarchical, or a TOML spec file (default %(default)s)",
@@ -102,6 +109,7 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
         nodes=SimConfig().nodes if nodes is None else nodes,
         backend=args.backend,
         topology=args.topology,
+        reads=args.reads,
         duration_s=args.duration,
         faults=parse_faults(args.faults),
         clients=args.clients,

@@ -52,3 +52,25 @@ def skip_log_matching(
 ) -> RaftCore:
     """Factory for :class:`SkipLogMatching`."""
     return SkipLogMatching(node_id, peers, rng, config, hard_state, entries)
+
+
+class LeaseIgnoresDrift(RaftCore):
+    """A leader whose lease is the full election timeout, as if clocks never drifted."""
+
+    def lease_valid(self) -> bool:
+        if self.role.value != "leader":
+            return False
+        sent = self._round_tick.get(self._quorum_round())
+        return sent is not None and self.ticks < sent + self.config.election_ticks
+
+
+def lease_ignores_drift(
+    node_id: NodeId,
+    peers: Sequence[NodeId],
+    rng: random.Random,
+    config: RaftConfig,
+    hard_state: HardState | None,
+    entries: Sequence[Entry],
+) -> RaftCore:
+    """Factory for :class:`LeaseIgnoresDrift`."""
+    return LeaseIgnoresDrift(node_id, peers, rng, config, hard_state, entries)

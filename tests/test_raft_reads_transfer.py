@@ -235,3 +235,53 @@ def test_roles_after_transfer_are_consistent() -> None:
     h.run()
     h.tick(10)
     assert h.cores[leader].role is Role.FOLLOWER and h.cores[leader].leader == target
+
+
+def _lease_scenario(core_factory: type[RaftCore]) -> tuple[Harness, str, str]:
+    """Leader's clock runs at half the followers' speed; it is cut off right after a
+    quorum-acknowledged heartbeat; the others elect a leader and commit a write."""
+    cfg = RaftConfig(read_mode="lease", lease_drift_bound=0.34)  # clocks may differ 2:1
+    h = Harness(3, seed=5, config=cfg)
+    for nid in h.ids:
+        h.cores[nid] = core_factory(nid, h.ids, random.Random(nid.encode()[1]), cfg)
+    old = h.elect()
+    h.tick(6)
+    h.cores[old]._read_round_needed = True  # one more acknowledged round, then cut off
+    h.run()
+    h.isolate(old)
+    others = [n for n in h.ids if n != old]
+    for step in range(200):
+        h.tick(nodes=others)
+        if step % 2:
+            h.tick(nodes=[old])  # half speed
+        new = [n for n in others if h.cores[n].role is Role.LEADER]
+        if new and h.cores[new[0]].commit > h.cores[old].commit:
+            return h, old, new[0]
+    raise AssertionError("no new leader committed")
+
+
+class _LeaseIgnoringDrift(RaftCore):
+    def lease_valid(self) -> bool:
+        sent = self._round_tick.get(self._quorum_round())
+        return (
+            self.role is Role.LEADER
+            and sent is not None
+            and self.ticks < sent + self.config.election_ticks
+        )
+
+
+def test_a_lease_that_ignores_clock_drift_serves_a_stale_read() -> None:
+    h, old, new = _lease_scenario(_LeaseIgnoringDrift)
+    core = h.cores[old]
+    assert core.role is Role.LEADER  # check-quorum has not caught up with it yet
+    core.read_index("stale?")
+    (state,) = core.ready().reads
+    assert state.index < h.cores[new].commit  # answered from a stale commit index
+
+
+def test_the_drift_bounded_lease_refuses_in_the_same_situation() -> None:
+    h, old, _ = _lease_scenario(RaftCore)
+    core = h.cores[old]
+    assert not core.lease_valid()
+    core.read_index("stale?")
+    assert core.ready().reads == []  # it must confirm with a quorum, which it cannot reach

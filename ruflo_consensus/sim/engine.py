@@ -44,6 +44,7 @@ class EngineNode:
     inbox: list[tuple[int, Any]] = field(default_factory=list)
     rate: float = 1.0
     tick_gen: int = 0
+    missed_ticks: int = 0
     state: Any = None
 
 
@@ -129,6 +130,13 @@ class SimEngine:
 
     def on_start(self) -> None:
         """Schedule the backend's first events (clients, …)."""
+
+    def backend_fault(self, kind: str) -> Any:
+        """Inject a backend-specific fault; return its heal detail, or None if skipped."""
+        return None
+
+    def heal_backend_fault(self, kind: str, detail: Any) -> None:
+        """Heal a backend-specific fault injected by :meth:`backend_fault`."""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -232,12 +240,14 @@ class SimEngine:
             return
         self.schedule_tick(node)
         if node.paused:
+            node.missed_ticks += 1  # its clock keeps running while the process is stopped
             return
         self.on_tick(node)
 
     def _crash(self, node: EngineNode) -> None:
         node.up = False
         node.paused = False
+        node.missed_ticks = 0
         node.inbox.clear()
         node.tick_gen += 1
         self.crash_node(node)
@@ -251,7 +261,14 @@ class SimEngine:
 
     def _resume(self, node: EngineNode) -> None:
         node.paused = False
-        self.trace(f"{node.id} resume ({len(node.inbox)} queued)")
+        self.trace(f"{node.id} resume ({len(node.inbox)} queued, {node.missed_ticks} ticks)")
+        # Like a process after SIGSTOP: its monotonic clock moved on, so the time that
+        # passed is seen before anything that queued up in the meantime.
+        missed, node.missed_ticks = node.missed_ticks, 0
+        for _ in range(missed):
+            if not node.up:
+                return
+            self.on_tick(node)
         inbox, node.inbox = node.inbox, []
         for kind, item in inbox:
             if not node.up or node.paused:
@@ -320,6 +337,10 @@ class SimEngine:
             node.rate = 1.0 + rng.uniform(-cfg.max_drift, cfg.max_drift)
             self.trace(f"{node.id} drift {node.rate:.4f}")
             detail = node.index
+        else:
+            detail = self.backend_fault(kind)
+            if detail is None:
+                return
         self.count_fault(kind)
         record = (kind, detail)
         self._active_faults.append(record)
@@ -355,6 +376,8 @@ class SimEngine:
                 self._resume(node)
         elif kind == "drift":
             self.nodes[detail].rate = 1.0
+        else:
+            self.heal_backend_fault(kind, detail)
 
     def _heal_all(self) -> None:
         for record in list(self._active_faults):

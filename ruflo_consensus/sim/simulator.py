@@ -32,6 +32,7 @@ from ..core.base import (
     ProposalDropped,
     ProtocolError,
     Role,
+    TransferRefused,
 )
 from ..core.raft import (
     AppendEntries,
@@ -109,6 +110,8 @@ class _RaftNode:
     storage: SimStorage
     table: SessionTable
     waiting: dict[tuple[str, int], int] = field(default_factory=dict)
+    # confirmed read points waiting for the state machine to catch up: (index, request)
+    reads: list[tuple[int, ClientRequest]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -159,6 +162,10 @@ class SimResult:
     property_violations: list[str] = field(default_factory=list)
 
 
+def _is_read(command: Any) -> bool:
+    return isinstance(command, dict) and command.get("op") == "get"
+
+
 def _trace_key(m: Message) -> str:
     if isinstance(m, AppendEntries):
         return f"AE {m.term} {m.prev_index} {m.prev_term} {len(m.entries)} {m.commit}"
@@ -199,7 +206,11 @@ class Simulation(SimEngine):
         raft_config: RaftConfig | None = None,
         topology: Topology | None = None,
     ) -> None:
-        self.raft_config = raft_config or RaftConfig()
+        self.raft_config = raft_config or RaftConfig(
+            read_mode="lease" if config.reads == "lease" else "read-index",
+            # the simulator knows how far it lets clocks drift: leases must assume as much
+            lease_drift_bound=min(0.9, config.max_drift if "drift" in config.faults else 0.0),
+        )
         topology = topology or config.build_topology()
         super().__init__(config, topology, self.raft_config.tick_ms)
         self.core_factory = core_factory
@@ -209,6 +220,7 @@ class Simulation(SimEngine):
         self.leader_changes = 0
         self.rejected: dict[str, int] = {}
         self.fed_rejected: dict[str, int] = {}
+        self.transfers_refused = 0
         self.federation: FederationWorkload | None = None
         if config.workload == "federation":
             self.federation = FederationWorkload(
@@ -275,6 +287,7 @@ class Simulation(SimEngine):
         rn = self.raft[node.index]
         rn.core = None
         rn.waiting.clear()
+        rn.reads.clear()
 
     def restart_node(self, node: EngineNode) -> None:
         """Rebuild the core from the persisted log and hard state."""
@@ -314,10 +327,59 @@ class Simulation(SimEngine):
             self.send(m)
         for c in rd.committed:
             self._apply(node, c.entry)
+        for rs in rd.reads:
+            req = rs.ctx
+            if rs.index < 0:
+                self._reply(node, req.client_index, req.seq, False, None)
+            else:
+                rn.reads.append((rs.index, req))
+        if rn.reads:
+            self._serve_reads(node, rn)
         for proposal, reason in rd.dropped:
             if proposal.client is not None:
                 rn.waiting.pop((proposal.client, proposal.seq), None)
             self.trace(f"{node.id} dropped {proposal.client}#{proposal.seq}: {reason}")
+
+    def _serve_reads(self, node: EngineNode, rn: _RaftNode) -> None:
+        applied = getattr(rn.core, "applied", 0)
+        waiting = []
+        for index, req in rn.reads:
+            if index <= applied:
+                value = rn.table.machine.apply(req.command)
+                self._reply(node, req.client_index, req.seq, True, value)
+            else:
+                waiting.append((index, req))
+        rn.reads = waiting
+
+    def backend_fault(self, kind: str) -> Any:
+        """``transfer``: the leader is asked to hand over to a random other node."""
+        if kind != "transfer":
+            return None
+        leaders = [
+            n
+            for n in self.nodes
+            if n.up
+            and not n.paused
+            and self.raft[n.index].core is not None
+            and self.raft[n.index].core.role is Role.LEADER  # type: ignore[union-attr]
+        ]
+        if not leaders or len(self.nodes) < 2:
+            return None
+        leader = leaders[0]
+        others = [n for n in self.ids if n != leader.id]
+        target = others[self.rng.randrange(len(others))]
+        core = self.raft[leader.index].core
+        try:
+            core.transfer_leadership(target)  # type: ignore[union-attr]
+        except TransferRefused as exc:
+            self.transfers_refused += 1
+            self.trace(f"transfer {leader.id}->{target} refused: {exc}")
+            return (leader.index, target, False)
+        except AttributeError:
+            return None  # a core without leadership transfer
+        self.trace(f"transfer {leader.id}->{target}")
+        self._process_ready(leader)
+        return (leader.index, target, True)
 
     def _apply(self, node: EngineNode, entry: Entry) -> None:
         self.invariants.on_apply(node.id, entry, self.now)
@@ -402,6 +464,14 @@ class Simulation(SimEngine):
         if last is not None and req.seq <= last[0]:
             if req.seq == last[0]:
                 self._reply(node, req.client_index, req.seq, True, last[1])
+            return
+        if self.config.reads != "log" and _is_read(req.command):
+            try:
+                core.read_index(req)  # type: ignore[attr-defined]
+            except NotLeader:
+                self._reply(node, req.client_index, req.seq, False, None)
+                return
+            self._process_ready(node)
             return
         if core.role is not Role.LEADER:
             self._reply(node, req.client_index, req.seq, False, None)
