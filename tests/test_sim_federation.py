@@ -67,7 +67,7 @@ def test_the_cross_node_check_catches_replicas_that_diverge() -> None:
 def test_a_broken_raft_is_caught_under_the_federation_workload() -> None:
     result = run_sweep(
         SimConfig(workload="federation", duration_s=8),
-        range(12),
+        range(24),
         processes=2,
         core_factory=commit_without_majority,
         progress=False,
