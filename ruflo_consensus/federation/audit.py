@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ruflo_consensus.federation.base import PlannedMachine
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads, normalize
+from ruflo_consensus.federation.canonical import canonical_bytes, normalize
 from ruflo_consensus.federation.errors import BadArgument, BadSnapshot
 from ruflo_consensus.federation.validation import (
     Commit,
@@ -391,18 +391,6 @@ class AuditLog(PlannedMachine):
             self.next_seq,
         ) = state
         self.records = records
-
-    def snapshot(self) -> bytes:
-        """Canonical bytes of the state."""
-        return canonical_bytes(self.to_wire())
-
-    def restore(self, data: bytes) -> None:
-        """Load a snapshot made by :meth:`snapshot`."""
-        try:
-            value = canonical_loads(data)
-        except Exception as exc:
-            raise BadSnapshot(f"undecodable snapshot: {exc}") from None
-        self.load_wire(value)
 
 
 def _missing(name: str) -> str:

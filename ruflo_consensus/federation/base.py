@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ruflo_consensus.federation.errors import UnknownOp
+from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads
+from ruflo_consensus.federation.errors import BadSnapshot, UnknownOp
 from ruflo_consensus.federation.validation import Commit, effective_time, parse_command
 
 __all__ = ["PlannedMachine"]
@@ -55,3 +56,25 @@ class PlannedMachine:
         self.clock = t
         self.advance(t)
         return result
+
+    # ----------------------------------------------------------------- snapshots
+
+    def to_wire(self) -> Any:
+        """The state as plain msgpack-able values (subclasses define it)."""
+        raise NotImplementedError
+
+    def load_wire(self, value: Any) -> None:
+        """Replace the state with ``value`` from :meth:`to_wire`; validate before assigning."""
+        raise NotImplementedError
+
+    def snapshot(self) -> bytes:
+        """Canonical bytes of the state: equal states give equal bytes."""
+        return canonical_bytes(self.to_wire())
+
+    def restore(self, data: bytes) -> None:
+        """Load a snapshot made by :meth:`snapshot`; a bad one raises BadSnapshot, unchanged."""
+        try:
+            value = canonical_loads(data)
+        except Exception as exc:
+            raise BadSnapshot(f"undecodable snapshot: {exc}") from None
+        self.load_wire(value)

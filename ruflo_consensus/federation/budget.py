@@ -41,7 +41,6 @@ from fractions import Fraction
 from typing import Any
 
 from ruflo_consensus.federation.base import PlannedMachine
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.errors import (
     BadArgument,
     BadSnapshot,
@@ -572,15 +571,3 @@ class BudgetLedger(PlannedMachine):
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BadSnapshot(f"not a budget snapshot: {exc}") from None
         self.clock, self.delegations, self.breakers = clock, delegations, breakers
-
-    def snapshot(self) -> bytes:
-        """Canonical bytes of the state."""
-        return canonical_bytes(self.to_wire())
-
-    def restore(self, data: bytes) -> None:
-        """Load a snapshot made by :meth:`snapshot`."""
-        try:
-            value = canonical_loads(data)
-        except Exception as exc:
-            raise BadSnapshot(f"undecodable snapshot: {exc}") from None
-        self.load_wire(value)

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import nacl.signing
 
 from ruflo_consensus.federation.base import PlannedMachine
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads, normalize
+from ruflo_consensus.federation.canonical import normalize
 from ruflo_consensus.federation.errors import (
     BadArgument,
     BadSnapshot,
@@ -470,18 +470,6 @@ class ProposalBook(PlannedMachine):
         self.clock = clock
         self.roster.voters = roster
         self.proposals = proposals
-
-    def snapshot(self) -> bytes:
-        """Canonical bytes of the state."""
-        return canonical_bytes(self.to_wire())
-
-    def restore(self, data: bytes) -> None:
-        """Load a snapshot made by :meth:`snapshot`."""
-        try:
-            value = canonical_loads(data)
-        except Exception as exc:
-            raise BadSnapshot(f"undecodable snapshot: {exc}") from None
-        self.load_wire(value)
 
 
 # ------------------------------------------------------------- client helpers

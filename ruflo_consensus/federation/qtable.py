@@ -430,18 +430,6 @@ class QTable(PlannedMachine):
             if key in emb_row:
                 self.emb[row] = emb[emb_row[key]]
 
-    def snapshot(self) -> bytes:
-        """Canonical bytes of the state (equal tables give equal bytes)."""
-        return canonical_bytes(self.to_wire())
-
-    def restore(self, data: bytes) -> None:
-        """Load a snapshot made by :meth:`snapshot`; the annoy index is rebuilt on demand."""
-        try:
-            value = canonical_loads(data)
-        except Exception as exc:
-            raise BadSnapshot(f"undecodable snapshot: {exc}") from None
-        self.load_wire(value)
-
 
 class MergeableQTable:
     """CRDT form of the Q-table: per-node delta sums and counts, merged per node by count.

@@ -29,7 +29,6 @@ from typing import Any
 import nacl.signing
 
 from ruflo_consensus.federation.base import PlannedMachine
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.errors import (
     BadArgument,
     BadSnapshot,
@@ -469,18 +468,6 @@ class PeerRegistry(PlannedMachine):
             raise BadSnapshot(f"not a registry snapshot: {exc}") from None
         self.clock = clock
         self.peers = peers
-
-    def snapshot(self) -> bytes:
-        """Canonical bytes of the state (equal states give equal bytes)."""
-        return canonical_bytes(self.to_wire())
-
-    def restore(self, data: bytes) -> None:
-        """Load a snapshot made by :meth:`snapshot`."""
-        try:
-            value = canonical_loads(data)
-        except Exception as exc:
-            raise BadSnapshot(f"undecodable snapshot: {exc}") from None
-        self.load_wire(value)
 
 
 # ------------------------------------------------------------- client helpers

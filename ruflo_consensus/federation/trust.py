@@ -50,7 +50,6 @@ from typing import Any
 import nacl.signing
 
 from ruflo_consensus.federation.base import PlannedMachine
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.errors import (
     BadSnapshot,
     InvalidTransition,
@@ -513,18 +512,6 @@ class TrustLedger(PlannedMachine):
         except (KeyError, TypeError, ValueError) as exc:
             raise BadSnapshot(f"not a trust snapshot: {exc}") from None
         self.clock, self.approvers, self.peers = clock, approvers, peers
-
-    def snapshot(self) -> bytes:
-        """Canonical bytes of the state."""
-        return canonical_bytes(self.to_wire())
-
-    def restore(self, data: bytes) -> None:
-        """Load a snapshot made by :meth:`snapshot`."""
-        try:
-            value = canonical_loads(data)
-        except Exception as exc:
-            raise BadSnapshot(f"undecodable snapshot: {exc}") from None
-        self.load_wire(value)
 
 
 # ------------------------------------------------------------- client helpers
