@@ -20,6 +20,7 @@ from .sim.config import (
     ALL_FAULTS,
     BACKENDS,
     FAULT_DESCRIPTIONS,
+    LATENCY_KINDS,
     READ_MODES,
     WORKLOADS,
     SimConfig,
@@ -84,6 +85,12 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         help="consensus backend (default %(default)s)",
     )
     p.add_argument(
+        "--latency",
+        default=d.latency,
+        choices=list(LATENCY_KINDS),
+        help="link latency distribution (default %(default)s; mean 2 ms, minimum 0.5 ms)",
+    )
+    p.add_argument(
         "--reads",
         default=d.reads,
         choices=list(READ_MODES),
@@ -110,6 +117,7 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
         backend=args.backend,
         topology=args.topology,
         reads=args.reads,
+        latency=args.latency,
         duration_s=args.duration,
         faults=parse_faults(args.faults),
         clients=args.clients,
@@ -160,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     bsim.add_argument("--seeds", type=int, default=3, help="how many seeds to run (default 3)")
     bsim.add_argument("--json", action="store_true")
     _add_sim_options(bsim)
+    bsto = bsub.add_parser("storage", help="write, then reopen a WAL of N entries (time, memory)")
+    bsto.add_argument("--entries", type=int, default=1_000_000)
+    bsto.add_argument("--batch", type=int, default=1000, help="entries per save (one fsync)")
+    bsto.add_argument("--dir", default=None, help="an empty directory (default: a temp dir)")
+    bsto.add_argument("--json", action="store_true")
     bchk = bsub.add_parser("check", help="linearizability-checked operations per second")
     bchk.add_argument("--ops", type=int, default=10_000)
     bchk.add_argument("--clients", type=int, default=10)
@@ -212,6 +225,8 @@ def _cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.bench == "storage":
+        return _bench_storage(args, out)
     if args.bench == "check":
         from .check.command import run_bench_check
 
@@ -234,6 +249,39 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
         print(json.dumps(result))
     else:
         render_bench_sim(result, out)
+    return EXIT_OK
+
+
+def _bench_storage(args: argparse.Namespace, out: Console) -> int:
+    import tempfile
+
+    from rich.table import Table
+
+    from .storage.bench import bench_reopen
+
+    if args.entries < 1 or args.batch < 1:
+        raise SimConfigError("--entries and --batch must be positive")
+    with tempfile.TemporaryDirectory(prefix="ruflo-bench-") as tmp:
+        try:
+            result = bench_reopen(args.dir or f"{tmp}/wal", args.entries, args.batch)
+        except ValueError as exc:
+            raise SimConfigError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    table = Table(title=f"bench storage: {args.entries:,} entries, {args.batch} per fsync")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        shown = (
+            f"{value:,.3f}"
+            if isinstance(value, float)
+            else f"{value:,}"
+            if isinstance(value, int)
+            else str(value)
+        )
+        table.add_row(key, shown)
+    out.print(table)
     return EXIT_OK
 
 

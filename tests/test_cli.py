@@ -97,3 +97,14 @@ def test_console_script_is_installed_and_runs() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "pass"
+
+
+def test_bench_storage_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "storage", "--entries", "3000", "--batch", "500", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["reopen_seconds"] > 0 and data["file_bytes"] > 3000
+
+
+def test_bench_storage_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "storage", "--entries", "0"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

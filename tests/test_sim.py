@@ -201,3 +201,25 @@ def test_summary_json_is_serialisable_and_complete() -> None:
     ):
         assert key in data
     assert data["status"] == "pass" and "recent_events" not in data
+
+
+@pytest.mark.parametrize("kind", ["exponential", "uniform", "pareto", "fixed"])
+def test_latency_distributions_have_the_configured_floor_and_mean(kind: str) -> None:
+    sim = Simulation(SimConfig(seed=1, faults=(), latency=kind))
+    draws = [sim.latency() for _ in range(20_000)]
+    assert min(draws) >= 500  # latency_min_ms = 0.5 ms
+    mean = sum(draws) / len(draws)
+    assert 1700 < mean < 2300, mean  # latency_mean_ms = 2 ms
+    if kind == "uniform":
+        assert max(draws) <= 500 + 2 * 1500 + 1
+    if kind == "fixed":
+        assert len(set(draws)) == 1
+    if kind == "pareto":
+        assert max(draws) > 20_000  # a heavy tail: some links are ten times slower
+
+
+@pytest.mark.parametrize("kind", ["uniform", "pareto"])
+def test_raft_is_correct_under_each_latency_distribution(kind: str) -> None:
+    summary = run_simulation(SimConfig(seed=4, duration_s=6, latency=kind))
+    assert summary.status == "pass", summary.violations
+    assert f"--latency {kind}" in summary.replay

@@ -24,6 +24,7 @@ ALL_FAULTS: tuple[str, ...] = tuple(FAULT_DESCRIPTIONS)
 WORKLOADS: tuple[str, ...] = ("kv", "federation")
 BACKENDS: tuple[str, ...] = ("raft", "crdt")
 READ_MODES: tuple[str, ...] = ("read-index", "lease", "log")
+LATENCY_KINDS: tuple[str, ...] = ("exponential", "uniform", "pareto", "fixed")
 
 
 class SimConfigError(ValueError):
@@ -63,6 +64,7 @@ class SimConfig:
     # network
     latency_min_ms: float = 0.5
     latency_mean_ms: float = 2.0
+    latency: str = "exponential"
     drop_rate: float = 0.01
     dup_rate: float = 0.01
     # nemesis
@@ -91,6 +93,11 @@ class SimConfig:
         if self.workload not in WORKLOADS:
             raise SimConfigError(
                 f"unknown workload {self.workload!r}; choose from {', '.join(WORKLOADS)}"
+            )
+        if self.latency not in LATENCY_KINDS:
+            raise SimConfigError(
+                f"unknown latency distribution {self.latency!r}; "
+                f"choose from {', '.join(LATENCY_KINDS)}"
             )
         if self.reads not in READ_MODES:
             raise SimConfigError(
@@ -131,6 +138,8 @@ class SimConfig:
             parts += ["--keys", str(self.keys)]
         if self.workload != default.workload:
             parts += ["--workload", self.workload]
+        if self.latency != default.latency:
+            parts += ["--latency", self.latency]
         if self.reads != default.reads:
             parts += ["--reads", self.reads]
         if self.backend != default.backend:

@@ -82,6 +82,7 @@ class SimEngine:
         self.jitter_us = 0
         self._lat_base = config.latency_min_ms * 1000
         self._lat_spread = max(0.0, config.latency_mean_ms - config.latency_min_ms) * 1000
+        self._lat_kind = config.latency
         self.blocked: dict[tuple[int, int], int] = {}
         self.fault_counts: dict[str, int] = {}
         self.delivered = 0
@@ -171,9 +172,23 @@ class SimEngine:
         return h.hexdigest()
 
     def latency(self) -> int:
-        """One link latency draw in µs: base + exponential spread (+ reorder jitter)."""
+        """One link latency draw in µs: base + a spread whose mean is ``latency_mean_ms``.
+
+        ``exponential`` (default), ``uniform`` (base to base + 2·spread), ``pareto`` (a
+        heavy tail: shape 2, so the mean holds but rare draws are very slow) or ``fixed``;
+        reorder bursts add uniform jitter on top.
+        """
         rand = self._random
-        lat = self._lat_base - self._lat_spread * log(1.0 - rand())
+        kind = self._lat_kind
+        if kind == "exponential":
+            lat = self._lat_base - self._lat_spread * log(1.0 - rand())
+        elif kind == "uniform":
+            lat = self._lat_base + 2.0 * self._lat_spread * rand()
+        elif kind == "pareto":
+            # shape 2, scale spread/2: mean spread; 1 - rand() is in (0, 1]
+            lat = self._lat_base + 0.5 * self._lat_spread * ((1.0 - rand()) ** -0.5)
+        else:
+            lat = self._lat_base + self._lat_spread
         if self.jitter_us:
             lat += rand() * self.jitter_us
         return int(lat) + 1
