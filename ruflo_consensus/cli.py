@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seeds", help="sweep START:END (end exclusive) across processes")
     sim.add_argument("--processes", type=int, default=None, help="sweep workers (default: cores)")
     sim.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    sim.add_argument(
+        "--history", metavar="FILE", help="write the clients' history as JSON Lines (for 'check')"
+    )
     _add_sim_options(sim)
 
     chk = sub.add_parser("check", help="check history files for linearizability")
@@ -187,6 +190,8 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .sim.report import render_summary, run_simulation
     from .sim.sweep import parse_seed_range, render_sweep, run_sweep
 
+    if args.history and args.seeds:
+        raise SimConfigError("--history writes one run's history: use it with --seed")
     if args.seeds:
         seeds = parse_seed_range(args.seeds)
         base = _config_from(args)
@@ -210,7 +215,10 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
         if result.failures:
             return EXIT_FAIL
         return EXIT_UNKNOWN if result.unknown else EXIT_OK
-    summary = run_simulation(_config_from(args, seed=args.seed))
+    try:
+        summary = run_simulation(_config_from(args, seed=args.seed), history_path=args.history)
+    except OSError as exc:
+        raise SimConfigError(f"cannot write the history to {args.history}: {exc}") from None
     if args.json:
         print(json.dumps(summary.to_json()))
     else:

@@ -108,3 +108,19 @@ def test_bench_storage_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bench_storage_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "storage", "--entries", "0"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_simulate_writes_a_history_that_check_accepts(tmp_path, capsys) -> None:
+    history = tmp_path / "run.jsonl"
+    assert main(["simulate", "--seed", "2", "--duration", "3", "--history", str(history)]) == 0
+    lines = history.read_text().splitlines()
+    assert len(lines) > 100 and json.loads(lines[0])["type"] == "invoke"
+    capsys.readouterr()
+    assert main(["check", str(history), "--model", "kv", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["linearizable"] is True
+
+
+def test_history_with_a_sweep_or_an_unwritable_path_exits_2(tmp_path, capsys) -> None:
+    assert main(["simulate", "--seeds", "0:2", "--history", str(tmp_path / "h")]) == 2
+    assert main(["simulate", "--duration", "1", "--history", str(tmp_path / "no" / "h")]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..check import check_history
+from ..check import check_history, dump_history_jsonl
 from .config import FAULT_DESCRIPTIONS, SimConfig
 from .simulator import CoreFactory, SimResult, Simulation, default_core_factory
 
@@ -109,18 +109,26 @@ def summarize(result: SimResult, check_timeout_s: float | None = None) -> SimSum
 
 
 def run_simulation(
-    config: SimConfig, core_factory: CoreFactory = default_core_factory
+    config: SimConfig,
+    core_factory: CoreFactory = default_core_factory,
+    history_path: str | None = None,
 ) -> SimSummary:
     """Run one seed end to end: simulate, check invariants and linearizability, summarise.
 
     ``config.backend`` picks the simulation (``raft`` or ``crdt``); ``core_factory``
-    replaces the Raft core (tests use it to run deliberately broken ones).
+    replaces the Raft core (tests use it to run deliberately broken ones). With
+    ``history_path`` the clients' history is written there as JSON Lines, ready for
+    ``ruflo-consensus check`` or any Jepsen-style tool.
     """
     if config.backend == "crdt":
         from .crdt_sim import CrdtSimulation
 
-        return summarize(CrdtSimulation(config).run())
-    return summarize(Simulation(config, core_factory).run())
+        result = CrdtSimulation(config).run()
+    else:
+        result = Simulation(config, core_factory).run()
+    if history_path is not None:
+        dump_history_jsonl(result.history, history_path)
+    return summarize(result)
 
 
 def render_summary(summary: SimSummary, console: Console) -> None:
