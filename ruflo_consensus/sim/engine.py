@@ -112,6 +112,10 @@ class SimEngine:
         """A message reached its destination node (up and not paused)."""
         raise NotImplementedError
 
+    def message_key(self, message: Message) -> str:
+        """A short, deterministic description of a message for the trace hash."""
+        return repr(message)
+
     def on_tick(self, node: EngineNode) -> None:
         """The node's clock ticked (up and not paused)."""
         raise NotImplementedError
@@ -240,6 +244,11 @@ class SimEngine:
             self.send(m, via=node.index)
             return
         self.delivered += 1
+        line = f"{self.now} {m.src}>{m.dst} {self.message_key(m)}"
+        self._trace_buf.append(line)
+        self.recent.append(line)
+        if len(self._trace_buf) >= 2048:
+            self._flush_trace()
         self.on_message(node, m)
 
     # ------------------------------------------------------------------ nodes

@@ -259,17 +259,16 @@ class Simulation(SimEngine):
         rn = self.raft[node.index]
         core = rn.core
         assert core is not None
-        line = f"{self.now} {m.src}>{m.dst} {_trace_key(m)}"
-        self._trace_buf.append(line)
-        self.recent.append(line)
-        if len(self._trace_buf) >= 2048:
-            self._flush_trace()
         try:
             core.step(m)
         except ProtocolError as exc:
             self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
             return
         self._process_ready(node)
+
+    def message_key(self, message: Message) -> str:
+        """Raft messages in the trace: type, term and the indexes that matter."""
+        return _trace_key(message)
 
     def on_tick(self, node: EngineNode) -> None:
         """Tick the node's core."""
