@@ -32,7 +32,7 @@ from ..check.convergence import (
     converged,
 )
 from ..check.history import Op
-from ..core.base import Message, Proposal, ProtocolError
+from ..core.base import Message, Proposal
 from ..core.crdt import CrdtConfig, CrdtCore, CrdtUpdate, SyncReply, SyncRequest
 from ..crdt_machines import CrdtKV, HlcTimestamp
 from ..statemachine import CommandRejected
@@ -114,7 +114,6 @@ class CrdtSimulation(SimEngine):
         self.history: list[Op] = []
         self.writes: list[dict[str, Any]] = []
         self.reads: list[ClientRead] = []
-        self.rejected: dict[str, int] = {}
         self.last_write_us = 0
         self.probe_log: list[tuple[int, bool]] = []
         self.probes = 0
@@ -144,27 +143,13 @@ class CrdtSimulation(SimEngine):
             self.push(int(self.rng.random() * 10_000), _NEXT, client.index)
         self.push(self.faults_end_us + _PROBE_US, _PROBE)
 
-    def on_message(self, node: EngineNode, message: Message) -> None:
-        """Merge a peer's update, answer a sync request, …"""
-        core = self.replicas[node.index].core
-        assert core is not None
-        try:
-            core.step(message)
-        except ProtocolError as exc:
-            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
-            return
-        self._process_ready(node)
+    def core_of(self, node: EngineNode) -> CrdtCore | None:
+        """The replica's CRDT core (None while crashed)."""
+        return self.replicas[node.index].core
 
     def message_key(self, message: Message) -> str:
         """CRDT messages in the trace: kind and payload size."""
         return _crdt_trace(message)
-
-    def on_tick(self, node: EngineNode) -> None:
-        """Tick the replica (anti-entropy, persistence)."""
-        core = self.replicas[node.index].core
-        assert core is not None
-        core.tick()
-        self._process_ready(node)
 
     def on_queued(self, node: EngineNode, kind: int, item: Any) -> None:
         """A client request that waited while the replica was paused."""
@@ -181,9 +166,10 @@ class CrdtSimulation(SimEngine):
         rep = self.replicas[node.index]
         rep.core = self._make_core(node)
         self.trace(f"{node.id} restart ({len(rep.state or b'')} bytes of state)")
-        self._process_ready(node)
+        self.process_ready(node)
 
-    def _process_ready(self, node: EngineNode) -> None:
+    def process_ready(self, node: EngineNode) -> None:
+        """Persist the document, send, and answer the clients whose commands ran."""
         rep = self.replicas[node.index]
         core = rep.core
         assert core is not None
@@ -243,7 +229,7 @@ class CrdtSimulation(SimEngine):
         assert rep.core is not None
         self.trace(f"{req.name}>{node.id} req {req.seq}")
         rep.core.propose(Proposal(req.name, req.seq, req.command))
-        self._process_ready(node)
+        self.process_ready(node)
 
     def _answer(self, node: EngineNode, rep: _Replica, p: Proposal, value: Any) -> None:
         assert p.client is not None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from math import log
 from typing import Any
 
-from ..core.base import Message, NodeId
+from ..core.base import ConsensusCore, Message, NodeId, ProtocolError
 from ..topology import Topology, build_topology
 from .config import SimConfig
 
@@ -85,6 +85,7 @@ class SimEngine:
         self._lat_kind = config.latency
         self.blocked: dict[tuple[int, int], int] = {}
         self.fault_counts: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
         self.delivered = 0
         self.relayed = 0
         self.dropped = 0
@@ -108,17 +109,35 @@ class SimEngine:
 
     # ------------------------------------------------------------------ hooks
 
-    def on_message(self, node: EngineNode, message: Message) -> None:
-        """A message reached its destination node (up and not paused)."""
+    def core_of(self, node: EngineNode) -> ConsensusCore | None:
+        """The node's running core (None while it is crashed)."""
         raise NotImplementedError
+
+    def process_ready(self, node: EngineNode) -> None:
+        """Carry out the node's pending ``Ready`` the way this backend's driver does."""
+        raise NotImplementedError
+
+    def on_message(self, node: EngineNode, message: Message) -> None:
+        """Step the node's core with a message; a rejected one is counted by reason."""
+        core = self.core_of(node)
+        assert core is not None
+        try:
+            core.step(message)
+        except ProtocolError as exc:
+            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+            return
+        self.process_ready(node)
 
     def message_key(self, message: Message) -> str:
         """A short, deterministic description of a message for the trace hash."""
         return repr(message)
 
     def on_tick(self, node: EngineNode) -> None:
-        """The node's clock ticked (up and not paused)."""
-        raise NotImplementedError
+        """The node's clock ticked (up and not paused): tick its core."""
+        core = self.core_of(node)
+        assert core is not None
+        core.tick()
+        self.process_ready(node)
 
     def on_queued(self, node: EngineNode, kind: int, item: Any) -> None:
         """A backend event queued while the node was paused, replayed on resume."""

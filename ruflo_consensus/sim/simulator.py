@@ -30,7 +30,6 @@ from ..core.base import (
     Persist,
     Proposal,
     ProposalDropped,
-    ProtocolError,
     Role,
     TransferRefused,
 )
@@ -218,7 +217,6 @@ class Simulation(SimEngine):
         self.invariants = RaftInvariants()
         self.history: list[Op] = []
         self.leader_changes = 0
-        self.rejected: dict[str, int] = {}
         self.fed_rejected: dict[str, int] = {}
         self.transfers_refused = 0
         self.federation: FederationWorkload | None = None
@@ -254,28 +252,13 @@ class Simulation(SimEngine):
             node.id, self.ids, rng, self.raft_config, st.hard_state, st.log[1:]
         )
 
-    def on_message(self, node: EngineNode, m: Message) -> None:
-        """Step the node's core with a message that reached it."""
-        rn = self.raft[node.index]
-        core = rn.core
-        assert core is not None
-        try:
-            core.step(m)
-        except ProtocolError as exc:
-            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
-            return
-        self._process_ready(node)
+    def core_of(self, node: EngineNode) -> ConsensusCore | None:
+        """The node's Raft core (None while crashed)."""
+        return self.raft[node.index].core
 
     def message_key(self, message: Message) -> str:
         """Raft messages in the trace: type, term and the indexes that matter."""
         return _trace_key(message)
-
-    def on_tick(self, node: EngineNode) -> None:
-        """Tick the node's core."""
-        core = self.raft[node.index].core
-        assert core is not None
-        core.tick()
-        self._process_ready(node)
 
     def on_queued(self, node: EngineNode, kind: int, item: Any) -> None:
         """A client request that waited while the node was paused."""
@@ -294,7 +277,7 @@ class Simulation(SimEngine):
         rn.table = SessionTable(self._new_machine())
         rn.core = self._make_core(node)
         self.trace(f"{node.id} restart term {rn.core.term} log {len(rn.storage.log) - 1}")
-        self._process_ready(node)
+        self.process_ready(node)
 
     def on_start(self) -> None:
         """Start every client within the first 10 ms."""
@@ -307,7 +290,8 @@ class Simulation(SimEngine):
             {n.id: self.raft[n.index].storage.log for n in self.nodes}, self.now
         )
 
-    def _process_ready(self, node: EngineNode) -> None:
+    def process_ready(self, node: EngineNode) -> None:
+        """Persist, then send, then apply; route reads, role changes and drops."""
         rn = self.raft[node.index]
         core = rn.core
         assert core is not None
@@ -377,7 +361,7 @@ class Simulation(SimEngine):
         except AttributeError:
             return None  # a core without leadership transfer
         self.trace(f"transfer {leader.id}->{target}")
-        self._process_ready(leader)
+        self.process_ready(leader)
         return (leader.index, target, True)
 
     def _apply(self, node: EngineNode, entry: Entry) -> None:
@@ -470,7 +454,7 @@ class Simulation(SimEngine):
             except NotLeader:
                 self._reply(node, req.client_index, req.seq, False, None)
                 return
-            self._process_ready(node)
+            self.process_ready(node)
             return
         if core.role is not Role.LEADER:
             self._reply(node, req.client_index, req.seq, False, None)
@@ -484,7 +468,7 @@ class Simulation(SimEngine):
             self._reply(node, req.client_index, req.seq, False, None)
             return
         rn.waiting[key] = req.client_index
-        self._process_ready(node)
+        self.process_ready(node)
 
     def _client_reply(self, reply: ClientReply) -> None:
         client = self.clients[reply.client_index]
