@@ -1,0 +1,657 @@
+"""The trio driver: one sans-IO core run as a real node on real sockets.
+
+A :class:`Node` owns a core, its storage, a :class:`~ruflo_consensus.statemachine.SessionTable`
+around the user's state machine and a :class:`~.transport.Transport`. :meth:`Node.run`
+starts, in one nursery:
+
+* the **transport** — the websocket listener, one outbound link per direct neighbour, one
+  receive task per inbound connection;
+* the **tick task** — ``core.tick()`` every ``tick_ms`` on trio's clock;
+* the **ready task** — takes each ``Ready`` and carries it out in the contract's order:
+  persist (``storage.save``, fsynced, in a worker thread so frames keep arriving and the
+  next ``Ready`` batches them), *then* send, then hand committed entries and read points
+  to the apply task;
+* the **apply task** — applies committed entries through the session table, in order,
+  exactly once, wakes the clients waiting for them and serves confirmed reads.
+
+Cancelling the nursery stops the node. Any task that raises takes the whole node down
+with the exception (trio's nursery semantics): a node is never half-alive.
+
+Bad input never crashes a node: every frame is size-checked, decoded, verified and
+replay-checked before it reaches the core, and each refusal is counted per reason in
+:attr:`Node.rejected`. Frames addressed to another node are relayed unchanged to the next
+hop of the overlay (after their signature is checked).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import trio
+
+from ..codec import DecodeError, decode_message, encode_message
+from ..core.base import (
+    CommandResult,
+    Committed,
+    ConsensusCore,
+    Message,
+    NodeId,
+    NotLeader,
+    Proposal,
+    ProposalDropped,
+    ProtocolError,
+    ReadState,
+    Role,
+    RoleChange,
+)
+from ..core.raft import RaftConfig, RaftCore
+from ..identity import (
+    EnvelopeError,
+    NodeIdentity,
+    NonceSource,
+    ReplayWindow,
+    parse_envelope,
+    seal,
+    verify_envelope,
+)
+from ..statemachine import CommandError, CommandRejected, SessionTable, StateMachine
+from ..storage import FileStorage, MemoryStorage, RaftStorage, StoredState
+from .spec import ClusterSpec
+from .transport import Transport
+
+__all__ = [
+    "KIND_CONSENSUS",
+    "KIND_FORWARD",
+    "KIND_FORWARD_REPLY",
+    "CoreFactory",
+    "Node",
+    "NodeError",
+    "NotLeaderError",
+    "SubmitTimeout",
+    "default_core_factory",
+]
+
+log = logging.getLogger("ruflo_consensus.runtime")
+
+KIND_CONSENSUS = 0  # payload: a codec frame (a protocol message)
+KIND_FORWARD = 1  # payload: [client, seq, command] — a follower hands a submit to the leader
+KIND_FORWARD_REPLY = 2  # payload: [client, seq, status, result, rejected]
+
+_OK, _NOT_LEADER, _RETRY = 0, 1, 2
+
+CoreFactory = Callable[
+    [NodeId, Sequence[NodeId], random.Random, RaftConfig, StoredState], ConsensusCore
+]
+
+
+class NodeError(Exception):
+    """Base of the errors the node's client API raises."""
+
+
+class SubmitTimeout(NodeError, TimeoutError):
+    """No answer in time; the command may or may not have been applied (retry is safe)."""
+
+
+class NotLeaderError(NodeError):
+    """This node cannot order the command and was asked not to forward it."""
+
+    def __init__(self, leader: NodeId | None) -> None:
+        super().__init__(f"not the leader (leader hint: {leader})")
+        self.leader = leader
+
+
+def default_core_factory(
+    node_id: NodeId,
+    peers: Sequence[NodeId],
+    rng: random.Random,
+    config: RaftConfig,
+    stored: StoredState,
+) -> ConsensusCore:
+    """Build a :class:`RaftCore` from what storage returned."""
+    if stored.snapshot is not None:
+        raise NodeError("storage holds a snapshot, but this Raft core cannot start from one yet")
+    return RaftCore(node_id, peers, rng, config, stored.hard_state, stored.entries)
+
+
+class _Waiter:
+    """One client waiting for a result; ``poke`` wakes it to re-check (role changed)."""
+
+    __slots__ = ("done", "event", "query", "result")
+
+    def __init__(self, query: Any = None) -> None:
+        self.event = trio.Event()
+        self.done = False
+        self.result: Any = None
+        self.query = query
+
+    def resolve(self, result: Any) -> None:
+        if not self.done:
+            self.result = result
+            self.done = True
+            self.event.set()
+
+    def poke(self) -> None:
+        self.event.set()
+
+    async def wait(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self.event.wait()
+        if not self.done and self.event.is_set():
+            self.event = trio.Event()
+
+
+@dataclass(slots=True)
+class _Lane:
+    client: str
+    seq: int = 0
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode_result(result: Any) -> list[Any]:
+    """A result as it crosses the wire: ``[value, None]`` or ``[None, [code, message]]``."""
+    if isinstance(result, CommandRejected):
+        return [None, [result.code, result.message]]
+    return [result, None]
+
+
+def decode_result(raw: Any) -> Any:
+    """Inverse of :func:`encode_result`; raise ``ValueError`` on a bad shape."""
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise ValueError("a result is [value, rejected]")
+    value, rejected = raw
+    if rejected is None:
+        return value
+    if (
+        not isinstance(rejected, list)
+        or len(rejected) != 2
+        or not all(isinstance(x, str) for x in rejected)
+    ):
+        raise ValueError("rejected must be [code, message]")
+    return CommandRejected(rejected[0], rejected[1])
+
+
+class Node:
+    """One consensus node on real sockets. See the module docstring.
+
+    ``peer_keys`` maps every node id of the spec to its Ed25519 public key. ``storage``
+    defaults to a :class:`FileStorage` in the spec's data folder for this node, or memory
+    when the spec has none. ``relay_hook`` (tests only) may rewrite frames this node
+    relays, to play a malicious relay.
+    """
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        identity: NodeIdentity,
+        peer_keys: dict[str, bytes],
+        state_machine: StateMachine,
+        *,
+        storage: RaftStorage | None = None,
+        core_factory: CoreFactory = default_core_factory,
+        seed: int | None = None,
+        relay_hook: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        node_id = identity.node_id
+        spec.check_node(node_id)
+        missing = [n for n in spec.ids if n not in peer_keys]
+        if missing:
+            raise NodeError(f"no public key for {', '.join(missing)}")
+        if peer_keys[node_id] != identity.public_key:
+            raise NodeError(f"the key file of {node_id} does not match its manifest")
+        self.spec = spec
+        self.node_id = node_id
+        self.identity = identity
+        self.peer_keys = dict(peer_keys)
+        self.rng = random.Random(seed if seed is not None else secrets.randbits(64))
+        if storage is None:
+            data_dir = spec.data_dir(node_id)
+            storage = (
+                MemoryStorage()
+                if data_dir is None
+                else FileStorage(str(data_dir), fsync=spec.runtime.fsync)
+            )
+        self.storage = storage
+        self._persist_in_thread = isinstance(storage, FileStorage)
+        stored = storage.load()
+        self.table = SessionTable(state_machine)
+        self.applied = 0
+        self.core = core_factory(
+            node_id, spec.ids, random.Random(self.rng.getrandbits(64)), spec.raft, stored
+        )
+        self.relay_hook = relay_hook
+        self.rejected: Counter[str] = Counter()
+        self.relayed = 0
+        self.delivered = 0
+        self.window = ReplayWindow(spec.runtime.replay_max_age_s)
+        self.nonces = NonceSource()
+        self.transport = Transport(
+            node_id, spec, self._on_frame, self._serve_client, self.rejected, self.rng
+        )
+        self.max_frame = spec.runtime.max_frame
+        self.tick_s = spec.raft.tick_ms / 1000
+        # how long a waiting client waits before it re-checks who leads and re-sends
+        self._retry_s = max(0.2, 2 * spec.raft.election_timeout_max_ms / 1000)
+        self.role_changes: list[RoleChange] = []
+        self._wake_event = trio.Event()
+        self._role_event = trio.Event()
+        self._applied_event = trio.Event()
+        self._waiters: dict[tuple[str, int], _Waiter] = {}
+        self._readers: dict[int, _Waiter] = {}
+        self._read_points: list[tuple[int, int]] = []
+        self._next_ctx = 0
+        self._apply_send, self._apply_recv = trio.open_memory_channel[
+            tuple[list[Committed], list[ReadState], list[CommandResult]]
+        ](1024)
+        boot = self.nonces.boot.hex()
+        self._lanes_send, self._lanes_recv = trio.open_memory_channel[_Lane](
+            spec.runtime.max_sessions
+        )
+        for k in range(spec.runtime.max_sessions):
+            self._lanes_send.send_nowait(_Lane(f"{node_id}/{boot}/{k}"))
+        self._forward_limit = trio.Semaphore(4096)
+        self._nursery: trio.Nursery | None = None
+        self.started = trio.Event()
+        self.port: int | None = None
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until cancelled; ``nursery.start(node.run)`` returns once it listens."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.port = await nursery.start(self.transport.run)
+                nursery.start_soon(self._tick_loop)
+                nursery.start_soon(self._ready_loop)
+                nursery.start_soon(self._apply_loop)
+                self._wake()
+                self.started.set()
+                log.info(
+                    "%s listening on %s", self.node_id, self.spec.endpoints[self.node_id].url()
+                )
+                task_status.started(self)
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                self.storage.close()
+
+    def _wake(self) -> None:
+        self._wake_event.set()
+
+    async def _tick_loop(self) -> None:
+        deadline = trio.current_time()
+        while True:
+            deadline += self.tick_s
+            now = trio.current_time()
+            if deadline < now - 10 * self.tick_s:
+                deadline = now  # the loop was starved: do not fire a burst of ticks
+            await trio.sleep_until(deadline)
+            self.core.tick()
+            if self.core.has_ready():
+                self._wake()
+
+    async def _ready_loop(self) -> None:
+        core = self.core
+        while True:
+            await self._wake_event.wait()
+            self._wake_event = trio.Event()
+            while core.has_ready():
+                rd = core.ready()
+                if not rd.persist.is_empty():
+                    if self._persist_in_thread:
+                        await trio.to_thread.run_sync(self.storage.save, rd.persist)
+                    else:
+                        self.storage.save(rd.persist)
+                for m in rd.messages:
+                    self._send_message(m)
+                for rc in rd.role_changes:
+                    self._on_role_change(rc)
+                for proposal, _reason in rd.dropped:
+                    if proposal.client is not None:
+                        w = self._waiters.get((proposal.client, proposal.seq))
+                        if w is not None:
+                            w.poke()
+                if rd.committed or rd.reads or rd.results:
+                    await self._apply_send.send((rd.committed, rd.reads, rd.results))
+
+    async def _apply_loop(self) -> None:
+        async for committed, reads, results in self._apply_recv:
+            for c in committed:
+                self._apply(c)
+            for r in results:
+                p = r.proposal
+                if p.client is not None:
+                    w = self._waiters.get((p.client, p.seq))
+                    if w is not None:
+                        w.resolve(r.value)
+            for rs in reads:
+                reader = self._readers.get(rs.ctx)
+                if reader is None:
+                    continue
+                if rs.index < 0:
+                    reader.poke()
+                else:
+                    self._read_points.append((rs.index, rs.ctx))
+            if self._read_points:
+                self._serve_reads()
+            if committed:
+                self._applied_event.set()
+                self._applied_event = trio.Event()
+
+    def _apply(self, c: Committed) -> None:
+        entry = c.entry
+        self.applied = entry.index
+        p = entry.proposal
+        if p is None:
+            return
+        result = self.table.apply(p.client, p.seq, p.command)
+        if p.client is not None:
+            w = self._waiters.get((p.client, p.seq))
+            if w is not None:
+                w.resolve(result)
+
+    def _serve_reads(self) -> None:
+        keep = []
+        for index, ctx in self._read_points:
+            reader = self._readers.get(ctx)
+            if reader is None:
+                continue
+            if index <= self.applied:
+                try:
+                    reader.resolve(self.table.machine.apply(reader.query))
+                except CommandError as exc:
+                    reader.resolve(CommandRejected(exc.code, exc.message))
+            else:
+                keep.append((index, ctx))
+        self._read_points = keep
+
+    def _on_role_change(self, rc: RoleChange) -> None:
+        self.role_changes.append(rc)
+        del self.role_changes[:-100]
+        log.info("%s is %s in term %d (leader %s)", rc.node, rc.role, rc.term, rc.leader)
+        for w in self._waiters.values():
+            w.poke()
+        for r in self._readers.values():
+            r.poke()
+        self._role_event.set()
+        self._role_event = trio.Event()
+
+    # ------------------------------------------------------------------ frames
+
+    def _send_message(self, m: Message) -> None:
+        self._send_envelope(m.dst, KIND_CONSENSUS, encode_message(m))
+
+    def _send_envelope(self, dst: NodeId, kind: int, payload: bytes) -> None:
+        hop = self.spec.topology.next_hop(self.node_id, dst)
+        if hop is None:
+            self.rejected["no-route"] += 1
+            return
+        self.transport.send(hop, seal(self.identity, dst, kind, payload, self.nonces))
+
+    def _on_frame(self, data: bytes) -> None:
+        """Everything that arrives on ``/peer``: check, then relay or deliver."""
+        try:
+            env, body, signature = parse_envelope(data, self.max_frame)
+            verify_envelope(env, body, signature, self.peer_keys)
+        except EnvelopeError as exc:
+            self.rejected[exc.reason] += 1
+            return
+        if env.dst != self.node_id:
+            if env.dst not in self.peer_keys:
+                self.rejected["wrong-destination"] += 1
+                return
+            hop = self.spec.topology.next_hop(self.node_id, env.dst)
+            if hop is None or hop == env.sender:
+                self.rejected["no-route"] += 1
+                return
+            frame = data if self.relay_hook is None else self.relay_hook(data)
+            if self.transport.send(hop, frame):
+                self.relayed += 1
+            return
+        try:
+            self.window.check(env.sender, env.nonce, env.timestamp_ms)
+        except EnvelopeError as exc:
+            self.rejected[exc.reason] += 1
+            return
+        if env.kind == KIND_CONSENSUS:
+            self._deliver(env.sender, env.payload)
+        elif env.kind == KIND_FORWARD:
+            self._on_forward(env.sender, env.payload)
+        elif env.kind == KIND_FORWARD_REPLY:
+            self._on_forward_reply(env.payload)
+        else:
+            self.rejected["unknown-kind"] += 1
+
+    def _deliver(self, sender: str, payload: bytes) -> None:
+        try:
+            message = decode_message(payload, self.max_frame)
+        except DecodeError as exc:
+            self.rejected[exc.reason] += 1
+            return
+        if message.src != sender:
+            self.rejected["sender-mismatch"] += 1
+            return
+        try:
+            self.core.step(message)
+        except ProtocolError as exc:
+            self.rejected[exc.reason] += 1
+            return
+        self.delivered += 1
+        if self.core.has_ready():
+            self._wake()
+
+    def _decode_payload(self, payload: bytes, size: int) -> list[Any] | None:
+        try:
+            raw = msgpack.unpackb(payload, raw=False, max_array_len=1 << 16)
+        except Exception:
+            raw = None
+        if not isinstance(raw, list) or len(raw) != size:
+            self.rejected["malformed"] += 1
+            return None
+        return raw
+
+    def _on_forward(self, sender: str, payload: bytes) -> None:
+        raw = self._decode_payload(payload, 3)
+        if raw is None:
+            return
+        client, seq, command = raw
+        if not isinstance(client, str) or type(seq) is not int or seq < 0:
+            self.rejected["bad-field"] += 1
+            return
+        if self._nursery is None:
+            return
+        self._nursery.start_soon(self._serve_forward, sender, client, seq, command)
+
+    async def _serve_forward(self, sender: str, client: str, seq: int, command: Any) -> None:
+        status, result = _RETRY, None
+        if self._forward_limit.value == 0:
+            self.rejected["forward-busy"] += 1
+        else:
+            async with self._forward_limit:
+                try:
+                    result = await self._submit_as(
+                        client, seq, command, self._retry_s * 2, forward=False
+                    )
+                    status = _OK
+                except NotLeaderError:
+                    status = _NOT_LEADER
+                except SubmitTimeout:
+                    status = _RETRY
+        reply = [client, seq, status, encode_result(result)]
+        self._send_envelope(sender, KIND_FORWARD_REPLY, _pack(reply))
+
+    def _on_forward_reply(self, payload: bytes) -> None:
+        raw = self._decode_payload(payload, 4)
+        if raw is None:
+            return
+        client, seq, status, result = raw
+        if not isinstance(client, str) or type(seq) is not int or type(status) is not int:
+            self.rejected["bad-field"] += 1
+            return
+        w = self._waiters.get((client, seq))
+        if w is None:
+            return
+        if status == _OK:
+            try:
+                w.resolve(decode_result(result))
+            except ValueError:
+                self.rejected["bad-field"] += 1
+        else:
+            w.poke()
+
+    # ------------------------------------------------------------------ client API
+
+    async def submit(self, command: Any, *, timeout: float | None = None) -> Any:
+        """Replicate ``command`` and return its result once applied (here or at the leader).
+
+        Works on any node: a follower forwards to the leader. Retries across leader
+        changes are exactly-once (each call holds a session lane ``(client, seq)``). A
+        command the state machine rejects returns a :class:`CommandRejected`. Raises
+        :class:`SubmitTimeout` when no answer comes in ``timeout`` seconds (default: the
+        spec's ``submit_timeout_s``). At most ``max_sessions`` submits are in flight per
+        node; more wait for a free lane (back-pressure).
+        """
+        limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
+        with trio.move_on_after(limit) as scope:
+            lane = await self._lanes_recv.receive()
+        if scope.cancelled_caught:
+            raise SubmitTimeout(f"no free session lane within {limit} s")
+        try:
+            lane.seq += 1
+            return await self._submit_as(lane.client, lane.seq, command, limit)
+        finally:
+            self._lanes_send.send_nowait(lane)
+
+    async def _submit_as(
+        self, client: str, seq: int, command: Any, timeout: float, *, forward: bool = True
+    ) -> Any:
+        """Submit as ``(client, seq)``: propose here if leader, else forward (if allowed)."""
+        key = (client, seq)
+        w = self._waiters.get(key)
+        owner = w is None
+        if w is None:
+            w = self._waiters[key] = _Waiter()
+        try:
+            with trio.fail_after(timeout):
+                attempt: tuple[Any, ...] = ()
+                last_send = -1e9
+                while not w.done:
+                    core = self.core
+                    now = trio.current_time()
+                    if core.role is Role.LEADER:
+                        if owner and attempt != ("lead", core.term):
+                            try:
+                                core.propose(Proposal(client, seq, command))
+                                attempt = ("lead", core.term)
+                                self._wake()
+                            except NotLeader:
+                                pass
+                            except ProposalDropped:
+                                await trio.sleep(self.tick_s * 5)
+                                continue
+                    elif not forward:
+                        raise NotLeaderError(core.leader)
+                    elif core.leader is not None:
+                        target = ("fwd", core.term, core.leader)
+                        if attempt != target or now - last_send > self._retry_s:
+                            attempt, last_send = target, now
+                            self._send_envelope(
+                                core.leader, KIND_FORWARD, _pack([client, seq, command])
+                            )
+                    await w.wait(self._retry_s)
+                return w.result
+        except trio.TooSlowError:
+            raise SubmitTimeout(f"no result for {client}#{seq} within {timeout} s") from None
+        finally:
+            if owner:
+                self._waiters.pop(key, None)
+
+    async def read(self, query: Any, *, timeout: float | None = None) -> Any:
+        """A linearizable read: ``query`` runs on this node's machine once it has applied
+        everything committed before the read started (Raft ReadIndex, on any node).
+
+        ``query`` must not change state (for the KV machine: ``{"op": "get", ...}``).
+        """
+        limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
+        read_index = getattr(self.core, "read_index", None)
+        if read_index is None:
+            return self.table.machine.apply(query)  # a backend without ordering (CRDT)
+        try:
+            with trio.fail_after(limit):
+                while True:
+                    self._next_ctx += 1
+                    ctx = self._next_ctx
+                    w = self._readers[ctx] = _Waiter(query)
+                    try:
+                        try:
+                            read_index(ctx)
+                        except NotLeader:
+                            with trio.move_on_after(self._retry_s):
+                                await self._role_event.wait()
+                            continue
+                        self._wake()
+                        await w.wait(self._retry_s)
+                        if w.done:
+                            return w.result
+                    finally:
+                        self._readers.pop(ctx, None)
+        except trio.TooSlowError:
+            raise SubmitTimeout(f"read not confirmed within {limit} s") from None
+
+    async def wait_applied(self, index: int, timeout: float = 10.0) -> None:
+        """Wait until this node has applied ``index`` (tests: a restarted node caught up)."""
+        with trio.fail_after(timeout):
+            while self.applied < index:
+                await self._applied_event.wait()
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def role(self) -> Role:
+        """The core's role."""
+        return self.core.role
+
+    @property
+    def leader(self) -> NodeId | None:
+        """Who the core believes leads."""
+        return self.core.leader
+
+    def status(self) -> dict[str, Any]:
+        """Role, term, leader, commit/applied indexes, link health and rejection counts."""
+        core = self.core
+        rejected = Counter(self.rejected)
+        rejected.update(getattr(core, "rejected", {}))
+        return {
+            "id": self.node_id,
+            "role": str(core.role),
+            "term": core.term,
+            "leader": core.leader,
+            "commit": getattr(core, "commit", None),
+            "last_index": getattr(core, "last_index", None),
+            "applied": self.applied,
+            "relayed": self.relayed,
+            "delivered": self.delivered,
+            "inbound": self.transport.inbound,
+            "links": [
+                {**s.to_json(), "queued": self.transport.queued(p)}
+                for p, s in self.transport.links.items()
+            ],
+            "rejected": dict(sorted(rejected.items())),
+        }
+
+    # ------------------------------------------------------------------ client protocol
+
+    async def _serve_client(self, ws: Any) -> None:
+        from .client import serve_client
+
+        await serve_client(self, ws)

@@ -1,0 +1,216 @@
+"""A cluster spec for real nodes: the topology plus endpoints, keys, TLS and timing.
+
+The same TOML file drives the simulator (``simulate --topology FILE`` reads only the
+topology) and real nodes. The runtime reads these extra, optional parts::
+
+    [raft]                       # RaftConfig fields (milliseconds)
+    tick_ms = 10
+    election_timeout_min_ms = 150
+    election_timeout_max_ms = 300
+    heartbeat_ms = 50
+
+    [runtime]
+    data_dir = "data"            # per-node WAL at <data_dir>/<node id>; relative to the spec
+    fsync = true
+    max_frame = 1048576          # bytes; bigger frames are refused before decoding
+    send_queue = 1024            # frames per peer link before frames are dropped
+    replay_max_age_s = 30.0
+    reconnect_min_s = 0.05
+    reconnect_max_s = 2.0
+
+    [[nodes]]
+    id = "n1"
+    endpoint = "wss://127.0.0.1:7101"   # ws:// or wss://
+    key_file = "keys/n1.key"            # its manifest is keys/n1.manifest.json
+    tls_cert = "tls/n1.pem"             # wss: the server certificate and key
+    tls_key = "tls/n1-key.pem"
+    tls_fingerprint = "ab12…"           # optional: SHA-256 of the DER certificate, pinned
+    tls_ca = "tls/ca.pem"               # optional: a CA to verify the certificate with
+
+Relative paths are relative to the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..core.raft import RaftConfig
+from ..topology import Topology, TopologyError, load_topology
+
+__all__ = ["ClusterSpec", "Endpoint", "NodeTLS", "RuntimeOptions", "SpecError", "load_spec"]
+
+
+class SpecError(ValueError):
+    """A cluster spec cannot drive real nodes (bad endpoint, unknown field, …)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a node listens: ``ws://host:port`` or ``wss://host:port``."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def tls(self) -> bool:
+        """True for ``wss://``."""
+        return self.scheme == "wss"
+
+    def url(self, resource: str = "/") -> str:
+        """The URL of ``resource`` on this endpoint."""
+        return f"{self.scheme}://{self.host}:{self.port}{resource}"
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """Parse ``ws://host:port`` / ``wss://host:port``; raise :class:`SpecError`."""
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise SpecError(f"bad endpoint {text!r}: {exc}") from None
+        if parts.scheme not in ("ws", "wss") or not parts.hostname or port is None:
+            raise SpecError(f"endpoint {text!r} must look like ws://HOST:PORT or wss://HOST:PORT")
+        return cls(parts.scheme, parts.hostname, port)
+
+
+@dataclass(frozen=True)
+class NodeTLS:
+    """TLS material of one node (paths already resolved against the spec's folder)."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    fingerprint: str | None = None
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Transport and storage settings of the runtime (the ``[runtime]`` table)."""
+
+    data_dir: str | None = None
+    fsync: bool = True
+    max_frame: int = 1 << 20
+    send_queue: int = 1024
+    replay_max_age_s: float = 30.0
+    reconnect_min_s: float = 0.05
+    reconnect_max_s: float = 2.0
+    submit_timeout_s: float = 30.0
+    max_sessions: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_frame < 1024:
+            raise SpecError("runtime.max_frame must be at least 1024 bytes")
+        if self.send_queue < 1 or self.max_sessions < 1:
+            raise SpecError("runtime.send_queue and runtime.max_sessions must be positive")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise SpecError("need 0 < runtime.reconnect_min_s <= runtime.reconnect_max_s")
+        if self.replay_max_age_s <= 0 or self.submit_timeout_s <= 0:
+            raise SpecError("runtime.replay_max_age_s and submit_timeout_s must be positive")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A topology and what real nodes need on top of it."""
+
+    topology: Topology
+    base: Path
+    endpoints: dict[str, Endpoint]
+    key_files: dict[str, Path]
+    tls: dict[str, NodeTLS]
+    raft: RaftConfig = field(default_factory=RaftConfig)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    path: Path | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        """Node ids in spec order."""
+        return self.topology.ids
+
+    def manifest_file(self, node_id: str) -> Path:
+        """Where the node's signed manifest (public key) is."""
+        from ..identity import manifest_path
+
+        return manifest_path(self.key_files[node_id])
+
+    def data_dir(self, node_id: str) -> Path | None:
+        """The node's WAL folder (``None``: keep the log in memory)."""
+        if self.runtime.data_dir is None:
+            return None
+        return _resolve(self.base, self.runtime.data_dir) / node_id
+
+    def check_node(self, node_id: str) -> None:
+        """Raise :class:`SpecError` unless ``node_id`` is in the spec."""
+        if node_id not in self.endpoints:
+            raise SpecError(f"node {node_id!r} is not in the spec (nodes: {', '.join(self.ids)})")
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else base / p
+
+
+def _table(data: dict[str, Any], name: str, allowed: set[str], where: Path) -> dict[str, Any]:
+    raw = data.get(name, {})
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: [{name}] must be a table")
+    unknown = set(raw) - allowed
+    if unknown:
+        raise SpecError(f"{where}: unknown [{name}] field(s): {', '.join(sorted(unknown))}")
+    return raw
+
+
+def load_spec(path: str | Path) -> ClusterSpec:
+    """Load a spec file for real nodes; raise :class:`SpecError` naming the file."""
+    p = Path(path)
+    try:
+        topology = load_topology(p)
+    except TopologyError as exc:
+        raise SpecError(str(exc)) from None
+    data: dict[str, Any] = tomllib.loads(p.read_text(encoding="utf-8"))
+    base = p.resolve().parent
+    raft_fields = {f.name for f in fields(RaftConfig)}
+    rt_fields = {f.name for f in fields(RuntimeOptions)}
+    try:
+        raft = RaftConfig(**_table(data, "raft", raft_fields, p))
+        runtime = RuntimeOptions(**_table(data, "runtime", rt_fields, p))
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{p}: {exc}") from None
+    endpoints: dict[str, Endpoint] = {}
+    key_files: dict[str, Path] = {}
+    tls: dict[str, NodeTLS] = {}
+    raw_nodes = {n["id"]: n for n in data["nodes"]}
+    for node in topology.nodes:
+        if node.endpoint is None:
+            raise SpecError(f"{p}: node {node.id!r} needs an endpoint")
+        try:
+            endpoints[node.id] = Endpoint.parse(node.endpoint)
+        except SpecError as exc:
+            raise SpecError(f"{p}: node {node.id!r}: {exc}") from None
+        key_files[node.id] = _resolve(base, node.key_file or f"keys/{node.id}.key")
+        raw = raw_nodes[node.id]
+
+        def opt_path(name: str, raw: dict[str, Any] = raw) -> Path | None:
+            v = raw.get(name)
+            if v is None:
+                return None
+            if not isinstance(v, str):
+                raise SpecError(f"{p}: nodes.{name} must be a string")
+            return _resolve(base, v)
+
+        fp = raw.get("tls_fingerprint")
+        if fp is not None and (not isinstance(fp, str) or len(fp.replace(":", "")) != 64):
+            raise SpecError(f"{p}: node {node.id!r}: tls_fingerprint must be 64 hex digits")
+        tls[node.id] = NodeTLS(
+            opt_path("tls_cert"),
+            opt_path("tls_key"),
+            fp.replace(":", "").lower() if fp else None,
+            opt_path("tls_ca"),
+        )
+        if endpoints[node.id].tls and (tls[node.id].cert is None or tls[node.id].key is None):
+            raise SpecError(f"{p}: node {node.id!r} uses wss:// and needs tls_cert and tls_key")
+    return ClusterSpec(topology, base, endpoints, key_files, tls, raft, runtime, p)

@@ -1,0 +1,202 @@
+"""The trio driver in one process: relays, tampering, restarts, crashes, embedding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+
+from ruflo_consensus.core.raft import RaftCore
+from ruflo_consensus.runtime import BlockingNode, Node, SubmitTimeout, open_node
+from ruflo_consensus.runtime.node import default_core_factory
+from ruflo_consensus.statemachine import CommandRejected, KVStateMachine
+
+from .runtime_helpers import get, local_spec, put, start_node, start_nodes, stop_node, wait_leader
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_ring_nodes_reach_non_neighbours_through_relays(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "ring", 5, runtime={"data_dir": None})
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec)
+        leader = await wait_leader(nodes)
+        # in a 5-ring the leader has two non-neighbours; they only hear it through relays
+        far = [n for n in nodes.values() if not spec.topology.linked(leader.node_id, n.node_id)]
+        far = [n for n in far if n is not leader]
+        assert len(far) == 2
+        for i in range(5):
+            await far[0].submit(put(f"k{i}", str(i)))  # a far node forwards to the leader
+        assert await far[1].read(get("k4")) == "4"
+        for n in far:
+            await n.wait_applied(leader.applied)
+            assert isinstance(n.table.machine, KVStateMachine)
+            assert n.table.machine.data["k3"] == "3"
+        assert sum(n.relayed for n in nodes.values()) > 0
+        assert all(not n.rejected for n in nodes.values())
+        nursery.cancel_scope.cancel()
+
+
+def _tamper(frame: bytes) -> bytes:
+    """A malicious relay: change the payload, keep the signature."""
+    body, sig = msgpack.unpackb(frame)
+    fields = msgpack.unpackb(body)
+    fields[6] = fields[6][:-1] + bytes([fields[6][-1] ^ 1]) if fields[6] else b"\x00"
+    return msgpack.packb([msgpack.packb(fields, use_bin_type=True), sig], use_bin_type=True)
+
+
+async def test_a_tampered_relayed_frame_is_rejected(tmp_path: Path) -> None:
+    """Every relay tampers: the leader's two non-neighbours in a 5-ring get only forgeries."""
+    spec = local_spec(tmp_path, "ring", 5, runtime={"data_dir": None})
+    tampered = [0]
+
+    def hook(frame: bytes) -> bytes:
+        tampered[0] += 1
+        return _tamper(frame)
+
+    async with trio.open_nursery() as nursery:
+        options = {n: {"relay_hook": hook} for n in spec.ids}
+        nodes = await start_nodes(nursery, spec, options=options)
+        with trio.fail_after(10):
+            while not any(n.role.value == "leader" for n in nodes.values()):
+                await trio.sleep(0.02)
+        leader = next(n for n in nodes.values() if n.role.value == "leader")
+        near = [nodes[p] for p in spec.topology.neighbours(leader.node_id)]
+        far = [n for n in nodes.values() if n is not leader and n not in near]
+        # the leader and its two neighbours are a majority: writes still commit
+        await leader.submit(put("a", "1"))
+        await trio.sleep(0.3)
+        assert tampered[0] > 0
+        for n in far:
+            assert n.rejected["bad-signature"] > 0  # every relayed frame was refused
+            assert n.applied == 0 and n.leader is None  # nothing a relay carried got in
+            assert isinstance(n.table.machine, KVStateMachine)
+            assert "a" not in n.table.machine.data
+        for n in near:
+            await n.wait_applied(leader.applied)
+        nursery.cancel_scope.cancel()
+
+
+async def test_restarted_node_catches_up_from_its_wal(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "mesh", 3)
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec)
+        leader = await wait_leader(nodes)
+        follower = next(n for n in nodes.values() if n is not leader)
+        for i in range(3):
+            await leader.submit(put("k", str(i)))
+        await follower.wait_applied(leader.applied)
+        stop_node(follower)
+        await trio.sleep(0.05)
+        for i in range(3, 8):
+            await leader.submit(put("k", str(i)))
+        restarted = await start_node(nursery, spec, follower.node_id)
+        # its WAL gives back the first entries at once; the rest comes from the leader
+        await restarted.wait_applied(leader.applied)
+        assert isinstance(restarted.table.machine, KVStateMachine)
+        assert restarted.table.machine.data["k"] == "7"
+        assert await restarted.read(get("k")) == "7"
+        nursery.cancel_scope.cancel()
+
+
+async def test_rejected_commands_and_timeouts_are_typed(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "mesh", 3, runtime={"data_dir": None})
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec, ["n1"])  # no quorum: nothing can commit
+        with pytest.raises(SubmitTimeout):
+            await nodes["n1"].submit(put("a", "1"), timeout=0.5)
+        nodes.update(await start_nodes(nursery, spec, ["n2", "n3"]))
+        leader = await wait_leader(nodes)
+        result = await leader.submit({"op": "put", "key": "a"})  # no value
+        assert isinstance(result, CommandRejected) and result.code == "BAD_ARGUMENT"
+        nursery.cancel_scope.cancel()
+
+
+class _ExplodingCore(RaftCore):
+    explode_after = 20
+
+    def tick(self) -> None:
+        self.explode_after -= 1
+        if self.explode_after == 0:
+            raise RuntimeError("core bug")
+        super().tick()
+
+
+async def test_a_crashed_task_takes_the_node_down_loudly(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "mesh", 3, runtime={"data_dir": None})
+
+    def factory(*args: Any) -> Any:
+        core = default_core_factory(*args)
+        core.__class__ = _ExplodingCore
+        return core
+
+    crashed = False
+    try:
+        async with trio.open_nursery() as nursery:
+            node = await start_node(nursery, spec, "n1", core_factory=factory)
+            assert isinstance(node, Node)
+            await trio.sleep(5)
+            pytest.fail("the node kept running after its tick task crashed")
+    except* RuntimeError as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        crashed = str(leaf) == "core bug"
+    assert crashed
+
+
+async def test_open_node_embedding_api(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "star", 3, runtime={"data_dir": None})
+    async with trio.open_nursery() as nursery:
+        others = await start_nodes(nursery, spec, ["n2", "n3"])
+        async with open_node(spec.path, "n1", KVStateMachine()) as node:  # type: ignore[arg-type]
+            await wait_leader({**others, "n1": node})
+            assert await node.submit(put("a", "b")) is None
+            assert await node.read(get("a")) == "b"
+            assert await node.submit({"op": "cas", "key": "a", "old": "b", "new": "c"}) is True
+        nursery.cancel_scope.cancel()
+
+
+def test_blocking_facade_from_threads(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "mesh", 3, runtime={"data_dir": None})
+    nodes = [BlockingNode(spec, n, KVStateMachine()) for n in spec.ids]
+    try:
+        for n in nodes:
+            n.start()
+        errors: list[BaseException] = []
+
+        def writer(i: int) -> None:
+            try:
+                nodes[i].submit(put(f"t{i}", str(i)), timeout=20)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors
+        assert [nodes[0].read(get(f"t{i}"), timeout=20) for i in range(3)] == ["0", "1", "2"]
+        assert nodes[1].status()["applied"] >= 3
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def test_embedding_doc_example_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "embedded_kv.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "trio: a = 1" in proc.stdout
+    assert "asyncio: counter = 3" in proc.stdout

@@ -1,0 +1,189 @@
+"""The signed websocket transport: every kind of bad frame is refused, counted, harmless."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from ruflo_consensus.codec import encode_message
+from ruflo_consensus.core.base import Entry, Proposal
+from ruflo_consensus.core.raft import AppendEntries, VoteResponse
+from ruflo_consensus.identity import NodeIdentity, NonceSource, load_key_file, seal
+from ruflo_consensus.runtime import Endpoint, NodeClient
+from ruflo_consensus.runtime.spec import SpecError
+from ruflo_consensus.runtime.transport import connect
+
+from .runtime_helpers import get, local_spec, put, start_nodes, wait_leader
+
+
+async def _send_raw(endpoint: Endpoint, frames: list[bytes | str]) -> None:
+    async with trio.open_nursery() as n:
+        ws = await connect(n, endpoint, "/peer", max_message_size=8 << 20)
+        for f in frames:
+            await ws.send_message(f)
+        await ws.aclose()
+
+
+async def test_bad_frames_are_rejected_counted_and_change_nothing(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "mesh", 3)
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec)
+        leader = await wait_leader(nodes)
+        await leader.submit(put("a", "1"))
+        target = next(n for n in nodes.values() if n is not leader)
+        await target.wait_applied(leader.applied)
+        other = next(n for n in nodes.values() if n not in (leader, target))
+        lead_id = load_key_file(spec.key_files[leader.node_id])
+        other_id = load_key_file(spec.key_files[other.node_id])
+        core = target.core
+        term, last = core.term, core.last_index  # type: ignore[attr-defined]
+        stepped: list[object] = []
+        real_step = core.step
+
+        def spy(m: object) -> None:
+            stepped.append(m)
+            real_step(m)  # type: ignore[arg-type]
+
+        core.step = spy  # type: ignore[method-assign]
+        # a message that would take over the follower at a much higher term if accepted
+        evil = AppendEntries(
+            leader.node_id,
+            target.node_id,
+            term + 100,
+            last,
+            core.term_at(last),  # type: ignore[attr-defined]
+            (Entry(term + 100, last + 1, Proposal("evil", 1, put("a", "evil"))),),
+            last + 1,
+        )
+        payload = encode_message(evil)
+        nonces = NonceSource()
+        dst = target.node_id
+        now = int(time.time() * 1000)
+        impostor = NodeIdentity(leader.node_id, NodeIdentity.generate("x").signing_key)
+        harmless = encode_message(VoteResponse(leader.node_id, dst, term, False, False))
+        replayed = seal(lead_id, dst, 0, harmless, nonces)
+        frames: list[bytes | str] = [
+            seal(impostor, dst, 0, payload, nonces),  # forged: bad-signature
+            seal(NodeIdentity.generate("zz"), dst, 0, payload, nonces),  # unknown-sender
+            seal(lead_id, dst, 0, payload, nonces, now_ms=now - 60_000),  # stale
+            seal(lead_id, dst, 0, payload, nonces, now_ms=now + 60_000),  # from the future
+            b"\x00" * (spec.runtime.max_frame + 1),  # too-large, refused before decoding
+            b"\xc1\xc1\xc1",  # malformed msgpack
+            msgpack.packb([b"body", b"sig"]),  # malformed envelope
+            "a text message",  # malformed: frames are binary
+            seal(lead_id, dst, 0, b"\xc1", nonces),  # signed, but the protocol frame is junk
+            seal(lead_id, dst, 9, b"", nonces),  # unknown payload kind
+            seal(other_id, dst, 0, payload, nonces),  # signed by another node than src
+            seal(lead_id, "nX", 0, payload, nonces),  # for a node not in the cluster
+            replayed,
+            replayed,  # the same nonce again
+        ]
+        await _send_raw(spec.endpoints[dst], frames)
+        # a grossly oversized frame closes the connection at the websocket layer
+        closed = False
+        try:
+            async with trio.open_nursery() as n:
+                ws = await connect(n, spec.endpoints[dst], "/peer", max_message_size=8 << 20)
+                await ws.send_message(b"\x00" * (3 << 20))
+                await ws.get_message()
+        except* ConnectionClosed:
+            closed = True
+        assert closed
+        with trio.fail_after(5):
+            while target.rejected["too-large"] < 2 or not any(
+                isinstance(m, VoteResponse) for m in stepped
+            ):
+                await trio.sleep(0.01)
+        rejected = target.rejected
+        assert rejected["bad-signature"] == 1
+        assert rejected["unknown-sender"] == 1
+        assert rejected["stale"] == 2
+        assert rejected["too-large"] == 2
+        assert rejected["malformed"] == 4  # bad msgpack, bad envelope, text, junk protocol frame
+        assert rejected["unknown-kind"] == 1
+        assert rejected["sender-mismatch"] == 1
+        assert rejected["wrong-destination"] == 1
+        assert rejected["replayed"] == 1
+        # only the first copy of the harmless frame got through; nothing of the evil one did
+        assert sum(isinstance(m, VoteResponse) for m in stepped) == 1
+        assert not any(isinstance(m, AppendEntries) and m.term > term for m in stepped)
+        assert core.term == term and core.leader == leader.node_id
+        assert all(
+            e.proposal is None or e.proposal.client != "evil"
+            for e in core.log  # type: ignore[attr-defined]
+        )
+        # the node keeps serving, and the status shows the counts
+        await target.submit(put("b", "2"))
+        assert await target.read(get("b")) == "2"
+        assert await target.read(get("a")) == "1"
+        assert target.status()["rejected"]["replayed"] == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_bad_client_requests_are_answered_and_counted(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "star", 3)
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec)
+        await wait_leader(nodes)
+        n3 = nodes["n3"]
+        async with trio.open_nursery() as n:
+            ws = await connect(n, spec.endpoints["n3"], "/client")
+            for junk in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"id": 1, "op": "nope"})):
+                await ws.send_message(junk)
+                reply = msgpack.unpackb(await ws.get_message())
+                assert reply["ok"] is False and reply["error"] == "BAD_REQUEST"
+            await ws.send_message(
+                msgpack.packb({"id": 2, "op": "submit", "command": put("k", "v"), "client": 5})
+            )
+            assert msgpack.unpackb(await ws.get_message())["error"] == "BAD_REQUEST"
+            await ws.aclose()
+        assert n3.rejected["client-malformed"] == 2
+        assert n3.rejected["client-unknown-op"] == 1
+        assert n3.rejected["client-bad-field"] == 1
+        async with NodeClient.open(spec.endpoints["n3"]) as c:
+            assert await c.submit(put("k", "v"), client="c1", seq=1) is None
+            assert await c.read(get("k")) == "v"
+            bad = await c.submit({"op": "frobnicate", "key": "k"})
+            assert bad.code == "UNKNOWN_OP"
+            status = await c.status()
+            assert status["id"] == "n3" and status["applied"] >= 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_reconnect_after_a_peer_restarts(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "mesh", 3, runtime={"reconnect_max_s": 0.2})
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec, ["n1", "n2"])
+        await wait_leader(nodes)
+        link = nodes["n1"].transport.links["n3"]
+        assert not link.connected and link.failures >= 1  # n3 is not up yet
+        nodes.update(await start_nodes(nursery, spec, ["n3"]))
+        with trio.fail_after(5):
+            while not link.connected:
+                await trio.sleep(0.02)
+        leader = await wait_leader(nodes)
+        await leader.submit(put("x", "1"))
+        assert await nodes["n3"].read(get("x")) == "1"
+        nursery.cancel_scope.cancel()
+
+
+def test_spec_errors_are_typed(tmp_path: Path) -> None:
+    from ruflo_consensus.runtime import load_spec
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kind = "mesh"\n[[nodes]]\nid = "n1"\nendpoint = "http://x:1"\n')
+    with pytest.raises(SpecError, match="ws://HOST:PORT"):
+        load_spec(bad)
+    bad.write_text(
+        'kind = "mesh"\n[raft]\nbogus = 1\n[[nodes]]\nid = "n1"\nendpoint = "ws://a:1"\n'
+    )
+    with pytest.raises(SpecError, match="bogus"):
+        load_spec(bad)
+    bad.write_text('kind = "mesh"\n[[nodes]]\nid = "n1"\nendpoint = "wss://a:1"\n')
+    with pytest.raises(SpecError, match="tls_cert"):
+        load_spec(bad)
