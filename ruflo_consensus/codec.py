@@ -18,6 +18,8 @@ from .core.base import Entry, Message, Proposal
 from .core.raft import (
     AppendEntries,
     AppendResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     ReadIndexRequest,
     ReadIndexResponse,
     RequestVote,
@@ -101,6 +103,21 @@ _ENCODERS: dict[type[Message], tuple[int, Callable[[Any], list[Any]]]] = {
     TimeoutNow: (5, lambda m: [m.term]),
     ReadIndexRequest: (6, lambda m: [m.term, m.ctx]),
     ReadIndexResponse: (7, lambda m: [m.term, m.ctx, m.index]),
+    InstallSnapshot: (
+        8,
+        lambda m: [
+            m.term,
+            m.index,
+            m.snap_term,
+            list(m.voters),
+            list(m.learners),
+            m.offset,
+            m.total,
+            m.data,
+            m.done,
+        ],
+    ),
+    InstallSnapshotResponse: (9, lambda m: [m.term, m.index, m.received, m.done]),
 }
 
 
@@ -134,6 +151,21 @@ def _str(v: Any, name: str) -> str:
     if type(v) is not str or not v or len(v) > 256:
         raise FieldError(f"{name} must be a non-empty string of at most 256 characters")
     return v
+
+
+def _bytes(v: Any, name: str) -> bytes:
+    if type(v) is not bytes:
+        raise FieldError(f"{name} must be bytes, got {type(v).__name__}")
+    return v
+
+
+def _node_ids(v: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise FieldError(f"{name} must be a list of node ids")
+    ids = tuple(_str(x, name) for x in v)
+    if len(set(ids)) != len(ids):
+        raise FieldError(f"{name} lists a node twice")
+    return ids
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
@@ -248,6 +280,35 @@ def _dec_rirs(src: str, dst: str, f: list[Any]) -> Message:
     )
 
 
+def _dec_is(src: str, dst: str, f: list[Any]) -> Message:
+    f = _fields(f, 9, "InstallSnapshot")
+    return InstallSnapshot(
+        src,
+        dst,
+        _int(f[0], "term"),
+        _int(f[1], "index"),
+        _int(f[2], "snap_term"),
+        _node_ids(f[3], "voters"),
+        _node_ids(f[4], "learners"),
+        _int(f[5], "offset"),
+        _int(f[6], "total"),
+        _bytes(f[7], "data"),
+        _bool(f[8], "done"),
+    )
+
+
+def _dec_isr(src: str, dst: str, f: list[Any]) -> Message:
+    f = _fields(f, 4, "InstallSnapshotResponse")
+    return InstallSnapshotResponse(
+        src,
+        dst,
+        _int(f[0], "term"),
+        _int(f[1], "index"),
+        _int(f[2], "received"),
+        _bool(f[3], "done"),
+    )
+
+
 _DECODERS: dict[int, Callable[[str, str, list[Any]], Message]] = {
     1: _dec_rv,
     2: _dec_vr,
@@ -256,6 +317,8 @@ _DECODERS: dict[int, Callable[[str, str, list[Any]], Message]] = {
     5: _dec_tn,
     6: _dec_rir,
     7: _dec_rirs,
+    8: _dec_is,
+    9: _dec_isr,
 }
 
 

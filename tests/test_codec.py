@@ -26,6 +26,8 @@ from ruflo_consensus.core.raft import (
     RAFT_MESSAGES,
     AppendEntries,
     AppendResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     ReadIndexRequest,
     ReadIndexResponse,
     RequestVote,
@@ -104,6 +106,10 @@ SAMPLE_MESSAGES: list[Message] = [
     ReadIndexResponse("leader", "f", 6, 12, 40),
     ReadIndexResponse("leader", "f", 6, 12, -1),
     RequestVote("x" * 256, "ñ" * 256, 2**64 - 1, 2**64 - 1, 2**64 - 1, True),
+    InstallSnapshot("leader", "f", 7, 40, 6, ("a", "b", "c"), (), 0, 9, b"\x00\xffsnap", False),
+    InstallSnapshot("leader", "f", 7, 40, 6, ("a", "b", "c"), ("d",), 9, 9, b"", True),
+    InstallSnapshotResponse("f", "leader", 7, 40, 5, False),
+    InstallSnapshotResponse("f", "leader", 7, 40, 9, True),
 ]
 
 
@@ -183,6 +189,21 @@ messages = st.one_of(
         u64,
     ),
     st.builds(AppendResponse, node_ids, node_ids, u64, st.booleans(), u64, u64, u64),
+    st.builds(
+        InstallSnapshot,
+        node_ids,
+        node_ids,
+        u64,
+        u64,
+        u64,
+        st.lists(node_ids, max_size=4, unique=True).map(tuple),
+        st.lists(node_ids, max_size=2, unique=True).map(tuple),
+        u64,
+        u64,
+        st.binary(max_size=64),
+        st.booleans(),
+    ),
+    st.builds(InstallSnapshotResponse, node_ids, node_ids, u64, u64, u64, st.booleans()),
 )
 
 
@@ -252,6 +273,14 @@ BASE_FRAMES: dict[str, tuple[list[Any], Message]] = {
     "TimeoutNow": ([1, 5, "a", "b", 3], TimeoutNow("a", "b", 3)),
     "ReadIndexRequest": ([1, 6, "a", "b", 3, 7], ReadIndexRequest("a", "b", 3, 7)),
     "ReadIndexResponse": ([1, 7, "a", "b", 3, 7, 9], ReadIndexResponse("a", "b", 3, 7, 9)),
+    "InstallSnapshot": (
+        [1, 8, "a", "b", 3, 9, 2, ["a", "b", "c"], [], 4, 10, b"chunk!", True],
+        InstallSnapshot("a", "b", 3, 9, 2, ("a", "b", "c"), (), 4, 10, b"chunk!", True),
+    ),
+    "InstallSnapshotResponse": (
+        [1, 9, "a", "b", 3, 9, 10, True],
+        InstallSnapshotResponse("a", "b", 3, 9, 10, True),
+    ),
 }
 
 # Positions of integer and boolean fields in each base frame.
@@ -263,6 +292,8 @@ INT_FIELDS = {
     "TimeoutNow": [4],
     "ReadIndexRequest": [4, 5],
     "ReadIndexResponse": [4, 5],  # the index may be -1 (refused), so it is checked apart
+    "InstallSnapshot": [4, 5, 6, 9, 10],
+    "InstallSnapshotResponse": [4, 5, 6],
 }
 BOOL_FIELDS = {
     "RequestVote": [7],
@@ -272,6 +303,8 @@ BOOL_FIELDS = {
     "TimeoutNow": [],
     "ReadIndexRequest": [],
     "ReadIndexResponse": [],
+    "InstallSnapshot": [12],
+    "InstallSnapshotResponse": [7],
 }
 
 
@@ -379,7 +412,7 @@ def test_unknown_version_raises_unknown_message_type(version: Any) -> None:
         assert_rejected(pack([version, *frame[1:]]), UnknownMessageType)
 
 
-@pytest.mark.parametrize("tag", [0, 8, 99, -1, "1", 1.0, 3.0, True, None, [3], b"\x03"])
+@pytest.mark.parametrize("tag", [0, 10, 99, -1, "1", 1.0, 3.0, True, None, [3], b"\x03"])
 def test_unknown_tag_raises_unknown_message_type(tag: Any) -> None:
     assert_rejected(pack([1, tag, "a", "b", 3, 2, 1, False]), UnknownMessageType)
 
@@ -637,3 +670,36 @@ def test_frames_from_peers_without_the_optional_fields_still_decode() -> None:
         "a", "b", 3, 2, 1, True, False
     )
     assert decode_message(pack([1, 4, "a", "b", 3, True, 5, 0, 0])).round == 0  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- InstallSnapshot
+
+
+@pytest.mark.parametrize(
+    "pos,bad",
+    [
+        (7, "a"),
+        (7, None),
+        (7, ["a", ""]),
+        (7, ["a", 5]),
+        (7, ["a", "a"]),  # a voter twice
+        (7, {"a": 1}),
+        (8, ["x" * 257]),
+        (8, "d"),
+        (11, "chunk"),  # data must be bytes, not str
+        (11, None),
+        (11, [1, 2]),
+        (11, 7),
+    ],
+    ids=lambda v: f"{v!r:.20}",
+)
+def test_bad_install_snapshot_fields_raise_field_error(pos: int, bad: Any) -> None:
+    assert_rejected(with_field("InstallSnapshot", pos, bad), FieldError)
+
+
+def test_a_full_64k_snapshot_chunk_fits_in_a_default_frame() -> None:
+    chunk = bytes(range(256)) * 256
+    msg = InstallSnapshot("a", "b", 1, 5, 1, ("a", "b", "c"), (), 0, len(chunk), chunk, True)
+    data = encode_message(msg)
+    assert len(data) < DEFAULT_MAX_FRAME
+    assert decode_message(data) == msg

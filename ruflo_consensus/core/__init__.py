@@ -17,6 +17,7 @@ from .base import (
     Ready,
     Role,
     RoleChange,
+    Snapshot,
 )
 from .crdt import CRDT_MESSAGES, CrdtConfig, CrdtCore, CrdtUpdate, SyncReply, SyncRequest
 from .raft import RaftConfig, RaftCore
@@ -44,6 +45,7 @@ __all__ = [
     "Ready",
     "Role",
     "RoleChange",
+    "Snapshot",
     "SyncReply",
     "SyncRequest",
 ]

@@ -188,18 +188,22 @@ class Snapshot:
 
 @dataclass(slots=True)
 class Persist:
-    """A change to durable state: truncate the log from an index, then append entries.
+    """A change to durable state: store a snapshot, truncate the log, then append entries.
 
-    ``truncate_from`` (when not None) removes every entry with index ≥ it before
+    ``snapshot`` (when not None) is stored first: it replaces every entry with index ≤
+    ``snapshot.index`` (a compaction, or a snapshot installed from the leader).
+    ``truncate_from`` (when not None) then removes every entry with index ≥ it before
     ``entries`` are appended. ``hard_state`` (when not None) replaces the stored one.
     ``state`` (when not None) is a backend's opaque durable state that replaces the stored
-    one — the CRDT core's encoded document, for instance.
+    one — the CRDT core's encoded document, for instance. All of it must be durable, as
+    one atomic change, before the same ``Ready``'s messages leave.
     """
 
     hard_state: HardState | None = None
     truncate_from: int | None = None
     entries: list[Entry] = field(default_factory=list)
     state: bytes | None = None
+    snapshot: Snapshot | None = None
 
     def is_empty(self) -> bool:
         """True when there is nothing to write."""
@@ -208,6 +212,7 @@ class Persist:
             and self.truncate_from is None
             and not self.entries
             and self.state is None
+            and self.snapshot is None
         )
 
 
@@ -224,8 +229,12 @@ class Ready:
     """The effects a core produced since the last :meth:`ConsensusCore.ready` call.
 
     The driver must carry them out in this order: ``persist``, then ``messages``, then
-    ``committed`` (in list order), and report ``results``, ``role_changes`` and
-    ``dropped`` to whoever watches. An empty ``Ready`` means nothing to do.
+    restore the state machine from ``snapshot`` (when not None), then ``committed`` (in
+    list order), and report ``results``, ``role_changes`` and ``dropped`` to whoever
+    watches. ``snapshot_request`` (when not None) asks the driver to snapshot its state
+    machine once it has applied through that index and hand the bytes back (Raft:
+    :meth:`~ruflo_consensus.core.raft.RaftCore.compact`); a driver may ignore it. An empty
+    ``Ready`` means nothing to do.
     """
 
     persist: Persist = field(default_factory=Persist)
@@ -235,11 +244,15 @@ class Ready:
     dropped: list[tuple[Proposal, str]] = field(default_factory=list)
     results: list[CommandResult] = field(default_factory=list)
     reads: list[ReadState] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    snapshot_request: int | None = None
 
     def is_empty(self) -> bool:
         """True when the driver has nothing to do."""
         return (
-            self.persist.is_empty()
+            self.snapshot is None
+            and self.snapshot_request is None
+            and self.persist.is_empty()
             and not self.messages
             and not self.committed
             and not self.role_changes

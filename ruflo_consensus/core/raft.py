@@ -14,7 +14,12 @@ thesis that production implementations use:
   conflicting term, so the leader skips a whole term per round trip;
 - **commit by counting replicas of current-term entries only** (§5.4.2);
 - **batching and pipelining**: proposals accumulate between :meth:`RaftCore.ready` calls and
-  go out together; up to ``max_inflight`` ``AppendEntries`` may be outstanding per follower.
+  go out together; up to ``max_inflight`` ``AppendEntries`` may be outstanding per follower;
+- **snapshots and log compaction** (§7): the core asks the driver for a state machine
+  snapshot when the applied log passes ``snapshot_entries`` entries or ``snapshot_bytes``
+  bytes (:attr:`~.base.Ready.snapshot_request`), drops the log up to it on
+  :meth:`RaftCore.compact`, and sends a follower whose next entry is gone an
+  ``InstallSnapshot`` in chunks of ``snapshot_chunk_bytes``.
 
 Time is ``tick()`` calls (``RaftConfig.tick_ms`` each); randomness is an injected
 ``random.Random``; messages and storage writes leave through :class:`~.base.Ready`.
@@ -27,7 +32,7 @@ import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import msgpack
 
@@ -46,12 +51,15 @@ from .base import (
     Ready,
     Role,
     RoleChange,
+    Snapshot,
     TransferRefused,
 )
 
 __all__ = [
     "AppendEntries",
     "AppendResponse",
+    "InstallSnapshot",
+    "InstallSnapshotResponse",
     "RaftConfig",
     "RaftCore",
     "RequestVote",
@@ -76,6 +84,10 @@ class RaftConfig:
     max_uncommitted_entries: int = 10_000
     read_mode: str = "read-index"
     lease_drift_bound: float = 0.1
+    snapshot_entries: int = 10_000
+    snapshot_bytes: int = 64 << 20
+    snapshot_chunk_bytes: int = 64 << 10
+    max_snapshot_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         if self.tick_ms <= 0:
@@ -96,6 +108,10 @@ class RaftConfig:
             raise ValueError("lease reads are only safe with check_quorum")
         if not 0.0 <= self.lease_drift_bound < 1.0:
             raise ValueError("lease_drift_bound must be in [0, 1)")
+        if self.snapshot_entries < 0 or self.snapshot_bytes < 0:
+            raise ValueError("snapshot_entries and snapshot_bytes must be >= 0 (0: off)")
+        if self.snapshot_chunk_bytes < 1 or self.max_snapshot_bytes < 1:
+            raise ValueError("snapshot_chunk_bytes and max_snapshot_bytes must be at least 1")
 
     @property
     def election_ticks(self) -> int:
@@ -201,6 +217,40 @@ class ReadIndexResponse(Message):
     index: int
 
 
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot(Message):
+    """Leader → follower: one chunk of the snapshot at ``(index, snap_term)``.
+
+    ``data`` holds bytes ``[offset, offset + len(data))`` of the snapshot's ``total``
+    bytes; ``done`` marks the last chunk. Every chunk repeats the snapshot's identity and
+    membership so that the follower can tell chunks of different snapshots apart.
+    """
+
+    term: int
+    index: int
+    snap_term: int
+    voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...]
+    offset: int
+    total: int
+    data: bytes
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResponse(Message):
+    """Follower → leader: ``received`` bytes of the snapshot at ``index`` have arrived.
+
+    With ``done`` the follower holds (durably) every entry through ``index`` — it
+    installed the snapshot, or it had already committed that far.
+    """
+
+    term: int
+    index: int
+    received: int
+    done: bool
+
+
 RAFT_MESSAGES: tuple[type[Message], ...] = (
     RequestVote,
     VoteResponse,
@@ -209,6 +259,8 @@ RAFT_MESSAGES: tuple[type[Message], ...] = (
     TimeoutNow,
     ReadIndexRequest,
     ReadIndexResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
 )
 
 
@@ -229,6 +281,7 @@ def entry_size(entry: Entry) -> int:
 class _ProgressState(enum.Enum):
     PROBE = 0
     REPLICATE = 1
+    SNAPSHOT = 2  # the follower needs entries the leader compacted: InstallSnapshot chunks
 
 
 @dataclass(slots=True)
@@ -244,24 +297,39 @@ class _Progress:
     acked_round: int = 0
     inflight: deque[tuple[int, int]] = field(default_factory=deque)
     inflight_bytes: int = 0
+    # SNAPSHOT state: which snapshot is being sent, how many of its bytes the follower
+    # acknowledged, and how many heartbeat intervals passed without progress
+    snapshot: Snapshot | None = None
+    snap_offset: int = 0
+    snap_offset_at_heartbeat: int = -1
+    snap_stalls: int = 0
+
+    def _reset(self, state: _ProgressState) -> None:
+        self.state = state
+        self.next = self.match + 1
+        self.probe_sent = False
+        self.inflight.clear()
+        self.inflight_bytes = 0
+        self.snapshot = None
+        self.snap_offset = 0
+        self.snap_offset_at_heartbeat = -1
+        self.snap_stalls = 0
 
     def become_probe(self) -> None:
-        self.state = _ProgressState.PROBE
-        self.next = self.match + 1
-        self.probe_sent = False
-        self.inflight.clear()
-        self.inflight_bytes = 0
+        self._reset(_ProgressState.PROBE)
 
     def become_replicate(self) -> None:
-        self.state = _ProgressState.REPLICATE
-        self.next = self.match + 1
-        self.probe_sent = False
-        self.inflight.clear()
-        self.inflight_bytes = 0
+        self._reset(_ProgressState.REPLICATE)
+
+    def become_snapshot(self, snapshot: Snapshot) -> None:
+        self._reset(_ProgressState.SNAPSHOT)
+        self.snapshot = snapshot
 
     def paused(self, max_inflight: int, max_bytes: int) -> bool:
         if self.state is _ProgressState.PROBE:
             return self.probe_sent
+        if self.state is _ProgressState.SNAPSHOT:
+            return True
         return len(self.inflight) >= max_inflight or self.inflight_bytes >= max_bytes
 
     def add_inflight(self, last: int, size: int) -> None:
@@ -280,12 +348,35 @@ class _Progress:
 # --------------------------------------------------------------------------- the core
 
 
+def _snapshot_identity(m: InstallSnapshot) -> tuple[Any, ...]:
+    """What every chunk of one snapshot transfer has in common."""
+    return (m.src, m.term, m.index, m.snap_term, m.voters, m.learners, m.total)
+
+
+@dataclass(slots=True)
+class _IncomingSnapshot:
+    """A snapshot a follower is receiving chunk by chunk: its first chunk and the bytes."""
+
+    first: InstallSnapshot
+    buf: bytearray
+
+    def same_snapshot(self, m: InstallSnapshot) -> bool:
+        return _snapshot_identity(self.first) == _snapshot_identity(m)
+
+
 class RaftCore:
     """One Raft node's protocol state. See the module docstring for the protocol.
 
-    ``peers`` lists every voter including this node. ``hard_state`` and ``entries`` are
-    what storage returned on restart (``entries`` start at index 1, contiguous); a fresh
-    node passes neither.
+    ``peers`` lists every voter including this node. On restart a node passes what storage
+    returned: ``hard_state``, ``snapshot`` (the latest one, or None) and ``entries`` (the
+    log after the snapshot — from ``snapshot.index + 1``, or from 1 without one —
+    contiguous); a fresh node passes none of them. With a snapshot the first ``Ready``
+    carries it in :attr:`~.base.Ready.snapshot` so that the driver restores its state
+    machine before applying the entries after it.
+
+    ``self.log[0]`` is a sentinel standing for the snapshot point (index and term of the
+    last compacted entry; ``(0, 0)`` without a snapshot); ``self.log[k]`` is the entry at
+    index ``snapshot_index + k``.
     """
 
     def __init__(
@@ -296,6 +387,8 @@ class RaftCore:
         config: RaftConfig | None = None,
         hard_state: HardState | None = None,
         entries: Sequence[Entry] = (),
+        *,
+        snapshot: Snapshot | None = None,
     ) -> None:
         if node_id not in peers:
             raise ValueError(f"{node_id!r} must be one of the peers {list(peers)!r}")
@@ -308,16 +401,35 @@ class RaftCore:
         self.quorum = len(self.peers) // 2 + 1
         self.rng = rng
 
-        self.log: list[Entry] = [Entry(0, 0, None)]
-        for i, e in enumerate(entries, start=1):
+        base_index, base_term = 0, 0
+        if snapshot is not None:
+            if snapshot.index < 1 or snapshot.term < 1:
+                raise ValueError("a stored snapshot has index and term of at least 1")
+            if sorted(snapshot.voters) != sorted(self.peers) or snapshot.learners:
+                raise ValueError(
+                    f"the snapshot's membership {list(snapshot.voters)!r} is not the peers "
+                    f"{list(self.peers)!r} (membership changes are not supported yet)"
+                )
+            base_index, base_term = snapshot.index, snapshot.term
+        self._offset = base_index
+        self.log: list[Entry] = [Entry(base_term, base_index, None)]
+        for i, e in enumerate(entries, start=base_index + 1):
             if e.index != i:
                 raise ValueError(f"stored entries are not contiguous at index {i}")
             self.log.append(e)
+        self.snapshot: Snapshot | None = snapshot
+        """The latest snapshot (taken here or installed from a leader), for lagging followers."""
         hs = hard_state or HardState(0, None, 0)
         self._term = hs.term
         self.vote: NodeId | None = hs.vote
-        self.commit = min(hs.commit, self.last_index)
-        self.applied = 0
+        self.commit = max(base_index, min(hs.commit, self.last_index))
+        self.applied = base_index
+        # snapshots: one to hand to the driver for saving, one to restore its machine from
+        self._snapshot_to_save: Snapshot | None = None
+        self._snapshot_to_restore: Snapshot | None = snapshot
+        self._incoming: _IncomingSnapshot | None = None
+        self._asked_snapshot_at = base_index
+        self._applied_bytes = 0
         self._role = Role.FOLLOWER
         self._leader: NodeId | None = None
 
@@ -368,14 +480,33 @@ class RaftCore:
 
     @property
     def last_index(self) -> int:
-        """Index of the last log entry (0 when empty)."""
-        return len(self.log) - 1
+        """Index of the last log entry (the snapshot's index when none follows it)."""
+        return self._offset + len(self.log) - 1
+
+    @property
+    def snapshot_index(self) -> int:
+        """Index of the last entry the snapshot covers (0 without a snapshot)."""
+        return self._offset
+
+    @property
+    def first_index(self) -> int:
+        """Index of the first entry still in the log (``snapshot_index + 1``)."""
+        return self._offset + 1
 
     def term_at(self, index: int) -> int:
-        """Term of the entry at ``index`` (0 for index 0); -1 when beyond the log."""
-        if index < len(self.log):
-            return self.log[index].term
-        return -1
+        """Term of the entry at ``index``: the snapshot's term at the snapshot index, 0 for
+        index 0, -1 when the entry is compacted away or beyond the log."""
+        k = index - self._offset
+        if 0 <= k < len(self.log):
+            return self.log[k].term
+        return 0 if index == 0 else -1
+
+    def entry(self, index: int) -> Entry | None:
+        """The entry at ``index`` if the log still holds it (None when compacted or beyond)."""
+        k = index - self._offset
+        if 1 <= k < len(self.log):
+            return self.log[k]
+        return None
 
     def hard_state(self) -> HardState:
         """The current durable state (term, vote, commit)."""
@@ -440,10 +571,10 @@ class RaftCore:
             ):
                 pass  # a pre-vote never moves anyone's term
             else:
-                leader = m.src if isinstance(m, AppendEntries) else None
+                leader = m.src if isinstance(m, AppendEntries | InstallSnapshot) else None
                 self._become_follower(mterm, leader)
         elif mterm < self._term:
-            if isinstance(m, AppendEntries):
+            if isinstance(m, AppendEntries | InstallSnapshot):
                 # Tell a stale leader about the newer term so it steps down.
                 self._send(AppendResponse(self.node_id, m.src, self._term, False, 0, 0, 0))
             elif isinstance(m, RequestVote) and m.pre_vote:
@@ -468,6 +599,10 @@ class RaftCore:
             ctx = self._remote_reads.pop(m.ctx, None)
             if ctx is not None:
                 self._reads.append(ReadState(ctx, m.index))
+        elif isinstance(m, InstallSnapshot):
+            self._handle_snapshot(m)
+        elif isinstance(m, InstallSnapshotResponse):
+            self._handle_snapshot_response(m)
 
     # ----------------------------------------------------------------- effects out
 
@@ -483,6 +618,8 @@ class RaftCore:
             or self._read_round_needed
             or self._reads
             or self.applied < self.commit
+            or self._snapshot_to_save is not None
+            or self._snapshot_to_restore is not None
         )
 
     def ready(self) -> Ready:
@@ -497,21 +634,34 @@ class RaftCore:
             if self._role is Role.LEADER:
                 self.heartbeat_elapsed = 0
                 self._broadcast_heartbeat()
-        persist = Persist()
+        persist = Persist(snapshot=self._snapshot_to_save)
+        self._snapshot_to_save = None
         if self._unstable_from is not None:
             persist.truncate_from = self._unstable_from
-            persist.entries = self.log[self._unstable_from :]
+            persist.entries = self.log[self._unstable_from - self._offset :]
             self._unstable_from = None
         if self._hs_dirty:
             persist.hard_state = self.hard_state()
             self._hs_dirty = False
         committed: list[Committed] = []
+        request: int | None = None
         if self.applied < self.commit:
-            committed = [Committed(e) for e in self.log[self.applied + 1 : self.commit + 1]]
+            off = self._offset
+            entries = self.log[self.applied + 1 - off : self.commit + 1 - off]
+            committed = [Committed(e) for e in entries]
             self.applied = self.commit
+            request = self._snapshot_due(entries)
         ready = Ready(
-            persist, self._msgs, committed, self._role_changes, self._dropped, reads=self._reads
+            persist,
+            self._msgs,
+            committed,
+            self._role_changes,
+            self._dropped,
+            reads=self._reads,
+            snapshot=self._snapshot_to_restore,
+            snapshot_request=request,
         )
+        self._snapshot_to_restore = None
         self._msgs = []
         self._role_changes = []
         self._dropped = []
@@ -543,9 +693,219 @@ class RaftCore:
                 if e.index != k or e.term > m.term or e.term < 1:
                     self._count("bad-field")
                     raise ProtocolError("bad-field", f"entry {k} is out of place")
+        elif isinstance(m, InstallSnapshot):
+            self._validate_snapshot_chunk(m)
+        elif isinstance(m, InstallSnapshotResponse) and (m.index < 0 or m.received < 0):
+            self._count("bad-field")
+            raise ProtocolError("bad-field", "negative snapshot index or byte count")
+
+    def _reject(self, reason: str, detail: str) -> NoReturn:
+        self._count(reason)
+        raise ProtocolError(reason, detail)
+
+    def _validate_snapshot_chunk(self, m: InstallSnapshot) -> None:
+        """Check a chunk's fields, then that it continues the snapshot being received.
+
+        A chunk at offset 0 always starts a new assembly; a later one must belong to the
+        snapshot being assembled (same leader, term, index, membership and size) and start
+        exactly where the received bytes end — or lie wholly inside them (a retransmission,
+        answered without changing anything). Anything else is refused, state unchanged.
+        """
+        if m.index < 1 or m.snap_term < 1 or m.snap_term > m.term:
+            self._reject("bad-field", "snapshot index/term out of range")
+        if m.offset < 0 or m.offset + len(m.data) > m.total:
+            self._reject("bad-field", f"chunk [{m.offset}, +{len(m.data)}) outside {m.total}")
+        if m.done != (m.offset + len(m.data) == m.total):
+            self._reject("bad-field", "done must mark exactly the last chunk")
+        if m.total > self.config.max_snapshot_bytes:
+            self._reject(
+                "snapshot-too-large",
+                f"{m.total} bytes is over max_snapshot_bytes={self.config.max_snapshot_bytes}",
+            )
+        if sorted(m.voters) != sorted(self.peers) or m.learners:
+            self._reject(
+                "snapshot-membership",
+                f"snapshot voters {list(m.voters)!r} are not this cluster's {list(self.peers)!r}",
+            )
+        if m.offset == 0 or m.term < self._term or m.index <= self.commit:
+            return  # starts afresh, is stale (answered elsewhere), or is already covered
+        inc = self._incoming
+        if inc is None:
+            self._reject("snapshot-out-of-order", f"chunk at {m.offset} without its beginning")
+        if not inc.same_snapshot(m):
+            self._reject(
+                "snapshot-mismatch",
+                f"chunk of snapshot ({m.index}, {m.snap_term}) from {m.src} while receiving "
+                f"({inc.first.index}, {inc.first.snap_term}) from {inc.first.src}",
+            )
+        have = len(inc.buf)
+        if m.offset > have or (m.offset < have < m.offset + len(m.data)):
+            self._reject("snapshot-out-of-order", f"chunk at {m.offset} but {have} bytes received")
 
     def _count(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    # ----------------------------------------------------------------- snapshots
+
+    def _snapshot_due(self, applied: list[Entry]) -> int | None:
+        """After handing out ``applied``: ask for a snapshot once a threshold is passed."""
+        cfg = self.config
+        if cfg.snapshot_bytes:
+            self._applied_bytes += sum(entry_size(e) for e in applied)
+        since = self.applied - self._asked_snapshot_at
+        if (cfg.snapshot_entries and since >= cfg.snapshot_entries) or (
+            cfg.snapshot_bytes and self._applied_bytes >= cfg.snapshot_bytes
+        ):
+            self._asked_snapshot_at = self.applied
+            self._applied_bytes = 0
+            return self.applied
+        return None
+
+    def compact(self, index: int, data: bytes) -> Snapshot | None:
+        """The driver snapshotted its state machine after applying exactly through ``index``.
+
+        The core keeps the snapshot (``data`` must include everything replicated, the
+        session table too), drops its log through ``index`` and hands the snapshot to the
+        driver to store in the next ``Ready.persist.snapshot``. Returns it, or None when
+        the log is already compacted that far (a snapshot was installed in between).
+        Raises ``ValueError`` for an index this core has not handed out for applying yet.
+        """
+        if index <= self._offset:
+            return None
+        if index > self.applied:
+            raise ValueError(f"cannot snapshot at {index}: only {self.applied} entries applied")
+        snap = Snapshot(index, self.term_at(index), self.peers, (), bytes(data))
+        self._drop_log_through(index, snap.term)
+        self.snapshot = snap
+        self._snapshot_to_save = snap
+        return snap
+
+    def _drop_log_through(self, index: int, term: int) -> None:
+        """Make ``(index, term)`` the log's base, keeping the entries after it."""
+        del self.log[: index - self._offset]
+        self.log[0] = Entry(term, index, None)
+        self._offset = index
+        if self._asked_snapshot_at < index:
+            self._asked_snapshot_at = index
+            self._applied_bytes = 0
+        if self._unstable_from is not None and self._unstable_from <= index:
+            self._unstable_from = index + 1 if self.last_index > index else None
+
+    def _handle_snapshot(self, m: InstallSnapshot) -> None:
+        if not self._follow(m.src):
+            return
+        if m.index <= self.commit:
+            # Already have it all (a retransmission, or we caught up another way).
+            if self._incoming is not None and self._incoming.first.index <= self.commit:
+                self._incoming = None
+            self._send(InstallSnapshotResponse(self.node_id, m.src, self._term, m.index, 0, True))
+            return
+        inc = self._incoming
+        if m.offset == 0 and not (
+            inc is not None and inc.same_snapshot(m) and len(inc.buf) >= len(m.data)
+        ):
+            inc = self._incoming = _IncomingSnapshot(m, bytearray(m.data))
+        else:
+            assert inc is not None  # _validate_snapshot_chunk made sure
+            if m.offset == len(inc.buf):
+                inc.buf += m.data
+        head = inc.first
+        if len(inc.buf) < head.total:
+            self._send(
+                InstallSnapshotResponse(
+                    self.node_id, m.src, self._term, m.index, len(inc.buf), False
+                )
+            )
+            return
+        self._incoming = None
+        snap = Snapshot(head.index, head.snap_term, head.voters, head.learners, bytes(inc.buf))
+        self._install(snap)
+        self._send(
+            InstallSnapshotResponse(self.node_id, m.src, self._term, snap.index, head.total, True)
+        )
+
+    def _install(self, snap: Snapshot) -> None:
+        """Replace the log through ``snap.index`` (and the state machine) by the snapshot.
+
+        Entries after it are kept when the log holds the snapshot's last entry (same index
+        and term); otherwise the whole log goes. The next ``Ready`` asks the driver to
+        store the snapshot (and truncate after it) and to restore its machine from it.
+        """
+        if self.term_at(snap.index) == snap.term:
+            self._drop_log_through(snap.index, snap.term)
+        else:
+            self.log = [Entry(snap.term, snap.index, None)]
+            self._offset = snap.index
+            self._asked_snapshot_at = snap.index
+            self._applied_bytes = 0
+            self._unstable_from = snap.index + 1  # storage: drop whatever follows
+        self.snapshot = snap
+        self._snapshot_to_save = snap
+        self._snapshot_to_restore = snap
+        self.commit = snap.index
+        self.applied = snap.index
+        self._hs_dirty = True
+
+    def _handle_snapshot_response(self, m: InstallSnapshotResponse) -> None:
+        if self._role is not Role.LEADER:
+            return
+        pr = self.progress[m.src]
+        pr.recent_active = True
+        if m.done:
+            self._acknowledged(m.src, pr, m.index)
+            return
+        if (
+            pr.state is _ProgressState.SNAPSHOT
+            and pr.snapshot is not None
+            and m.index == pr.snapshot.index
+            and pr.snap_offset < m.received <= len(pr.snapshot.data)
+        ):
+            pr.snap_offset = m.received
+            self._send_chunk(m.src, pr)
+
+    def _start_snapshot(self, peer: NodeId, pr: _Progress) -> None:
+        assert self.snapshot is not None, "a compacted log always has a snapshot"
+        pr.become_snapshot(self.snapshot)
+        self._send_chunk(peer, pr)
+
+    def _send_chunk(self, peer: NodeId, pr: _Progress) -> None:
+        snap = pr.snapshot
+        assert snap is not None
+        start = pr.snap_offset
+        chunk = snap.data[start : start + self.config.snapshot_chunk_bytes]
+        total = len(snap.data)
+        self._send(
+            InstallSnapshot(
+                self.node_id,
+                peer,
+                self._term,
+                snap.index,
+                snap.term,
+                snap.voters,
+                snap.learners,
+                start,
+                total,
+                chunk,
+                start + len(chunk) == total,
+            )
+        )
+
+    def _snapshot_heartbeat(self, peer: NodeId, pr: _Progress) -> None:
+        """A heartbeat interval passed while sending a snapshot: resend or start over.
+
+        No progress for one interval: the chunk or its answer was lost, so send the chunk
+        again. No progress for two: the follower lost what it had received (it restarted,
+        or another leader's chunks replaced it), so start over with the latest snapshot.
+        """
+        if pr.snap_offset == pr.snap_offset_at_heartbeat:
+            pr.snap_stalls += 1
+            if pr.snap_stalls >= 2:
+                assert self.snapshot is not None
+                pr.become_snapshot(self.snapshot)
+            self._send_chunk(peer, pr)
+        else:
+            pr.snap_stalls = 0
+        pr.snap_offset_at_heartbeat = pr.snap_offset
 
     # ----------------------------------------------------------------- roles
 
@@ -660,14 +1020,20 @@ class RaftCore:
         """The log-matching check: do we hold an entry at ``prev_index`` with ``prev_term``?"""
         return self.term_at(prev_index) == prev_term
 
-    def _handle_append(self, m: AppendEntries) -> None:
+    def _follow(self, leader: NodeId) -> bool:
+        """``leader`` sent us its log (same term): follow it; False when we lead ourselves."""
         if self._role is Role.LEADER:
             # Two leaders in one term cannot happen; refuse to touch the log if it does.
             self._count("leader-conflict")
-            return
-        if self._role is not Role.FOLLOWER or self._leader != m.src:
-            self._become_follower(self._term, m.src)
+            return False
+        if self._role is not Role.FOLLOWER or self._leader != leader:
+            self._become_follower(self._term, leader)
         self.election_elapsed = 0
+        return True
+
+    def _handle_append(self, m: AppendEntries) -> None:
+        if not self._follow(m.src):
+            return
         if m.prev_index < self.commit:
             # Everything up to our commit index is already known to match.
             skip = self.commit - m.prev_index
@@ -722,15 +1088,44 @@ class RaftCore:
         return index, term
 
     def _append_from_leader(self, prev_index: int, entries: tuple[Entry, ...]) -> None:
+        off = self._offset  # prev_index >= commit >= offset: every index here is in the log
         for k, entry in enumerate(entries):
             index = prev_index + 1 + k
             if index <= self.last_index:
-                if self.log[index].term == entry.term:
+                if self.log[index - off].term == entry.term:
                     continue
-                del self.log[index:]
+                del self.log[index - off :]
             self.log.extend(entries[k:])
             self._mark_unstable(index)
             return
+
+    def _acknowledged(self, peer: NodeId, pr: _Progress, index: int) -> bool:
+        """``peer`` durably holds our log through ``index``; False if that is nothing new."""
+        if index <= pr.match:
+            return False
+        pr.match = index
+        if pr.next <= index:
+            pr.next = index + 1
+        if pr.state is _ProgressState.SNAPSHOT:
+            if index < self._offset:
+                # still behind what the log holds; if it got all of the snapshot we were
+                # sending (we compacted again meanwhile), send the latest one now
+                if pr.snapshot is None or pr.snapshot.index <= index:
+                    self._start_snapshot(peer, pr)
+                return True
+            pr.become_replicate()
+        elif pr.state is _ProgressState.PROBE:
+            pr.become_replicate()
+        else:
+            pr.free_to(index)
+        if self._advance_commit():
+            self._on_commit_advanced()
+            for other in self.others:
+                self._send_append(other, allow_empty=True)
+            return True
+        if pr.match < self.last_index:
+            self._send_append(peer, allow_empty=False)
+        return True
 
     def _handle_append_response(self, m: AppendResponse) -> None:
         if self._role is not Role.LEADER:
@@ -741,22 +1136,12 @@ class RaftCore:
             pr.acked_round = m.round
             if self._pending_reads:
                 self._release_reads()
+        if pr.state is _ProgressState.SNAPSHOT:
+            if m.success:
+                self._acknowledged(m.src, pr, m.index)
+            return
         if m.success:
-            if m.index > pr.match:
-                pr.match = m.index
-                if pr.next <= m.index:
-                    pr.next = m.index + 1
-                if pr.state is _ProgressState.PROBE:
-                    pr.become_replicate()
-                else:
-                    pr.free_to(m.index)
-                if self._advance_commit():
-                    self._on_commit_advanced()
-                    for peer in self.others:
-                        self._send_append(peer, allow_empty=True)
-                    return
-                if pr.match < self.last_index:
-                    self._send_append(m.src, allow_empty=False)
+            if self._acknowledged(m.src, pr, m.index):
                 return
             # A reply that acknowledges nothing new (a heartbeat's or a duplicate).
             if pr.state is _ProgressState.PROBE:
@@ -780,7 +1165,7 @@ class RaftCore:
     def _next_after_conflict(self, m: AppendResponse) -> int:
         if m.hint_term > 0:
             index = min(m.index, self.last_index)
-            while index > 0 and self.term_at(index) > m.hint_term:
+            while index > self._offset and self.term_at(index) > m.hint_term:
                 index -= 1
             if index > 0 and self.term_at(index) == m.hint_term:
                 return index + 1
@@ -793,8 +1178,12 @@ class RaftCore:
         cfg = self.config
         if pr.paused(cfg.max_inflight, cfg.max_inflight_bytes):
             return
+        if pr.next <= self._offset:
+            self._start_snapshot(peer, pr)  # the entries it needs next are compacted away
+            return
         prev = pr.next - 1
-        batch = self.log[pr.next : pr.next + cfg.max_batch_entries]
+        start = pr.next - self._offset
+        batch = self.log[start : start + cfg.max_batch_entries]
         size = 0
         for k, e in enumerate(batch):
             esize = entry_size(e)
@@ -832,13 +1221,17 @@ class RaftCore:
                 pr.become_probe()
                 self._send_append(peer, allow_empty=True)
                 continue
+            if pr.state is _ProgressState.SNAPSHOT:
+                self._snapshot_heartbeat(peer, pr)
+            # the match point, or index 0 (which always matches) when it is compacted away
+            prev = pr.match if pr.match >= self._offset else 0
             self._send(
                 AppendEntries(
                     self.node_id,
                     peer,
                     self._term,
-                    pr.match,
-                    self.term_at(pr.match),
+                    prev,
+                    self.term_at(prev),
                     (),
                     min(self.commit, pr.match),
                     self._round,

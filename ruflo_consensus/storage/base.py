@@ -118,7 +118,20 @@ class RaftStorage(Protocol):
         ...
 
     def save(self, persist: Persist) -> None:
-        """Truncate, append, replace hard state/state; durable when this returns."""
+        """Store the snapshot, truncate, append, replace hard state/state; durable when this
+        returns (:meth:`write` then :meth:`sync`)."""
+        ...
+
+    def write(self, persist: Persist) -> None:
+        """Record ``persist`` as :meth:`save` does, but without waiting for the disk.
+
+        It is visible to :meth:`load` at once and durable only after the next
+        :meth:`sync`; a crash in between may lose it (whole: never half of it).
+        """
+        ...
+
+    def sync(self) -> None:
+        """Make every :meth:`write` so far durable (one fsync for all of them)."""
         ...
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
@@ -137,19 +150,22 @@ class RaftStorage(Protocol):
 class PlannedWrite:
     """A :class:`Persist` normalised against the current log, ready to record and apply.
 
-    ``truncate_from`` is ``None`` when the truncation would remove nothing; ``entries``
-    holds only entries after the snapshot and continues the (truncated) log exactly.
+    ``snapshot`` (when not None) is applied first; ``truncate_from`` is ``None`` when the
+    truncation would remove nothing; ``entries`` holds only entries after the snapshot and
+    continues the (truncated) log exactly.
     """
 
     truncate_from: int | None
     entries: list[Entry]
     hard_state: HardState | None
     state: bytes | None
+    snapshot: Snapshot | None = None
 
     def is_empty(self) -> bool:
         """True when applying this changes nothing."""
         return (
-            self.truncate_from is None
+            self.snapshot is None
+            and self.truncate_from is None
             and not self.entries
             and self.hard_state is None
             and self.state is None
@@ -184,6 +200,9 @@ class LogState:
 
         Rules (the same for every storage):
 
+        * ``snapshot`` (when set) comes first: it must not be older than the stored one,
+          and it drops every entry with index ≤ its index (see :meth:`apply_snapshot`);
+          the rules below then apply to the log as it is after it.
         * ``truncate_from`` below the first stored index is raised to it: entries the
           snapshot covers are already gone. A ``truncate_from`` past the last index removes
           nothing and is dropped.
@@ -192,15 +211,20 @@ class LogState:
           last index left by the truncation; otherwise ``ValueError`` and nothing changes.
         """
         last = self.last_index
+        snap_index = self.snapshot_index
+        if persist.snapshot is not None:
+            self.check_snapshot(persist.snapshot)
+            snap_index = persist.snapshot.index
+            last = max(last, snap_index)
         truncate: int | None = None
         if persist.truncate_from is not None:
-            t = max(persist.truncate_from, self.first_index)
+            t = max(persist.truncate_from, snap_index + 1)
             if t <= last:
                 truncate = t
                 last = t - 1
         entries = persist.entries
-        if entries and entries[0].index <= self.snapshot_index:
-            entries = [e for e in entries if e.index > self.snapshot_index]
+        if entries and entries[0].index <= snap_index:
+            entries = [e for e in entries if e.index > snap_index]
         if entries:
             if entries[0].index != last + 1:
                 raise ValueError(
@@ -211,10 +235,12 @@ class LogState:
                 if b.index != a.index + 1:
                     raise ValueError(f"entry indices are not consecutive: {a.index} → {b.index}")
             entries = list(entries)
-        return PlannedWrite(truncate, entries, persist.hard_state, persist.state)
+        return PlannedWrite(truncate, entries, persist.hard_state, persist.state, persist.snapshot)
 
     def apply(self, write: PlannedWrite) -> None:
         """Apply a write produced by :meth:`plan` (on this same state)."""
+        if write.snapshot is not None:
+            self.apply_snapshot(write.snapshot.index, write.snapshot.term)
         if write.truncate_from is not None:
             if self.entries is not None:
                 del self.entries[write.truncate_from - self.first_index :]

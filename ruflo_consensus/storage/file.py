@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgpack
+
 from ..core.base import Entry, HardState, Persist, Snapshot
 from .base import (
     CorruptLogError,
@@ -49,7 +51,6 @@ from .wal import (
     Malformed,
     RecordType,
     SegmentReader,
-    decode_entries,
     decode_hard_state,
     decode_marker,
     decode_snapshot,
@@ -60,6 +61,8 @@ from .wal import (
     find_valid_record,
     parse_segment_name,
     parse_snapshot_name,
+    read_entries_header,
+    read_entry_items,
     segment_name,
     snapshot_name,
     unpack,
@@ -121,25 +124,30 @@ class _Segment:
 class _Replay:
     """Rebuild the state from records, checking that the log is consistent as it goes.
 
+    Only entries with index ≥ ``keep_from`` are decoded into :class:`Entry` objects; of the
+    others the replay keeps just the bounds (an ENTRIES record's header says where its
+    entries start and how many there are, so they are skipped undecoded). Opening runs it
+    twice: once with nothing kept, to find the last snapshot, then again from the first
+    segment that holds anything after it, keeping only those entries. So reopening costs
+    memory for the entries after the snapshot, not for the whole WAL.
+
     When the oldest segments were deleted after a snapshot, the first remaining segment's
     head says where the log stood (``last_index``) without the entries before it: those
     are *unknown* until a snapshot marker covers them. If one never does, the WAL is
     missing data and :meth:`finish` raises.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_from: float = float("inf")) -> None:
+        self.keep_from = keep_from
         self.hard_state: HardState | None = None
         self.marker: tuple[int, int] | None = None
         self.snap_index = 0
-        self.log_start = 1  # index of entries[0], or the next index when empty
-        self.entries: list[Entry] = []
+        self.log_start = 1  # first known index, or the next index when the log is empty
+        self.last_index = 0
+        self.entries: list[Entry] = []  # the kept entries: contiguous, ending at last_index
         self.state: bytes | None = None
         self.started = False
         self.first_path = ""
-
-    @property
-    def last_index(self) -> int:
-        return self.log_start + len(self.entries) - 1
 
     def head(self, obj: Any, seq: int, path: str, offset: int) -> None:
         if not isinstance(obj, list) or len(obj) != 5:
@@ -160,6 +168,7 @@ class _Replay:
             self.hard_state, self.marker, self.state = hs, marker, state
             self.snap_index = snap_index
             self.log_start = last_index + 1
+            self.last_index = last_index
             self.entries = []
             return
         now = (self.hard_state, self.marker, self.last_index, self.state)
@@ -171,10 +180,34 @@ class _Replay:
                 f"disagrees with the log before it ({now[0]}, {now[1]}, {now[2]})",
             )
 
-    def apply(self, rtype: int, obj: Any, path: str, offset: int) -> int:
-        """Apply one decoded record; return the highest entry index it wrote (0: none)."""
+    def record(self, rtype: int, payload: bytes, path: str, offset: int) -> int:
+        """Apply one record; return the highest entry index it wrote (0: none)."""
+        u = msgpack.Unpacker(raw=False, strict_map_key=False)
+        u.feed(payload)
+        try:
+            top = self._item(rtype, u, path, offset)
+            if u.tell() != len(payload):
+                raise Malformed("payload has bytes after its value")
+        except (Malformed, CorruptLogError):
+            raise
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise Malformed(f"payload is not msgpack ({type(exc).__name__}: {exc})") from None
+        return top
+
+    def _item(self, rtype: int, u: msgpack.Unpacker, path: str, offset: int) -> int:
         if rtype == RecordType.ENTRIES:
-            return self._entries(obj, path, offset)
+            return self._entries(u, path, offset)
+        if rtype == RecordType.BATCH:
+            top = 0
+            for _ in range(u.read_array_header()):
+                if u.read_array_header() != 2:
+                    raise Malformed("BATCH item is not [type, payload]")
+                sub = u.unpack()
+                if type(sub) is not int or sub in (RecordType.BATCH, RecordType.SEGMENT_HEAD):
+                    raise Malformed("BATCH item is not [type, payload]")
+                top = max(top, self._item(sub, u, path, offset))
+            return top
+        obj = u.unpack()
         if rtype == RecordType.HARD_STATE:
             self.hard_state = decode_hard_state(obj)
             if self.hard_state is None:
@@ -188,31 +221,14 @@ class _Replay:
             if not isinstance(obj, bytes):
                 raise Malformed("STATE record is not bytes")
             self.state = obj
-        elif rtype == RecordType.BATCH:
-            if not isinstance(obj, list):
-                raise Malformed("BATCH record is not a list")
-            top = 0
-            for sub in obj:
-                if (
-                    not isinstance(sub, list)
-                    or len(sub) != 2
-                    or sub[0]
-                    in (
-                        RecordType.BATCH,
-                        RecordType.SEGMENT_HEAD,
-                    )
-                ):
-                    raise Malformed("BATCH item is not [type, payload]")
-                top = max(top, self.apply(sub[0], sub[1], path, offset))
-            return top
         elif rtype == RecordType.SEGMENT_HEAD:
             raise CorruptLogError(path, offset, "segment head in the middle of a segment")
         else:
             raise Malformed(f"unknown record type {rtype}")
         return 0
 
-    def _entries(self, obj: Any, path: str, offset: int) -> int:
-        truncate_from, first, entries = decode_entries(obj)
+    def _entries(self, u: msgpack.Unpacker, path: str, offset: int) -> int:
+        truncate_from, first, count = read_entries_header(u)
         if truncate_from is not None:
             if truncate_from <= self.snap_index or truncate_from > self.last_index:
                 raise CorruptLogError(
@@ -222,11 +238,14 @@ class _Replay:
                     f"({self.snap_index + 1}..{self.last_index})",
                 )
             if truncate_from < self.log_start:
-                self.entries = []
                 self.log_start = truncate_from
-            else:
-                del self.entries[truncate_from - self.log_start :]
-        if not entries:
+            self.last_index = truncate_from - 1
+            kept = self.entries
+            if kept and kept[0].index >= truncate_from:
+                self.entries = []
+            elif kept:
+                del kept[truncate_from - kept[0].index :]
+        if not count:
             return 0
         if first != self.last_index + 1:
             raise CorruptLogError(
@@ -234,8 +253,20 @@ class _Replay:
                 offset,
                 f"entries start at {first} but the log ends at {self.last_index}",
             )
-        self.entries.extend(entries)
-        return entries[-1].index
+        last = first + count - 1
+        if last >= self.keep_from:
+            skip = max(0, int(self.keep_from) - first)
+            for _ in range(skip):
+                u.skip()
+            fresh = read_entry_items(u, first + skip, count - skip)
+            if self.entries and self.entries[-1].index != first + skip - 1:
+                self.entries = []
+            self.entries.extend(fresh)
+        else:
+            for _ in range(count):
+                u.skip()
+        self.last_index = last
+        return last
 
     def _snapshot(self, marker: tuple[int, int], path: str, offset: int) -> None:
         index, _term = marker
@@ -244,12 +275,11 @@ class _Replay:
                 path, offset, f"snapshot marker {index} is older than {self.snap_index}"
             )
         if index >= self.log_start - 1:
-            drop = index - self.log_start + 1
-            if drop >= len(self.entries):
-                self.entries = []
-            else:
-                del self.entries[:drop]
+            kept = self.entries
+            if kept and kept[0].index <= index:
+                del kept[: index - kept[0].index + 1]
             self.log_start = index + 1
+            self.last_index = max(self.last_index, index)
         self.snap_index = index
         self.marker = marker
 
@@ -301,6 +331,8 @@ class FileStorage:
         self._segments: list[_Segment] = []
         self._next_seq = 0
         self._file: AppendFile | None = None
+        self._unsynced = False
+        self._compact_after_sync: Snapshot | None = None
         self._closed = False
         self._dead: str | None = None  # why writes are refused (crash, failed write)
         self.recovery = RecoveryReport()
@@ -355,7 +387,7 @@ class FileStorage:
                 raise CorruptLogError(
                     self._path(segment_name(b)), 0, f"segment {segment_name(a + 1)} is missing"
                 )
-        replay = _Replay()
+        replay = _Replay()  # pass 1: bounds, hard state, snapshot; no entries decoded
         for k, seq in enumerate(seqs):
             last = k == len(seqs) - 1
             seg = self._scan_segment(seq, replay, last=last, repair=True)
@@ -369,6 +401,7 @@ class FileStorage:
         if self._segments:
             self._next_seq = self._segments[-1].seq + 1
         replay.finish()
+        entries = self._entries_after_snapshot(replay)  # pass 2
 
         snapshot: Snapshot | None = None
         keep: str | None = None
@@ -395,7 +428,40 @@ class FileStorage:
         )
         self._marker = replay.marker
         self.recovery.segments = len(self._segments)
-        return StoredState(replay.hard_state, snapshot, replay.entries, replay.state)
+        return StoredState(replay.hard_state, snapshot, entries, replay.state)
+
+    def _entries_after_snapshot(self, bounds: _Replay) -> list[Entry]:
+        """Decode the log after the snapshot that a bounds-only replay found.
+
+        Only segments from the first one that wrote an entry after the snapshot are read
+        again, and only the entries after the snapshot become objects.
+        """
+        keep_from = bounds.snap_index + 1
+        if bounds.last_index < keep_from:
+            return []
+        replay = _Replay(keep_from)
+        segments = self._segments
+        start = next((k for k, s in enumerate(segments) if s.max_index >= keep_from), None)
+        if start is None:
+            raise CorruptLogError(
+                self.first_segment_path(),
+                0,
+                f"the log ends at {bounds.last_index} but no segment holds entries after "
+                f"the snapshot at {bounds.snap_index}",
+            )
+        for k in range(start, len(segments)):
+            last = k == len(segments) - 1
+            self._scan_segment(segments[k].seq, replay, last=last, repair=False)
+        got = replay.entries
+        first = got[0].index if got else None
+        if first != keep_from or replay.last_index != bounds.last_index:
+            raise CorruptLogError(
+                segments[start].path,
+                0,
+                f"second scan found entries {first}..{replay.last_index}, the first "
+                f"{keep_from}..{bounds.last_index}",
+            )
+        return got
 
     def _remove_quietly(self, path: str) -> None:
         """Remove a leftover file during recovery (the caller fsyncs the directory)."""
@@ -415,15 +481,14 @@ class FileStorage:
             try:
                 for offset, rtype, payload in reader:
                     try:
-                        obj = unpack(payload)
                         if records == 0:
                             if rtype != RecordType.SEGMENT_HEAD:
                                 raise CorruptLogError(
                                     path, offset, "segment does not start with a head record"
                                 )
-                            replay.head(obj, seq, path, offset)
+                            replay.head(unpack(payload), seq, path, offset)
                         else:
-                            top = replay.apply(rtype, obj, path, offset)
+                            top = replay.record(rtype, payload, path, offset)
                             if top > seg.max_index:
                                 seg.max_index = top
                     except Malformed as exc:
@@ -508,29 +573,77 @@ class FileStorage:
             for k, seg in enumerate(self._segments):
                 last = k == len(self._segments) - 1
                 self._scan_segment(seg.seq, replay, last=last, repair=False)
-        replay.finish()
+            replay.finish()
+            entries = self._entries_after_snapshot(replay)
         snapshot = None
         if replay.marker is not None:
             index, term = replay.marker
             snapshot = self._read_snapshot(self._path(snapshot_name(index, term)), index, term)
-        return StoredState(replay.hard_state, snapshot, replay.entries, replay.state)
+        return StoredState(replay.hard_state, snapshot, entries, replay.state)
 
     def save(self, persist: Persist) -> None:
         """Make ``persist`` durable: one record, one write, one fsync, then return.
 
-        Raises ``ValueError`` (nothing written) when the entries do not continue the log,
-        :class:`StorageIOError` when the disk fails (the storage then refuses further
-        writes until opened again).
+        With ``persist.snapshot`` the snapshot file is written and made durable first (see
+        :meth:`save_snapshot`), and the record carries its marker along with the rest, so
+        the whole change is one all-or-nothing record. Raises ``ValueError`` (nothing
+        written) when the entries do not continue the log or the snapshot is older than
+        the stored one, :class:`StorageIOError` when the disk fails (the storage then
+        refuses further writes until opened again).
+        """
+        self.write(persist)
+        self.sync()
+
+    def write(self, persist: Persist) -> None:
+        """Append ``persist``'s record without the fsync; :meth:`sync` makes it durable.
+
+        A crash before the sync may lose this record and any later one (never part of a
+        record: recovery cuts a torn one off). The snapshot file of ``persist.snapshot`` is
+        durable before the record is written; the segments it makes unnecessary are
+        deleted only after the sync, once the marker that covers them is durable.
         """
         self._check_writable()
         write = self._log.plan(persist)
         if write.is_empty():
             return
-        record = self._encode_write(write)
+        record = self._encode_write(write)  # before anything is written: TypeError changes nothing
+        if write.snapshot is not None:
+            self._write_snapshot_file(write.snapshot)
         top = write.entries[-1].index if write.entries else 0
         self._append(record, top)
         self._log.apply(write)
+        if write.snapshot is not None:
+            self._marker = (write.snapshot.index, write.snapshot.term)
+            self._compact_after_sync = write.snapshot
         self._recovered = None
+
+    def sync(self) -> None:
+        """fsync what :meth:`write` appended since the last sync, then compact.
+
+        One fsync covers every record written before it (group commit). Without unsynced
+        writes this does nothing.
+        """
+        self._check_writable()
+        if self._unsynced:
+            file = self._file
+            assert file is not None
+            path = self._segments[-1].path
+
+            def run() -> None:
+                if self.fsync:
+                    self._io(path, "fsync", file.sync)
+                self._unsynced = False
+                self._hook.reached(WritePoint.WAL_AFTER_SYNC)
+
+            self._guard(run)
+        snapshot, self._compact_after_sync = self._compact_after_sync, None
+        if snapshot is not None:
+            self._compact(snapshot)
+
+    @property
+    def unsynced(self) -> bool:
+        """True when a :meth:`write` is not yet covered by a :meth:`sync`."""
+        return self._unsynced
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Store ``snapshot`` durably, then drop what it covers.
@@ -538,20 +651,18 @@ class FileStorage:
         Order: snapshot file (tmp, fsync, rename, fsync directory) → SNAPSHOT_MARKER record
         (write, fsync) → delete the segments holding only entries ≤ ``snapshot.index`` and
         older snapshot files (fsyncing the directory after each). ``ValueError`` for a
-        snapshot older than the stored one.
+        snapshot older than the stored one. The same as ``save(Persist(snapshot=…))``.
         """
-        self._check_writable()
-        self._log.check_snapshot(snapshot)
-        self._write_snapshot_file(snapshot)
-        marker = encode_record(RecordType.SNAPSHOT_MARKER, [snapshot.index, snapshot.term])
-        self._append(marker, 0)
-        self._log.apply_snapshot(snapshot.index, snapshot.term)
-        self._marker = (snapshot.index, snapshot.term)
-        self._recovered = None
-        self._compact(snapshot)
+        self.save(Persist(snapshot=snapshot))
 
     def close(self) -> None:
-        """Close the open segment (everything written was already fsynced)."""
+        """Sync what :meth:`write` left unsynced, then close the open segment."""
+        if (
+            not self._closed
+            and self._dead is None
+            and (self._unsynced or self._compact_after_sync is not None)
+        ):
+            self.sync()
         if self._file is not None:
             file, self._file = self._file, None
             self._io(self.directory, "close", file.close)
@@ -565,8 +676,14 @@ class FileStorage:
         """Paths of the WAL segments, oldest first."""
         return [s.path for s in self._segments]
 
+    def first_segment_path(self) -> str:
+        """Path of the oldest WAL segment (the directory when there is none)."""
+        return self._segments[0].path if self._segments else self.directory
+
     def _encode_write(self, write: PlannedWrite) -> bytes:
         parts: list[tuple[RecordType, Any]] = []
+        if write.snapshot is not None:
+            parts.append((RecordType.SNAPSHOT_MARKER, [write.snapshot.index, write.snapshot.term]))
         if write.truncate_from is not None or write.entries:
             parts.append((RecordType.ENTRIES, encode_entries(write.truncate_from, write.entries)))
         if write.hard_state is not None:
@@ -605,10 +722,8 @@ class FileStorage:
             seg.size += len(record)
             if top > seg.max_index:
                 seg.max_index = top
+            self._unsynced = True
             self._hook.reached(WritePoint.WAL_AFTER_WRITE)
-            if self.fsync:
-                self._io(seg.path, "fsync", file.sync)
-            self._hook.reached(WritePoint.WAL_AFTER_SYNC)
 
         self._guard(run)
 
@@ -624,6 +739,12 @@ class FileStorage:
         fs, hook = self._fs, self._hook
         seq = self._next_seq
         path = self._path(segment_name(seq))
+        if self._unsynced and self._file is not None:
+            # a segment is complete and durable before the next one starts
+            old_path = self._segments[-1].path
+            if self.fsync:
+                self._io(old_path, "fsync", self._file.sync)
+            self._unsynced = False
         hook.reached(WritePoint.SEGMENT_BEFORE_CREATE)
         if self._file is not None:
             old, self._file = self._file, None

@@ -42,14 +42,21 @@ class MemoryStorage:
         if write.is_empty():
             return
         self._log.apply(write)
+        if write.snapshot is not None:
+            self._snapshot = write.snapshot
         self.saves += 1
+
+    def write(self, persist: Persist) -> None:
+        """The same as :meth:`save` (memory has nothing to wait for)."""
+        self.save(persist)
+
+    def sync(self) -> None:
+        """Nothing to do: every write is already as durable as memory gets."""
+        self._check_open()
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep ``snapshot`` and drop the entries it covers; ``ValueError`` if it is stale."""
-        self._check_open()
-        self._log.check_snapshot(snapshot)
-        self._snapshot = snapshot
-        self._log.apply_snapshot(snapshot.index, snapshot.term)
+        self.save(Persist(snapshot=snapshot))
 
     def close(self) -> None:
         """Mark the storage closed (the state is dropped with the object)."""

@@ -65,6 +65,8 @@ __all__ = [
     "find_valid_record",
     "parse_segment_name",
     "parse_snapshot_name",
+    "read_entries_header",
+    "read_entry_items",
     "segment_name",
     "snapshot_name",
 ]
@@ -212,12 +214,45 @@ def decode_entries(obj: Any) -> tuple[int | None, int, list[Entry]]:
         raise Malformed("entries record has a bad first index or item list")
     if items and first < 1:
         raise Malformed("entries start below index 1")
+    return truncate_from, first, _entries_from_items(iter(items), first, len(items))
+
+
+def read_entries_header(u: msgpack.Unpacker) -> tuple[int | None, int, int]:
+    """Read an ENTRIES payload up to its items: ``(truncate_from, first_index, count)``.
+
+    The unpacker is left before the first item, so the caller can skip items it does not
+    need (``u.skip()``) and decode the rest with :func:`read_entry_items`.
+    """
+    if u.read_array_header() != 3:
+        raise Malformed("entries record is not [truncate_from, first_index, items]")
+    truncate_from = u.unpack()
+    first = u.unpack()
+    if not (truncate_from is None or isinstance(truncate_from, int)):
+        raise Malformed("truncate_from is not an integer")
+    if not isinstance(first, int):
+        raise Malformed("entries record has a bad first index or item list")
+    try:
+        count = u.read_array_header()
+    except Exception:  # not an array
+        raise Malformed("entries record has a bad first index or item list") from None
+    if count and first < 1:
+        raise Malformed("entries start below index 1")
+    return truncate_from, first, count
+
+
+def read_entry_items(u: msgpack.Unpacker, first: int, count: int) -> list[Entry]:
+    """Decode the next ``count`` entry items of an ENTRIES payload, indexed from ``first``."""
+    return _entries_from_items(u, first, count)
+
+
+def _entries_from_items(items: Iterator[Any], first: int, count: int) -> list[Entry]:
     out: list[Entry] = []
     append = out.append
     clients: dict[str, str] = {}
     index = first
     try:
-        for item in items:
+        for _ in range(count):
+            item = next(items)
             if len(item) == 1:
                 append(Entry(item[0], index, None))
             else:
@@ -230,7 +265,7 @@ def decode_entries(obj: Any) -> tuple[int | None, int, list[Entry]]:
         raise Malformed(
             f"entry {index} is not [term] or [term, client, seq, command]: {exc}"
         ) from None
-    return truncate_from, first, out
+    return out
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
