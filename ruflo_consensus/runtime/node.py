@@ -608,6 +608,20 @@ class Node:
         except trio.TooSlowError:
             raise SubmitTimeout(f"read not confirmed within {limit} s") from None
 
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Ask this node, the leader, to hand leadership to ``target`` (a caught-up voter).
+
+        Raises :class:`NotLeaderError` on a node that does not lead and
+        :class:`~ruflo_consensus.core.base.TransferRefused` when the core refuses.
+        """
+        transfer = getattr(self.core, "transfer_leadership", None)
+        if transfer is None:
+            raise NodeError(f"the {type(self.core).__name__} backend has no leadership transfer")
+        if self.core.role is not Role.LEADER:
+            raise NotLeaderError(self.core.leader)
+        transfer(target)
+        self._wake()
+
     async def wait_applied(self, index: int, timeout: float = 10.0) -> None:
         """Wait until this node has applied ``index`` (tests: a restarted node caught up)."""
         with trio.fail_after(timeout):
