@@ -183,7 +183,67 @@ def build_parser() -> argparse.ArgumentParser:
     bchk.add_argument("--seed", type=int, default=0)
     bchk.add_argument("--rounds", type=int, default=3)
     bchk.add_argument("--json", action="store_true")
+    _add_runtime_commands(sub, bsub)
     return parser
+
+
+def _add_runtime_commands(sub: Any, bsub: Any) -> None:
+    """keygen, node, cluster up/status/down, kv put/get/cas and bench cluster."""
+    kg = sub.add_parser("keygen", help="write an Ed25519 key file (mode 0600) and its manifest")
+    kg.add_argument("--id", required=True, help="the node id")
+    kg.add_argument("--out", default=None, help="key file path (default keys/ID.key)")
+    kg.add_argument("--force", action="store_true", help="replace an existing key file")
+
+    node = sub.add_parser("node", help="run one node of a cluster spec in this process")
+    node.add_argument("--spec", required=True, help="the cluster spec (TOML)")
+    node.add_argument("--id", required=True, help="which node of the spec to run")
+    node.add_argument("--machine", default="kv", choices=["kv", "register"])
+
+    cl = sub.add_parser("cluster", help="run a spec's nodes as local processes")
+    csub = cl.add_subparsers(dest="cluster", required=True, parser_class=_Parser)
+    up = csub.add_parser("up", help="start every node (logs in RUN_DIR/logs)")
+    st = csub.add_parser("status", help="roles, terms, commit indexes and link health")
+    down = csub.add_parser("down", help="stop the nodes 'cluster up' started")
+    for c in (up, st, down):
+        c.add_argument("spec", help="the cluster spec (TOML)")
+    for c in (up, down):
+        c.add_argument("--dir", default=None, help="run folder (default .ruflo-cluster/NAME)")
+    up.add_argument("--only", default=None, help="comma list of node ids to start")
+    up.add_argument("--machine", default="kv", choices=["kv", "register"])
+    st.add_argument("--json", action="store_true")
+
+    kv = sub.add_parser("kv", help="put/get/cas against a running cluster's KV machine")
+    ksub = kv.add_subparsers(dest="kv", required=True, parser_class=_Parser)
+    kput = ksub.add_parser("put", help="set KEY to VALUE")
+    kput.add_argument("key")
+    kput.add_argument("value")
+    kget = ksub.add_parser("get", help="a linearizable read of KEY")
+    kget.add_argument("key")
+    kcas = ksub.add_parser("cas", help="set KEY to NEW if it is OLD")
+    kcas.add_argument("key")
+    kcas.add_argument("old")
+    kcas.add_argument("new")
+    for c in (kput, kget, kcas):
+        c.add_argument("--spec", required=True, help="the cluster spec (TOML)")
+        c.add_argument("--node", default=None, help="ask this node first (default: any)")
+        c.add_argument("--timeout", type=_positive_float, default=10.0)
+
+    bcl = bsub.add_parser(
+        "cluster", help="3-node cluster vs pysyncobj on 127.0.0.1: writes/s and latency"
+    )
+    bcl.add_argument("--nodes", type=int, default=3)
+    bcl.add_argument("--seconds", type=_positive_float, default=5.0, help="throughput phase")
+    bcl.add_argument("--latency-ops", type=int, default=500, help="one-at-a-time writes")
+    bcl.add_argument("--pipeline", type=int, default=256, help="writes in flight")
+    bcl.add_argument("--no-fsync", action="store_true", help="our WAL without fsync")
+    bcl.add_argument("--only", choices=["ruflo", "pysyncobj"], default=None)
+    bcl.add_argument(
+        "--pysyncobj-append-period",
+        type=_positive_float,
+        default=None,
+        help="pysyncobj's appendEntriesPeriod in seconds (default: its own, 0.1)",
+    )
+    bcl.add_argument("--json", action="store_true")
 
 
 def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -233,6 +293,10 @@ def _cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.bench == "cluster":
+        from .runtime.bench import run_bench_cluster_command
+
+        return run_bench_cluster_command(args, out, err)
     if args.bench == "storage":
         return _bench_storage(args, out)
     if args.bench == "check":
@@ -300,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Console()
     err = Console(stderr=True)
     handlers = {"simulate": _cmd_simulate, "check": _cmd_check, "bench": _cmd_bench}
+    if args.command in ("keygen", "node", "cluster", "kv"):
+        from .runtime.commands import run_runtime_command
+
+        return run_runtime_command(args, out, err)
     try:
         return handlers[args.command](args, out, err)
     except SimConfigError as exc:

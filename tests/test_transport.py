@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -187,3 +191,41 @@ def test_spec_errors_are_typed(tmp_path: Path) -> None:
     bad.write_text('kind = "mesh"\n[[nodes]]\nid = "n1"\nendpoint = "wss://a:1"\n')
     with pytest.raises(SpecError, match="tls_cert"):
         load_spec(bad)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path, str]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    args = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    args += ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=n"]
+    args += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(args, check=True, capture_output=True)
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    return cert, key, hashlib.sha256(der).hexdigest()
+
+
+async def test_wss_with_pinned_fingerprints(tmp_path: Path) -> None:
+    cert, key, fingerprint = _self_signed(tmp_path)
+    tls = {"tls_cert": str(cert), "tls_key": str(key), "tls_fingerprint": fingerprint}
+    wrong = {**tls, "tls_fingerprint": "00" * 32}
+    spec = local_spec(
+        tmp_path,
+        "mesh",
+        3,
+        scheme="wss",
+        node_extra={"n1": tls, "n2": tls, "n3": wrong},  # nobody can pin n3's certificate
+        runtime={"data_dir": None},
+    )
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec)
+        leader = await wait_leader({k: nodes[k] for k in ("n1", "n2")})
+        await leader.submit(put("secure", "yes"))
+        other = nodes["n2" if leader.node_id == "n1" else "n1"]
+        assert await other.read(get("secure")) == "yes"
+        link = nodes["n1"].transport.links["n3"]
+        assert not link.connected and "fingerprint" in link.last_error
+        assert nodes["n1"].transport.links["n2"].connected
+        async with NodeClient.open(spec.endpoints["n1"], spec.tls["n1"]) as c:
+            assert await c.read(get("secure")) == "yes"
+        nursery.cancel_scope.cancel()

@@ -5,6 +5,7 @@ Every message is one msgpack map. Requests::
     {"id": 7, "op": "submit", "command": {...}, "client": "c1", "seq": 3}
     {"id": 8, "op": "read", "query": {"op": "get", "key": "a"}}
     {"id": 9, "op": "status"}
+    {"id": 10, "op": "transfer", "target": "n2"}            # to the leader only
 
 ``client``/``seq`` are optional: with them a retried submit (to any node) is applied once;
 without them the node assigns a session lane of its own. Replies::
@@ -27,7 +28,8 @@ import msgpack
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from .node import NodeError, SubmitTimeout, decode_result, encode_result
+from ..core.base import TransferRefused
+from .node import NodeError, NotLeaderError, SubmitTimeout, decode_result, encode_result
 from .spec import ClusterSpec, Endpoint, NodeTLS
 from .transport import NETWORK_ERRORS, connect
 
@@ -124,6 +126,17 @@ async def _answer(node: Node, req: dict[str, Any]) -> dict[str, Any]:
             return {"id": rid, "ok": True, "result": encode_result(result)}
         if op == "status":
             return {"id": rid, "ok": True, "result": [node.status(), None]}
+        if op == "transfer":
+            target = req.get("target")
+            if not isinstance(target, str):
+                node.rejected["client-bad-field"] += 1
+                return _error(rid, "BAD_REQUEST", "transfer needs a string target")
+            node.transfer_leadership(target)
+            return {"id": rid, "ok": True, "result": [None, None]}
+    except TransferRefused as exc:
+        return _error(rid, "REFUSED", str(exc))
+    except NotLeaderError as exc:
+        return {**_error(rid, "NOT_LEADER", str(exc)), "leader": exc.leader}
     except SubmitTimeout as exc:
         return _error(rid, "TIMEOUT", str(exc))
     except NodeError as exc:
@@ -248,15 +261,21 @@ class _ClientContext:
 
 
 class ClusterClient:
-    """Talks to a cluster by its spec: tries the given node first, then the others."""
+    """Talks to a cluster by its spec: tries the given node first, then the others.
 
-    def __init__(self, spec: ClusterSpec, prefer: str | None = None) -> None:
+    With ``only`` it talks to the given node alone. Pass ``client``/``seq`` fields to a
+    ``submit`` so that a retry on the next node is applied at most once.
+    """
+
+    def __init__(self, spec: ClusterSpec, prefer: str | None = None, *, only: bool = False) -> None:
         self.spec = spec
         order = list(spec.ids)
         if prefer is not None:
             spec.check_node(prefer)
             order.remove(prefer)
             order.insert(0, prefer)
+            if only:
+                order = [prefer]
         self.order = order
 
     async def call(self, op: str, timeout: float = 10.0, **fields: Any) -> tuple[str, Any]:

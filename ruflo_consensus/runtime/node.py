@@ -123,11 +123,12 @@ def default_core_factory(
 class _Waiter:
     """One client waiting for a result; ``poke`` wakes it to re-check (role changed)."""
 
-    __slots__ = ("done", "event", "query", "result")
+    __slots__ = ("confirmed", "done", "event", "query", "result")
 
     def __init__(self, query: Any = None) -> None:
         self.event = trio.Event()
         self.done = False
+        self.confirmed = False  # a read whose read point is known: it only waits to apply
         self.result: Any = None
         self.query = query
 
@@ -140,10 +141,10 @@ class _Waiter:
     def poke(self) -> None:
         self.event.set()
 
-    async def wait(self, timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            await self.event.wait()
-        if not self.done and self.event.is_set():
+    async def wait(self) -> None:
+        """Until resolved or poked (the node's sweeper pokes every waiter periodically)."""
+        await self.event.wait()
+        if not self.done:
             self.event = trio.Event()
 
 
@@ -274,6 +275,7 @@ class Node:
                 nursery.start_soon(self._tick_loop)
                 nursery.start_soon(self._ready_loop)
                 nursery.start_soon(self._apply_loop)
+                nursery.start_soon(self._sweeper)
                 self._wake()
                 self.started.set()
                 log.info(
@@ -287,6 +289,16 @@ class Node:
 
     def _wake(self) -> None:
         self._wake_event.set()
+
+    async def _sweeper(self) -> None:
+        """Poke every waiting client now and then: lost forwards are re-sent, lost read
+        confirmations asked again (a waiter otherwise sleeps until it is resolved)."""
+        while True:
+            await trio.sleep(self._retry_s / 2)
+            for w in self._waiters.values():
+                w.poke()
+            for r in self._readers.values():
+                r.poke()
 
     async def _tick_loop(self) -> None:
         deadline = trio.current_time()
@@ -341,6 +353,7 @@ class Node:
                 if rs.index < 0:
                     reader.poke()
                 else:
+                    reader.confirmed = True
                     self._read_points.append((rs.index, rs.ctx))
             if self._read_points:
                 self._serve_reads()
@@ -522,10 +535,13 @@ class Node:
         node; more wait for a free lane (back-pressure).
         """
         limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
-        with trio.move_on_after(limit) as scope:
-            lane = await self._lanes_recv.receive()
-        if scope.cancelled_caught:
-            raise SubmitTimeout(f"no free session lane within {limit} s")
+        try:
+            lane = self._lanes_recv.receive_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(limit) as scope:
+                lane = await self._lanes_recv.receive()
+            if scope.cancelled_caught:
+                raise SubmitTimeout(f"no free session lane within {limit} s") from None
         try:
             lane.seq += 1
             return await self._submit_as(lane.client, lane.seq, command, limit)
@@ -568,7 +584,7 @@ class Node:
                             self._send_envelope(
                                 core.leader, KIND_FORWARD, _pack([client, seq, command])
                             )
-                    await w.wait(self._retry_s)
+                    await w.wait()
                 return w.result
         except trio.TooSlowError:
             raise SubmitTimeout(f"no result for {client}#{seq} within {timeout} s") from None
@@ -600,13 +616,29 @@ class Node:
                                 await self._role_event.wait()
                             continue
                         self._wake()
-                        await w.wait(self._retry_s)
+                        await w.wait()
+                        while w.confirmed and not w.done:
+                            await w.wait()  # confirmed: wait for the apply, do not re-ask
                         if w.done:
                             return w.result
                     finally:
                         self._readers.pop(ctx, None)
         except trio.TooSlowError:
             raise SubmitTimeout(f"read not confirmed within {limit} s") from None
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Ask this node, the leader, to hand leadership to ``target`` (a caught-up voter).
+
+        Raises :class:`NotLeaderError` on a node that does not lead and
+        :class:`~ruflo_consensus.core.base.TransferRefused` when the core refuses.
+        """
+        transfer = getattr(self.core, "transfer_leadership", None)
+        if transfer is None:
+            raise NodeError(f"the {type(self.core).__name__} backend has no leadership transfer")
+        if self.core.role is not Role.LEADER:
+            raise NotLeaderError(self.core.leader)
+        transfer(target)
+        self._wake()
 
     async def wait_applied(self, index: int, timeout: float = 10.0) -> None:
         """Wait until this node has applied ``index`` (tests: a restarted node caught up)."""

@@ -1,0 +1,140 @@
+"""The command-line side of the runtime: keygen, node, cluster up/status/down, kv.
+
+Exit codes follow the CLI's: 0 success, 1 the operation failed (a node or the cluster is
+unavailable, a timeout), 2 bad input (a clear one-line message, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["render_status", "run_runtime_command"]
+
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def run_runtime_command(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Dispatch ``keygen``, ``node``, ``cluster …`` and ``kv …``."""
+    from ..identity import IdentityError
+    from .cluster import ClusterError
+    from .spec import SpecError
+
+    try:
+        if args.command == "keygen":
+            return _keygen(args, out)
+        if args.command == "node":
+            from .process import run_node_process
+
+            return run_node_process(args.spec, args.id, args.machine)
+        if args.command == "cluster":
+            return _cluster(args, out)
+        return _kv(args, out)
+    except (SpecError, IdentityError) as exc:
+        print(f"ruflo-consensus: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ClusterError as exc:
+        print(f"ruflo-consensus: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def _keygen(args: argparse.Namespace, out: Console) -> int:
+    from ..identity import keygen, manifest_path
+
+    path = Path(args.out or f"keys/{args.id}.key")
+    ident = keygen(args.id, path, overwrite=args.force)
+    out.print(f"wrote {path} (mode 0600) and {manifest_path(path)}")
+    out.print(f"public key {ident.public_key.hex()}")
+    return EXIT_OK
+
+
+def _cluster(args: argparse.Namespace, out: Console) -> int:
+    from .cluster import cluster_down, cluster_status, cluster_up, default_run_dir
+
+    if args.cluster == "up":
+        only = [x for x in args.only.split(",") if x] if args.only else None
+        run_dir = Path(args.dir) if args.dir else default_run_dir(args.spec)
+        pids = cluster_up(args.spec, run_dir, only=only, machine=args.machine)
+        for node_id, pid in pids.items():
+            out.print(f"{node_id} running as pid {pid} (log {run_dir / 'logs' / node_id}.log)")
+        return EXIT_OK
+    if args.cluster == "down":
+        run_dir = Path(args.dir) if args.dir else default_run_dir(args.spec)
+        for node_id, how in cluster_down(run_dir).items():
+            out.print(f"{node_id}: {how}")
+        return EXIT_OK
+    statuses = cluster_status(args.spec)
+    if args.json:
+        print(json.dumps(statuses))
+    else:
+        out.print(render_status(statuses))
+    return EXIT_OK if all("error" not in s for s in statuses) else EXIT_FAIL
+
+
+def render_status(statuses: list[dict[str, Any]]) -> Table:
+    """The ``cluster status`` table: one row per node."""
+    table = Table(title="cluster status")
+    for col in ("node", "role", "term", "leader", "commit", "applied", "links", "rejected"):
+        table.add_column(col, justify="right" if col in ("term", "commit", "applied") else "left")
+    for s in statuses:
+        if "error" in s:
+            table.add_row(s["id"], "[red]down[/red]", "", "", "", "", s["error"], "")
+            continue
+        links = " ".join(
+            f"{ln['peer']}:{'[green]up[/green]' if ln['connected'] else '[red]down[/red]'}"
+            + (f"({ln['dropped']} dropped)" if ln["dropped"] else "")
+            for ln in s["links"]
+        )
+        rejected = ", ".join(f"{k}={v}" for k, v in s["rejected"].items()) or "-"
+        role = f"[bold]{s['role']}[/bold]" if s["role"] == "leader" else s["role"]
+        table.add_row(
+            s["id"],
+            role,
+            str(s["term"]),
+            str(s["leader"] or "-"),
+            str(s["commit"]),
+            str(s["applied"]),
+            links or "-",
+            rejected,
+        )
+    return table
+
+
+def _kv(args: argparse.Namespace, out: Console) -> int:
+    import trio
+
+    from ..statemachine import CommandRejected
+    from .client import ClientError, ClusterClient
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    fields: dict[str, Any]
+    if args.kv == "get":
+        op, fields = "read", {"query": {"op": "get", "key": args.key}}
+    else:
+        command: dict[str, Any] = {"op": args.kv, "key": args.key}
+        if args.kv == "put":
+            command["value"] = args.value
+        else:
+            command.update(old=args.old, new=args.new)
+        # a fresh session: a retry on another node is applied at most once
+        fields = {"command": command, "client": f"cli-{secrets.token_hex(8)}", "seq": 1}
+        op = "submit"
+    client = ClusterClient(spec, args.node)
+    try:
+        _node, result = trio.run(lambda: client.call(op, args.timeout, **fields))
+    except ClientError as exc:
+        print(f"ruflo-consensus kv: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if isinstance(result, CommandRejected):
+        print(f"ruflo-consensus kv: rejected: {result.code}: {result.message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(result))
+    return EXIT_OK

@@ -1,0 +1,77 @@
+"""One node as an operating-system process: ``ruflo-consensus node --spec FILE --id NODE``.
+
+The process loads the spec, its key file (refusing one others can read) and the peers'
+manifests, opens its WAL, and runs the node until SIGTERM or SIGINT, which stop it
+cleanly (exit 0). A crash of any node task ends the process with exit code 1 and the
+traceback in its log: a node is never left half-alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from ..identity import IdentityError
+from ..statemachine import KVStateMachine, RegisterStateMachine, StateMachine
+from .embed import build_node
+from .node import NodeError
+from .spec import SpecError, load_spec
+
+__all__ = ["MACHINES", "run_node_process"]
+
+MACHINES: dict[str, type[StateMachine]] = {"kv": KVStateMachine, "register": RegisterStateMachine}
+
+
+class StartupError(Exception):
+    """The node cannot start (bad spec, key file, manifest or storage)."""
+
+
+async def _serve(spec_path: str, node_id: str, machine: str) -> None:
+    spec = load_spec(spec_path)
+    node = build_node(spec, node_id, MACHINES[machine]())
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            print(f"{node_id} ready on {spec.endpoints[node_id].url()}", flush=True)
+            async for signum in signals:
+                logging.getLogger("ruflo_consensus.runtime").info(
+                    "%s stopping on %s", node_id, signal.Signals(signum).name
+                )
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run_node_process(spec_path: str | Path, node_id: str, machine: str = "kv") -> int:
+    """Run one node in this process until a signal; return the exit code."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if machine not in MACHINES:
+        print(f"ruflo-consensus node: unknown machine {machine!r}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_serve, str(spec_path), node_id, machine)
+    except (SpecError, IdentityError, NodeError) as exc:
+        print(f"ruflo-consensus node: error: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if all(isinstance(e, SpecError | IdentityError | NodeError | OSError) for e in leaves):
+            for e in leaves:
+                print(f"ruflo-consensus node: error: {e}", file=sys.stderr)
+            return 2
+        logging.getLogger("ruflo_consensus.runtime").exception("%s crashed", node_id)
+        return 1
+    return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
