@@ -176,3 +176,16 @@ def test_replay_window_forgets_old_boots() -> None:
     later = NOW + 5_000
     w.check("a", b"\xff" * 8 + (1).to_bytes(8, "big"), later, later)
     assert len(w) == 1
+
+
+def test_keygen_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ruflo_consensus.cli import main
+
+    key = tmp_path / "k" / "n9.key"
+    assert main(["keygen", "--id", "n9", "--out", str(key)]) == 0
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert load_manifest(manifest_path(key), "n9")[1] == load_key_file(key, "n9").public_key
+    assert "public key" in capsys.readouterr().out
+    assert main(["keygen", "--id", "n9", "--out", str(key)]) == 2  # refuses to overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert main(["keygen", "--id", "n9", "--out", str(key), "--force"]) == 0

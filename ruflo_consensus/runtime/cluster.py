@@ -51,8 +51,7 @@ def node_command(spec_path: str | Path, node_id: str, machine: str = "kv") -> li
     return [
         sys.executable,
         "-m",
-        "ruflo_consensus.cli",
-        "node",
+        "ruflo_consensus.runtime.process",  # = `ruflo-consensus node`, with a lighter start
         "--spec",
         str(Path(spec_path).resolve()),
         "--id",
@@ -91,7 +90,7 @@ def _is_our_node(pid: int) -> bool:
         except OSError:
             return False
         return True  # no /proc: trust the pid file
-    return b"ruflo_consensus.cli" in cmdline and b"node" in cmdline
+    return b"ruflo_consensus" in cmdline and b"--spec" in cmdline
 
 
 def _alive(pid: int) -> bool:
