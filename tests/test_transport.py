@@ -129,6 +129,34 @@ async def test_bad_frames_are_rejected_counted_and_change_nothing(tmp_path: Path
         nursery.cancel_scope.cancel()
 
 
+async def test_relays_enforce_the_hop_budget_and_check_link_state(tmp_path: Path) -> None:
+    """A relayed frame with no hops left dies at the relay; a bad link-state announcement
+    (a link its sender does not have, or not a list) is refused and changes no route."""
+    spec = local_spec(tmp_path, "ring", 5, runtime={"data_dir": None})
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec)
+        await wait_leader(nodes, timeout=30)
+        n1 = load_key_file(spec.key_files["n1"])
+        nonces = NonceSource()
+        n2 = nodes["n2"]
+        probe = encode_message(VoteResponse("n1", "n3", 0, False, False))
+        frames: list[bytes | str] = [
+            seal(n1, "n3", 0, probe, nonces, hops=0),  # n2 may not relay it any further
+            seal(n1, "*", 3, msgpack.packb(["n3"]), nonces),  # n1 has no link to n3
+            seal(n1, "*", 3, b"\xc1", nonces),  # not msgpack
+            seal(n1, "*", 7, b"", nonces),  # no such broadcast kind
+        ]
+        await _send_raw(spec.endpoints["n2"], frames)
+        with trio.fail_after(10):
+            while n2.rejected["unknown-kind"] < 1:
+                await trio.sleep(0.01)
+        assert n2.rejected["hop-limit"] == 1
+        assert n2.rejected["bad-field"] == 1 and n2.rejected["malformed"] == 1
+        assert n2.status()["down_links"] == []
+        assert nodes["n3"].rejected["hop-limit"] == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_bad_client_requests_are_answered_and_counted(tmp_path: Path) -> None:
     spec = local_spec(tmp_path, "star", 3)
     async with trio.open_nursery() as nursery:

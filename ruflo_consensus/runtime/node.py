@@ -21,6 +21,15 @@ Bad input never crashes a node: every frame is size-checked, decoded, verified a
 replay-checked before it reaches the core, and each refusal is counted per reason in
 :attr:`Node.rejected`. Frames addressed to another node are relayed unchanged to the next
 hop of the overlay (after their signature is checked).
+
+**Routing around failures.** The next hop of a frame is the first step of a shortest path
+in the overlay minus the links this node knows are down
+(:meth:`~ruflo_consensus.topology.Topology.next_hops`): its own links (from the
+transport), and every other node's, which each node floods as a signed *link-state*
+announcement (kind 3, destination ``*``) when one of its links changes and every
+``link_state_s`` seconds. An announcement older than three periods is forgotten. Every
+frame carries a hop budget (the number of nodes) outside its signature, which each
+relay lowers: a frame that inconsistent knowledge sends round in circles dies out.
 """
 
 from __future__ import annotations
@@ -53,11 +62,14 @@ from ..core.base import (
 )
 from ..core.raft import RaftConfig, RaftCore
 from ..identity import (
+    Envelope,
     EnvelopeError,
     NodeIdentity,
     NonceSource,
+    ReplayedEnvelope,
     ReplayWindow,
-    parse_envelope,
+    parse_frame,
+    reframe,
     seal,
     verify_envelope,
 )
@@ -67,9 +79,11 @@ from .spec import ClusterSpec
 from .transport import Transport
 
 __all__ = [
+    "BROADCAST",
     "KIND_CONSENSUS",
     "KIND_FORWARD",
     "KIND_FORWARD_REPLY",
+    "KIND_LINK_STATE",
     "CoreFactory",
     "Node",
     "NodeError",
@@ -83,6 +97,8 @@ log = logging.getLogger("ruflo_consensus.runtime")
 KIND_CONSENSUS = 0  # payload: a codec frame (a protocol message)
 KIND_FORWARD = 1  # payload: [client, seq, command] — a follower hands a submit to the leader
 KIND_FORWARD_REPLY = 2  # payload: [client, seq, status, result, rejected]
+KIND_LINK_STATE = 3  # payload: [down neighbour, ...] — flooded to every node
+BROADCAST = "*"  # the destination of a flooded frame
 
 _OK, _NOT_LEADER, _RETRY = 0, 1, 2
 
@@ -236,8 +252,21 @@ class Node:
         self.window = ReplayWindow(spec.runtime.replay_max_age_s)
         self.nonces = NonceSource()
         self.transport = Transport(
-            node_id, spec, self._on_frame, self._serve_client, self.rejected, self.rng
+            node_id,
+            spec,
+            self._on_frame,
+            self._serve_client,
+            self.rejected,
+            self.rng,
+            self._on_link_change,
         )
+        # routing: what others say is down, the hop table it gives, how frames fared
+        self._reports: dict[str, tuple[tuple[int, bytes], frozenset[str], float]] = {}
+        self._routes: dict[str, str] | None = None
+        self._links_changed = trio.Event()
+        self._hop_limit = min(len(spec.ids), 255)
+        self.unroutable = 0
+        self.flood_duplicates = 0
         self.max_frame = spec.runtime.max_frame
         self.tick_s = spec.raft.tick_ms / 1000
         # how long a waiting client waits before it re-checks who leads and re-sends
@@ -276,6 +305,7 @@ class Node:
                 nursery.start_soon(self._ready_loop)
                 nursery.start_soon(self._apply_loop)
                 nursery.start_soon(self._sweeper)
+                nursery.start_soon(self._announce_loop)
                 self._wake()
                 self.started.set()
                 log.info(
@@ -405,29 +435,119 @@ class Node:
         self._send_envelope(m.dst, KIND_CONSENSUS, encode_message(m))
 
     def _send_envelope(self, dst: NodeId, kind: int, payload: bytes) -> None:
-        hop = self.spec.topology.next_hop(self.node_id, dst)
+        hop = self._next_hop(dst)
         if hop is None:
-            self.rejected["no-route"] += 1
+            self.unroutable += 1
             return
-        self.transport.send(hop, seal(self.identity, dst, kind, payload, self.nonces))
+        frame = seal(self.identity, dst, kind, payload, self.nonces, hops=self._hop_limit)
+        self.transport.send(hop, frame)
+
+    # ------------------------------------------------------------------ routing
+
+    def _known_down(self) -> set[tuple[str, str]]:
+        """The links this node knows are down: its own, and what fresh reports say."""
+        down = {(self.node_id, p) for p, s in self.transport.links.items() if s.down}
+        horizon = trio.current_time() - 3 * self.spec.runtime.link_state_s
+        for origin, (_order, links, received) in self._reports.items():
+            if received >= horizon:
+                down.update((origin, p) for p in links)
+        return down
+
+    def _next_hop(self, dst: str) -> str | None:
+        """The neighbour a frame for ``dst`` goes to: around known failures, else direct."""
+        routes = self._routes
+        if routes is None:
+            routes = self._routes = self.spec.topology.next_hops(
+                self.node_id, down_links=self._known_down()
+            )
+        hop = routes.get(dst)
+        if hop is None and dst in self.transport.links:
+            return dst  # no way round: queue it for the link's return
+        return hop
+
+    def _on_link_change(self, peer: str) -> None:
+        self._routes = None
+        self._links_changed.set()
+
+    async def _announce_loop(self) -> None:
+        """Flood this node's down links on every change, and every ``link_state_s``."""
+        while True:
+            with trio.move_on_after(self.spec.runtime.link_state_s):
+                await self._links_changed.wait()
+            self._links_changed = trio.Event()
+            self._routes = None  # reports may have aged out
+            down = sorted(p for p, s in self.transport.links.items() if s.down)
+            frame = seal(
+                self.identity,
+                BROADCAST,
+                KIND_LINK_STATE,
+                _pack(down),
+                self.nonces,
+                hops=self._hop_limit,
+            )
+            self._flood(frame)
+            await trio.sleep(self.tick_s)  # at most one announcement per tick
+
+    def _flood(self, frame: bytes, skip: str | None = None) -> None:
+        for peer in self.transport.neighbours:
+            if peer != skip and self.transport.live(peer):
+                self.transport.send(peer, frame)
+
+    def _on_link_state(self, sender: str, env: Envelope, frame: tuple[bytes, bytes, int]) -> None:
+        raw = self._decode_payload(env.payload, None)
+        if raw is None:
+            return
+        neighbours = self.spec.topology.neighbours(sender)
+        if not all(isinstance(p, str) and p in neighbours for p in raw):
+            self.rejected["bad-field"] += 1
+            return
+        order = (env.timestamp_ms, env.nonce)
+        known = self._reports.get(sender)
+        if known is None or known[0] < order:
+            self._reports[sender] = (order, frozenset(raw), trio.current_time())
+            self._routes = None
+        body, signature, hops = frame
+        if hops > 0:
+            self._flood(reframe(body, signature, hops - 1), skip=sender)
 
     def _on_frame(self, data: bytes) -> None:
-        """Everything that arrives on ``/peer``: check, then relay or deliver."""
+        """Everything that arrives on ``/peer``: check, then relay, flood or deliver."""
         try:
-            env, body, signature = parse_envelope(data, self.max_frame)
+            env, body, signature, hops = parse_frame(data, self.max_frame)
             verify_envelope(env, body, signature, self.peer_keys)
         except EnvelopeError as exc:
             self.rejected[exc.reason] += 1
+            return
+        if env.dst == BROADCAST:
+            if env.sender == self.node_id:
+                return  # our own announcement, back from a neighbour
+            try:
+                self.window.check(env.sender, env.nonce, env.timestamp_ms)
+            except ReplayedEnvelope:
+                self.flood_duplicates += 1  # it reached us by another path already
+                return
+            except EnvelopeError as exc:
+                self.rejected[exc.reason] += 1
+                return
+            if env.kind == KIND_LINK_STATE:
+                self._on_link_state(env.sender, env, (body, signature, hops))
+            else:
+                self.rejected["unknown-kind"] += 1
             return
         if env.dst != self.node_id:
             if env.dst not in self.peer_keys:
                 self.rejected["wrong-destination"] += 1
                 return
-            hop = self.spec.topology.next_hop(self.node_id, env.dst)
+            if hops <= 0:
+                self.rejected["hop-limit"] += 1
+                return
+            hop = self._next_hop(env.dst)
             if hop is None or hop == env.sender:
                 self.rejected["no-route"] += 1
                 return
-            frame = data if self.relay_hook is None else self.relay_hook(data)
+            frame = reframe(body, signature, hops - 1)
+            if self.relay_hook is not None:
+                frame = self.relay_hook(frame)
             if self.transport.send(hop, frame):
                 self.relayed += 1
             return
@@ -463,12 +583,13 @@ class Node:
         if self.core.has_ready():
             self._wake()
 
-    def _decode_payload(self, payload: bytes, size: int) -> list[Any] | None:
+    def _decode_payload(self, payload: bytes, size: int | None) -> list[Any] | None:
+        """A msgpack list of ``size`` items (any length for None), or None (counted)."""
         try:
             raw = msgpack.unpackb(payload, raw=False, max_array_len=1 << 16)
         except Exception:
             raw = None
-        if not isinstance(raw, list) or len(raw) != size:
+        if not isinstance(raw, list) or (size is not None and len(raw) != size):
             self.rejected["malformed"] += 1
             return None
         return raw
@@ -673,6 +794,8 @@ class Node:
             "applied": self.applied,
             "relayed": self.relayed,
             "delivered": self.delivered,
+            "unroutable": self.unroutable,
+            "down_links": sorted(list(pair) for pair in self._known_down()),
             "inbound": self.transport.inbound,
             "links": [
                 {**s.to_json(), "queued": self.transport.queued(p)}

@@ -17,6 +17,7 @@ topology) and real nodes. The runtime reads these extra, optional parts::
     replay_max_age_s = 30.0
     reconnect_min_s = 0.05
     reconnect_max_s = 2.0
+    link_state_s = 1.0           # how often a node floods which of its links are down
 
     [[nodes]]
     id = "n1"
@@ -101,6 +102,7 @@ class RuntimeOptions:
     reconnect_max_s: float = 2.0
     submit_timeout_s: float = 30.0
     max_sessions: int = 256
+    link_state_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_frame < 1024:
@@ -109,8 +111,10 @@ class RuntimeOptions:
             raise SpecError("runtime.send_queue and runtime.max_sessions must be positive")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
             raise SpecError("need 0 < runtime.reconnect_min_s <= runtime.reconnect_max_s")
-        if self.replay_max_age_s <= 0 or self.submit_timeout_s <= 0:
-            raise SpecError("runtime.replay_max_age_s and submit_timeout_s must be positive")
+        if self.replay_max_age_s <= 0 or self.submit_timeout_s <= 0 or self.link_state_s <= 0:
+            raise SpecError(
+                "runtime.replay_max_age_s, submit_timeout_s and link_state_s must be positive"
+            )
 
 
 @dataclass(frozen=True)
