@@ -12,7 +12,11 @@ starts, in one nursery:
   next ``Ready`` batches them), *then* send, then hand committed entries and read points
   to the apply task;
 * the **apply task** — applies committed entries through the session table, in order,
-  exactly once, wakes the clients waiting for them and serves confirmed reads.
+  exactly once, wakes the clients waiting for them and serves confirmed reads. It also
+  restores the state machine (and session table) from a snapshot the core hands over
+  (``Ready.snapshot``: installed from the leader, or the stored one at start-up), and
+  answers ``Ready.snapshot_request`` by snapshotting both and calling the core's
+  ``compact`` once it has applied through the requested index.
 
 Cancelling the nursery stops the node. Any task that raises takes the whole node down
 with the exception (trio's nursery semantics): a node is never half-alive.
@@ -59,6 +63,7 @@ from ..core.base import (
     ReadState,
     Role,
     RoleChange,
+    Snapshot,
 )
 from ..core.raft import RaftConfig, RaftCore
 from ..identity import (
@@ -130,10 +135,19 @@ def default_core_factory(
     config: RaftConfig,
     stored: StoredState,
 ) -> ConsensusCore:
-    """Build a :class:`RaftCore` from what storage returned."""
-    if stored.snapshot is not None:
-        raise NodeError("storage holds a snapshot, but this Raft core cannot start from one yet")
-    return RaftCore(node_id, peers, rng, config, stored.hard_state, stored.entries)
+    """Build a :class:`RaftCore` from what storage returned (snapshot, hard state, log)."""
+    try:
+        return RaftCore(
+            node_id,
+            peers,
+            rng,
+            config,
+            stored.hard_state,
+            stored.entries,
+            snapshot=stored.snapshot,
+        )
+    except ValueError as exc:  # a snapshot of another membership, a gap in the log
+        raise NodeError(f"cannot start from the stored state: {exc}") from None
 
 
 class _Waiter:
@@ -162,6 +176,17 @@ class _Waiter:
         await self.event.wait()
         if not self.done:
             self.event = trio.Event()
+
+
+@dataclass(slots=True)
+class _ApplyWork:
+    """What the ready task hands the apply task from one ``Ready``, in order."""
+
+    snapshot: Snapshot | None
+    committed: list[Committed]
+    reads: list[ReadState]
+    results: list[CommandResult]
+    snapshot_request: int | None
 
 
 @dataclass(slots=True)
@@ -279,9 +304,9 @@ class Node:
         self._readers: dict[int, _Waiter] = {}
         self._read_points: list[tuple[int, int]] = []
         self._next_ctx = 0
-        self._apply_send, self._apply_recv = trio.open_memory_channel[
-            tuple[list[Committed], list[ReadState], list[CommandResult]]
-        ](1024)
+        self._apply_send, self._apply_recv = trio.open_memory_channel[_ApplyWork](1024)
+        self.snapshots_taken = 0
+        self.snapshots_restored = 0
         boot = self.nonces.boot.hex()
         self._lanes_send, self._lanes_recv = trio.open_memory_channel[_Lane](
             spec.runtime.max_sessions
@@ -363,20 +388,34 @@ class Node:
                         w = self._waiters.get((proposal.client, proposal.seq))
                         if w is not None:
                             w.poke()
-                if rd.committed or rd.reads or rd.results:
-                    await self._apply_send.send((rd.committed, rd.reads, rd.results))
+                if (
+                    rd.snapshot is not None
+                    or rd.committed
+                    or rd.reads
+                    or rd.results
+                    or rd.snapshot_request is not None
+                ):
+                    await self._apply_send.send(
+                        _ApplyWork(
+                            rd.snapshot, rd.committed, rd.reads, rd.results, rd.snapshot_request
+                        )
+                    )
 
     async def _apply_loop(self) -> None:
-        async for committed, reads, results in self._apply_recv:
-            for c in committed:
+        async for work in self._apply_recv:
+            if work.snapshot is not None:
+                self._restore(work.snapshot)
+            for c in work.committed:
                 self._apply(c)
-            for r in results:
+            if work.snapshot_request is not None:
+                self._compact(work.snapshot_request)
+            for r in work.results:
                 p = r.proposal
                 if p.client is not None:
                     w = self._waiters.get((p.client, p.seq))
                     if w is not None:
                         w.resolve(r.value)
-            for rs in reads:
+            for rs in work.reads:
                 reader = self._readers.get(rs.ctx)
                 if reader is None:
                     continue
@@ -387,9 +426,34 @@ class Node:
                     self._read_points.append((rs.index, rs.ctx))
             if self._read_points:
                 self._serve_reads()
-            if committed:
+            if work.committed or work.snapshot is not None:
                 self._applied_event.set()
                 self._applied_event = trio.Event()
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        """Replace the machine and session table by a snapshot's (installed or stored).
+
+        A snapshot that does not restore is a bug elsewhere (it was taken by a replica of
+        the same machine): the ``CommandError`` takes the node down loudly.
+        """
+        self.table.restore(snapshot.data)
+        self.applied = snapshot.index
+        self.snapshots_restored += 1
+        log.info("%s restored a snapshot through index %d", self.node_id, snapshot.index)
+        # submits that the snapshot covers are answered from the restored session table
+        for (client, seq), w in self._waiters.items():
+            session = self.table.sessions.get(client)
+            if session is not None and session[0] == seq:
+                w.resolve(session[1])
+
+    def _compact(self, index: int) -> None:
+        """The core asked for a snapshot through ``index``: take it and hand it back."""
+        compact = getattr(self.core, "compact", None)
+        if compact is None or self.applied != index:
+            return  # (the request is a suggestion; the next one comes with more entries)
+        if compact(index, self.table.snapshot()) is not None:
+            self.snapshots_taken += 1
+            self._wake()
 
     def _apply(self, c: Committed) -> None:
         entry = c.entry
@@ -792,6 +856,9 @@ class Node:
             "commit": getattr(core, "commit", None),
             "last_index": getattr(core, "last_index", None),
             "applied": self.applied,
+            "snapshot_index": getattr(core, "snapshot_index", None),
+            "snapshots_taken": self.snapshots_taken,
+            "snapshots_restored": self.snapshots_restored,
             "relayed": self.relayed,
             "delivered": self.delivered,
             "unroutable": self.unroutable,
