@@ -211,6 +211,8 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     up.add_argument("--only", default=None, help="comma list of node ids to start")
     up.add_argument("--machine", default="kv", choices=["kv", "register"])
     st.add_argument("--json", action="store_true")
+    key_help = "client key file to sign requests with (default: the spec's first [[clients]] key)"
+    st.add_argument("--key", dest="key_file", default=None, help=key_help)
 
     kv = sub.add_parser("kv", help="put/get/cas against a running cluster's KV machine")
     ksub = kv.add_subparsers(dest="kv", required=True, parser_class=_Parser)
@@ -227,6 +229,7 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         c.add_argument("--spec", required=True, help="the cluster spec (TOML)")
         c.add_argument("--node", default=None, help="ask this node first (default: any)")
         c.add_argument("--timeout", type=_positive_float, default=10.0)
+        c.add_argument("--key", dest="key_file", default=None, help=key_help)
 
     bcl = bsub.add_parser(
         "cluster", help="3-node cluster vs pysyncobj on 127.0.0.1: writes/s and latency"

@@ -186,6 +186,14 @@ def test_cli_cluster_up_status_kv_down(tmp_path: Path) -> None:
         status = cli("cluster", "status", str(spec))
         assert status.returncode == 0, status.stderr
         assert "leader" in status.stdout and "n1" in status.stdout and "up" in status.stdout
+        # a key the spec does not list is refused, typed, and changes nothing
+        assert cli("keygen", "--id", "eve", "--out", str(tmp_path / "eve.key")).returncode == 0
+        eve = cli("kv", "put", "a", "evil", "--spec", str(spec), "--key", str(tmp_path / "eve.key"))
+        assert eve.returncode == 1 and "UNAUTHENTICATED" in eve.stderr
+        admin = str(tmp_path / "keys" / "admin.key")  # the default, named explicitly
+        assert cli("kv", "get", "a", "--spec", str(spec), "--key", admin).stdout.strip() == '"y"'
+        st = json.loads(cli("cluster", "status", str(spec), "--json").stdout)
+        assert sum(s["rejected"].get("client-unknown-client", 0) for s in st) == 1
     finally:
         outcome = cluster_down(run)
     assert set(outcome) == {"n1", "n2", "n3"} and set(outcome.values()) == {"stopped"}

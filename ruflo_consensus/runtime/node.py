@@ -225,7 +225,8 @@ def decode_result(raw: Any) -> Any:
 class Node:
     """One consensus node on real sockets. See the module docstring.
 
-    ``peer_keys`` maps every node id of the spec to its Ed25519 public key. ``storage``
+    ``peer_keys`` maps every node id of the spec to its Ed25519 public key,
+    ``client_keys`` every client allowed on ``/client`` to its own. ``storage``
     defaults to a :class:`FileStorage` in the spec's data folder for this node, or memory
     when the spec has none. ``relay_hook`` (tests only) may rewrite frames this node
     relays, to play a malicious relay.
@@ -242,6 +243,7 @@ class Node:
         core_factory: CoreFactory = default_core_factory,
         seed: int | None = None,
         relay_hook: Callable[[bytes], bytes] | None = None,
+        client_keys: dict[str, bytes] | None = None,
     ) -> None:
         node_id = identity.node_id
         spec.check_node(node_id)
@@ -254,6 +256,10 @@ class Node:
         self.node_id = node_id
         self.identity = identity
         self.peer_keys = dict(peer_keys)
+        self.client_keys = dict(client_keys or {})
+        clash = set(self.client_keys) & set(self.peer_keys)
+        if clash:
+            raise NodeError(f"client ids that are node ids: {', '.join(sorted(clash))}")
         self.rng = random.Random(seed if seed is not None else secrets.randbits(64))
         if storage is None:
             data_dir = spec.data_dir(node_id)
@@ -275,6 +281,7 @@ class Node:
         self.relayed = 0
         self.delivered = 0
         self.window = ReplayWindow(spec.runtime.replay_max_age_s)
+        self.client_window = ReplayWindow(spec.runtime.replay_max_age_s)
         self.nonces = NonceSource()
         self.transport = Transport(
             node_id,
