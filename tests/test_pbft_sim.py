@@ -3,6 +3,7 @@ proof that the checks fail when PBFT's assumptions are broken (f + 1 liars, no s
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -10,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 
+from ruflo_consensus.cli import main
 from ruflo_consensus.core.pbft import unsafe_skip_signature_checks_for_tests
 from ruflo_consensus.sim import SimConfig, run_simulation, run_sweep
 from ruflo_consensus.sim.config import ALL_FAULTS, BYZANTINE_BEHAVIOURS
@@ -134,3 +136,87 @@ def test_without_signature_checks_one_forger_breaks_agreement_and_the_seed_repla
     honest = run_simulation(base.with_seed(seed))
     assert honest.status == "pass", honest.violations
     assert honest.rejected_messages.get("bad-signature", 0) > 0
+
+
+PBFT_ARGS = [
+    "simulate",
+    "--backend",
+    "pbft",
+    "--nodes",
+    "4",
+    "--duration",
+    "1.5",
+    "--clients",
+    "3",
+    "--quiet-tail",
+    "0.6",
+    "--nemesis-interval",
+    "0.1:0.4",
+    "--fault-duration",
+    "0.1:0.6",
+]
+
+
+def test_cli_simulate_pbft_reports_and_its_replay_reproduces_the_hash(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([*PBFT_ARGS, "--seed", "3", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "pass" and first["linearizable"] is True
+    assert "byzantine replicas" in first["properties"]
+    argv = [*first["replay"].split()[1:], "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["trace_hash"] == first["trace_hash"]
+    assert main([*PBFT_ARGS, "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("byzantine replicas", "views installed", "signatures", "linearizable"):
+        assert needle in out
+
+
+def test_cli_pbft_sweep_and_byzantine_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([*PBFT_ARGS, "--seeds", "0:4", "--processes", "2", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["passed"] == 4
+    colluders = ["--byzantine", "2", "--behaviours", "equivocate"]
+    code = main([*PBFT_ARGS, "--seeds", "0:3", *colluders, "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1  # f + 1 colluders: the sweep fails and says how to replay it
+    assert "--byzantine 2 --behaviours equivocate" in data["failed"][0]["replay"]
+    for bad in (["--byzantine", "9"], ["--behaviours", "teleport"], ["--nemesis-interval", "x"]):
+        assert main([*PBFT_ARGS, *bad]) == 2
+
+
+def test_bench_sim_pbft_reports_committed_requests_next_to_raft(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ruflo_consensus.sim.bench import run_bench_sim
+
+    result = run_bench_sim(replace(SWEEP, faults=()), seeds=1, progress=False)
+    assert result["backend"] == "pbft" and len(result["rows"]) == 1
+    row = result["rows"][0]
+    assert row["pbft_committed"] > 50 and row["raft_committed"] > 50
+    assert result["pbft_committed_per_wall_second"] > 0
+    assert result["raft_committed_per_wall_second"] > 0
+    assert 0 < result["sign_us"] < result["verify_us"] * 10
+    assert 0 < result["verify_cache_hit_rate"] < 1
+    assert (
+        main(
+            [
+                "bench",
+                "sim",
+                "--backend",
+                "pbft",
+                "--nodes",
+                "4",
+                "--seeds",
+                "1",
+                "--duration",
+                "1",
+                "--faults",
+                "none",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "PBFT vs Raft" in out and "Ed25519" in out

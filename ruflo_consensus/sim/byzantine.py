@@ -112,7 +112,7 @@ class Behaviour:
         self.signer = adversary.members[node_id]
         self.rng = rng
         self.ticks = 0
-        self.injected = 0
+        self.injected = 0  # messages it made up, altered or (censor) suppressed
 
     def incoming(self, frame: PbftFrame) -> PbftFrame | None:
         """What of ``frame`` the core gets to see (None: nothing)."""
@@ -141,6 +141,7 @@ class Silent(Behaviour):
     name = "silent"
 
     def outgoing(self, frames: list[Message]) -> list[Message]:
+        self.injected += len(frames)
         return []
 
 
@@ -171,6 +172,7 @@ class Equivocate(Behaviour):
                     alt = self._alternative(p)
                     if frame.dst in self.group_b:
                         env = alt
+                        self.injected += 1
                     elif frame.dst in self.adversary.members:
                         items.append(alt)
                 elif isinstance(p, Vote) and p.signer == self.node_id:
@@ -308,6 +310,7 @@ class Conflict(Behaviour):
                 p = _payload(env)
                 if isinstance(p, Vote) and p.signer == self.node_id:
                     env = self._fake(p.kind, p.view, p.seq)
+                    self.injected += 1
                 items.append(env)
             out.append(PbftFrame(frame.src, frame.dst, tuple(items)))
         return out
@@ -353,16 +356,19 @@ class LieCheckpoint(Behaviour):
                 p = _payload(env)
                 if isinstance(p, Checkpoint) and p.signer == self.node_id:
                     items += [self._lie(p.seq), self._lie(p.seq + k)]
+                    self.injected += 2
                     continue
                 if isinstance(p, State) and p.signer == self.node_id:
                     bad = p.snapshot[:-1] + bytes([p.snapshot[-1] ^ 1]) if p.snapshot else b"x"
                     env = seal(self.signer, STATE, p.seq, bad, list(p.proof))
+                    self.injected += 1
                 elif isinstance(p, ViewChange) and p.signer == self.node_id:
                     claim = p.stable_seq + k
                     lie = self._lie(claim)
                     digest = decode_body(lie.body).state_digest  # type: ignore[union-attr]
                     certs = [[c.pre_prepare, list(c.prepares)] for c in p.prepared]
                     env = seal(self.signer, VIEW_CHANGE, p.view, claim, digest, [lie], certs)
+                    self.injected += 1
                 items.append(env)
             out.append(PbftFrame(frame.src, frame.dst, tuple(items)))
         return out
@@ -378,6 +384,7 @@ class Censor(Behaviour):
         for env in frame.items:
             p = _payload(env)
             if isinstance(p, Request) and self.adversary.is_victim(p.signer):
+                self.injected += 1  # (counts the requests it censored)
                 continue
             items.append(env)
         return PbftFrame(frame.src, frame.dst, tuple(items)) if items else None
@@ -397,6 +404,7 @@ class WrongReply(Behaviour):
                     p = _payload(env)
                     if isinstance(p, Reply):
                         env = seal(self.signer, REPLY, p.view, p.client, p.t, ["ok", "lie"])
+                        self.injected += 1
                     items.append(env)
                 frame = PbftFrame(frame.src, frame.dst, tuple(items))
             out.append(frame)

@@ -454,7 +454,7 @@ class PbftSimulation(SimEngine):
             "commit certificates used": counters.get("commit-certs-used", 0),
             "batches ordered": counters.get("batches", 0),
             "requests executed (honest)": counters.get("executed-requests", 0),
-            "messages the adversary injected": injected,
+            "messages the adversary forged, altered or dropped": injected,
             "signatures": {
                 "made": stats.signs,
                 "verified": stats.verifications,

@@ -262,6 +262,7 @@ class PbftCore:
         self._slots: dict[int, _Slot] = {}
         self._own_cps: dict[int, tuple[bytes, bytes]] = {0: (self._stable_digest, b"")}
         self._cp_votes: dict[int, dict[str, tuple[bytes, Signed]]] = {}
+        self._own_cp_env: dict[int, Signed] = {}
         # client -> (timestamp, tick first seen in this view, envelope)
         self._waiting: dict[str, tuple[int, int, Signed]] = {}
         self._ordered: dict[str, int] = {}
@@ -786,6 +787,7 @@ class PbftCore:
         self._own_cps[seq] = (digest, snapshot)
         self._checkpoints.append((seq, digest))
         env = seal(self.signer, CHECKPOINT, seq, digest)
+        self._own_cp_env[seq] = env
         self._broadcast(env)
         self._record_checkpoint(Checkpoint(self.node_id, seq, digest), env)
 
@@ -832,6 +834,8 @@ class PbftCore:
             del self._slots[s]
         for s in [s for s in self._own_cps if s < seq]:
             del self._own_cps[s]
+        for s in [s for s in self._own_cp_env if s < seq]:
+            del self._own_cp_env[s]
         for s in [s for s in self._cp_votes if s <= seq]:
             del self._cp_votes[s]
         if self._last_exec < seq or self._stable_snapshot is None:
@@ -916,9 +920,11 @@ class PbftCore:
             out.append(self._nv_env)
         elif st.view < self.view and not self.active and self._own_vc is not None:
             out.append(self._own_vc)
-        if st.executed < self._h and self._stable_proof:
+        if st.stable_seq < self._h and self._stable_proof:
             out.extend(self._stable_proof)
-        elif st.executed < self._last_exec:
+        # our own checkpoints it may have missed (a lost one would hold the window forever)
+        out.extend(e for seq, e in sorted(self._own_cp_env.items()) if seq > st.stable_seq)
+        if self._h <= st.executed < self._last_exec:  # (behind h: the proof makes it fetch)
             top = min(self._last_exec, st.executed + _CATCHUP_SEQS)
             for s in range(max(st.executed, self._h) + 1, top + 1):
                 slot = self._slots.get(s)
