@@ -16,6 +16,9 @@ from ruflo_consensus.core.pbft import (
     state_digest,
 )
 from ruflo_consensus.core.pbft.messages import (
+    CHECKPOINT as CHECKPOINT_KIND,
+)
+from ruflo_consensus.core.pbft.messages import (
     COMMIT,
     NEW_VIEW,
     PRE_PREPARE,
@@ -248,3 +251,16 @@ def test_a_restarted_replica_keeps_its_promises_and_catches_up() -> None:
     caught_up = c.cores["n2"].counters
     assert caught_up["commit-certs-used"] + caught_up["state-transfers"] >= 1
     assert c.cores["n2"].state_digest() == c.cores["n0"].state_digest()
+
+
+def test_a_flood_of_future_checkpoints_from_one_liar_does_not_evict_honest_votes() -> None:
+    c = Cluster(4, PbftConfig(checkpoint_interval=4, window=8))
+    core = c.cores["n3"]
+    liar = c.signers["n2"]
+    frames = [seal(liar, CHECKPOINT_KIND, 4 * k, bytes([k % 256]) * 32) for k in range(1, 200)]
+    for env in frames:
+        core.step(PbftFrame("n2", "n3", (env,)))
+    held = sum(1 for v in core._cp_votes.values() if "n2" in v)
+    assert held <= 2 * (8 // 4) + 4 + 1
+    run_requests(c, 5)  # the honest checkpoint at 4 still becomes stable
+    assert core.stable_checkpoint[0] == 4

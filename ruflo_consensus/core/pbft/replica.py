@@ -808,9 +808,15 @@ class PbftCore:
     def _record_checkpoint(self, cp: Checkpoint, env: Signed) -> None:
         votes = self._cp_votes.setdefault(cp.seq, {})
         votes[cp.signer] = (cp.state_digest, env)
-        limit = 2 * (self.config.window // self.config.checkpoint_interval) + 8
-        while len(self._cp_votes) > limit:
-            del self._cp_votes[min(self._cp_votes)]
+        # each signer holds a bounded share: a liar flooding checkpoints for many future
+        # numbers evicts its own oldest claims, never the others' votes
+        limit = 2 * (self.config.window // self.config.checkpoint_interval) + 4
+        mine = [s for s, v in self._cp_votes.items() if cp.signer in v]
+        if len(mine) > limit:
+            drop = min(s for s in mine if s != cp.seq)
+            del self._cp_votes[drop][cp.signer]
+            if not self._cp_votes[drop]:
+                del self._cp_votes[drop]
         matching = sorted((s, e) for s, (d, e) in votes.items() if d == cp.state_digest)
         if len(matching) >= self.q:
             proof = tuple(e for _, e in matching[: self.q])
