@@ -171,6 +171,17 @@ def test_bad_messages_are_rejected_by_reason_and_change_nothing() -> None:
     _reject(c, "n3", Signed(b"\xc1garbage", bytes(64)), "malformed")
     non_canonical = b"\x95\x03\xa2n1\xd1\x00\x00\x02\xc4\x20" + digest  # a padded int
     _reject(c, "n3", Signed(non_canonical, n1.sign(non_canonical)), "non-canonical")
+    import msgpack
+
+    c0 = c.client_signers["c0"]
+    unsorted = msgpack.packb([1, "c0", 9, {"value": "x", "op": "put", "key": "a"}])
+    _reject(c, "n3", Signed(unsorted, c0.sign(unsorted)), "non-canonical")  # map key order
+    minus_zero = msgpack.packb([1, "c0", 9, {"key": "a", "op": "put", "value": -0.0}])
+    _reject(c, "n3", Signed(minus_zero, c0.sign(minus_zero)), "non-canonical")
+    # sign_request puts the same op in canonical form itself
+    ok = sign_request(c0, 9, {"value": "x", "op": "put", "key": "a"})
+    assert ok.body != unsorted and c.cores["n3"].step(PbftFrame("c0", "n3", (ok,))) is None
+    c.cores["n3"].ready()  # (it forwarded the request to the primary)
     _reject(c, "n3", seal(n1, PREPARE, 0, 0, digest), "bad-field")  # seq 0
     _reject(c, "n3", seal(n1, PREPARE, 0, 2, b"short"), "bad-field")
     _reject(c, "n3", seal(n1, 99, 0), "unknown-kind")

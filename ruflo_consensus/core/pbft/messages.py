@@ -19,13 +19,14 @@ short ``reason`` and changes nothing.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from ...federation.canonical import canonical_bytes, normalize
+from ...federation.canonical import normalize
 from ..base import Message, ProtocolError
 from .auth import Keyring, Signer, verify
 
@@ -285,10 +286,9 @@ def seal(signer: Signer, kind: int, *fields: Any) -> Signed:
     Nested envelopes are passed as :class:`Signed` and become ``[body, sig]`` pairs.
     """
     wire = [kind, signer.name, *(_to_wire(f) for f in fields)]
-    if kind in (REQUEST, REPLY):
-        body = canonical_bytes(wire)  # the only kinds that carry maps (the op, the result)
-    else:
-        body = msgpack.packb(wire, use_bin_type=True)  # ints, strings, bytes and lists only
+    if not _canonical_shape(wire):
+        wire = normalize(wire)  # maps in key order, -0.0 as 0.0; raises on what cannot be
+    body: bytes = msgpack.packb(wire, use_bin_type=True)
     return Signed(body, signer.sign(body))
 
 
@@ -457,10 +457,7 @@ def _decode_uncached(body: bytes) -> Payload:
     if type(raw) is not list or len(raw) < 2 or type(raw[0]) is not int:
         raise ProtocolError("malformed", "a body is [kind, signer, ...]")
     try:
-        if raw[0] in (REQUEST, REPLY):
-            canonical = canonical_bytes(raw) == body
-        else:
-            canonical = msgpack.packb(raw, use_bin_type=True) == body and not _has_map(raw)
+        canonical = _canonical_shape(raw) and msgpack.packb(raw, use_bin_type=True) == body
     except (TypeError, ValueError):
         canonical = False
     if not canonical:
@@ -468,15 +465,33 @@ def _decode_uncached(body: bytes) -> Payload:
     return _parse(raw[0], _name(raw[1], "signer"), raw[2:], body)
 
 
-def _has_map(value: list[Any]) -> bool:
-    stack = [value]
+def _canonical_shape(value: list[Any]) -> bool:
+    """True when ``value`` is already in :func:`normalize`'s form (the common case, fast).
+
+    That is: lists (no tuples), maps whose keys are strings in sorted order, no ``NaN`` and
+    no ``-0.0``. Re-packing such a value gives the canonical bytes; anything else (other
+    key types included) is left to :func:`normalize`.
+    """
+    stack: list[Any] = [value]
     while stack:
-        for v in stack.pop():
-            if type(v) is list:
-                stack.append(v)
-            elif type(v) is dict:
-                return True
-    return False
+        v = stack.pop()
+        t = type(v)
+        if t is list:
+            stack.extend(v)
+        elif t is dict:
+            keys = list(v)
+            if any(type(k) is not str for k in keys) or keys != sorted(keys):
+                return False
+            stack.extend(v.values())
+        elif t is float:
+            if v != v or (v == 0.0 and math.copysign(1.0, v) < 0):
+                return False
+        elif t not in _PLAIN:
+            return False
+    return True
+
+
+_PLAIN = frozenset({type(None), bool, int, str, bytes})
 
 
 def _no_ext(code: int, data: bytes) -> Any:
