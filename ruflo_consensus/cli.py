@@ -19,13 +19,17 @@ from . import __version__
 from .sim.config import (
     ALL_FAULTS,
     BACKENDS,
+    BYZANTINE_BEHAVIOURS,
+    BYZANTINE_DESCRIPTIONS,
     FAULT_DESCRIPTIONS,
     LATENCY_KINDS,
     READ_MODES,
     WORKLOADS,
     SimConfig,
     SimConfigError,
+    parse_behaviours,
     parse_faults,
+    parse_span,
 )
 from .topology import KINDS, TopologyError, load_topology
 
@@ -101,6 +105,38 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         default=d.topology,
         help="mesh | ring | star | hierarchical, or a TOML spec file (default %(default)s)",
     )
+    p.add_argument(
+        "--byzantine",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pbft: how many replicas are Byzantine (default f = (nodes - 1) // 3)",
+    )
+    p.add_argument(
+        "--behaviours",
+        default="all",
+        help="pbft: comma list of Byzantine behaviours to draw from, or 'all': "
+        + ", ".join(BYZANTINE_BEHAVIOURS),
+    )
+    p.add_argument(
+        "--quiet-tail",
+        type=float,
+        default=d.quiet_tail_s,
+        metavar="S",
+        help="seconds at the end without faults (default %(default)s)",
+    )
+    p.add_argument(
+        "--nemesis-interval",
+        default="{:g}:{:g}".format(*d.nemesis_interval_s),
+        metavar="LO:HI",
+        help="seconds between two faults (default %(default)s)",
+    )
+    p.add_argument(
+        "--fault-duration",
+        default="{:g}:{:g}".format(*d.fault_duration_s),
+        metavar="LO:HI",
+        help="seconds a fault lasts (default %(default)s)",
+    )
 
 
 def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
@@ -123,6 +159,11 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
         clients=args.clients,
         keys=args.keys,
         workload=args.workload,
+        byzantine=args.byzantine,
+        behaviours=parse_behaviours(args.behaviours),
+        quiet_tail_s=args.quiet_tail,
+        nemesis_interval_s=parse_span(args.nemesis_interval, "--nemesis-interval"),
+        fault_duration_s=parse_span(args.fault_duration, "--fault-duration"),
     )
     config.build_topology()  # fail early, with a clear message, on a bad spec
     return config
@@ -142,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a deterministic chaos simulation (default: 5-node Raft, all faults, 30 s)",
         description="Run a seeded chaos simulation of a Raft cluster under a KV workload, "
         "check Raft's invariants while it runs and the history's linearizability after.\n\n"
-        "faults:\n" + "\n".join(f"  {k}: {v}" for k, v in FAULT_DESCRIPTIONS.items()),
+        "faults:\n"
+        + "\n".join(f"  {k}: {v}" for k, v in FAULT_DESCRIPTIONS.items())
+        + "\n\nByzantine behaviours (--backend pbft):\n"
+        + "\n".join(f"  {k}: {v}" for k, v in BYZANTINE_DESCRIPTIONS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sim.add_argument("--seed", type=int, default=0, help="seed of a single run (default 0)")
