@@ -124,6 +124,15 @@ async def _ruflo_load(
     }
 
 
+def _claim(out: str) -> bool:
+    """Become the one worker that runs the load (the first leader to get here wins)."""
+    try:
+        os.close(os.open(out + ".claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
 def _ruflo_worker(args: argparse.Namespace) -> int:
     import trio
 
@@ -133,14 +142,16 @@ def _ruflo_worker(args: argparse.Namespace) -> int:
         node = build_node(args.spec, args.id, CounterMachine())
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            with trio.fail_after(30):
-                while node.leader is None:
-                    await trio.sleep(0.01)
-            if args.out and node.leader == node.node_id:  # the load runs on the leader
-                result = await _ruflo_load(
-                    node, args.seconds, args.pipeline, args.latency_ops, args.profile
-                )
-                Path(args.out).write_text(json.dumps(result))
+            # the load runs on the leader: whoever leads (and claims it first) runs it, so a
+            # leader change before the start on a busy machine does not stall the run
+            while args.out and not Path(args.out + ".claim").exists():
+                if node.leader == node.node_id and _claim(args.out):
+                    result = await _ruflo_load(
+                        node, args.seconds, args.pipeline, args.latency_ops, args.profile
+                    )
+                    Path(args.out).write_text(json.dumps(result))
+                    break
+                await trio.sleep(0.02)
             await trio.sleep_forever()
 
     trio.run(main)
@@ -172,9 +183,11 @@ def _pysyncobj_worker(args: argparse.Namespace) -> int:
         if time.monotonic() > deadline:
             raise SystemExit("pysyncobj cluster did not get ready")
         time.sleep(0.01)
-    if not args.out or not counter._isLeader():  # the load runs on the leader
-        while True:
-            time.sleep(3600)
+    while not (args.out and counter._isLeader() and _claim(args.out)):  # as for ours
+        if not args.out or Path(args.out + ".claim").exists():
+            while True:
+                time.sleep(3600)
+        time.sleep(0.02)
     retried = [0]
 
     def incr_sync() -> None:
@@ -202,10 +215,12 @@ def _pysyncobj_worker(args: argparse.Namespace) -> int:
     start = time.monotonic()
     end = start + args.seconds
     while time.monotonic() < end:
-        inflight.acquire()
+        if not inflight.acquire(timeout=30):
+            break  # callbacks stopped coming: count what did finish
         counter.incr(callback=callback)
-    for _ in range(args.pipeline):  # wait for the writes still in flight
-        inflight.acquire()
+    for _ in range(args.pipeline):  # wait for the writes still in flight (bounded)
+        if not inflight.acquire(timeout=30):
+            break
     elapsed = time.monotonic() - start
     latencies = []
     for _ in range(args.latency_ops):
