@@ -742,8 +742,9 @@ class Node:
         changes are exactly-once (each call holds a session lane ``(client, seq)``). A
         command the state machine rejects returns a :class:`CommandRejected`. Raises
         :class:`SubmitTimeout` when no answer comes in ``timeout`` seconds (default: the
-        spec's ``submit_timeout_s``). At most ``max_sessions`` submits are in flight per
-        node; more wait for a free lane (back-pressure).
+        spec's ``submit_timeout_s``; a long timeout fires up to one election timeout late,
+        when the node's sweeper next wakes the waiter). At most ``max_sessions`` submits
+        are in flight per node; more wait for a free lane (back-pressure).
         """
         limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
         try:
