@@ -82,3 +82,28 @@ def lease_ignores_drift(
 ) -> RaftCore:
     """Factory for :class:`LeaseIgnoresDrift`."""
     return LeaseIgnoresDrift(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
+
+
+class SnapshotSkipsEntries(RaftCore):
+    """Labels each snapshot it takes a few entries past the state it holds.
+
+    A follower that installs it, or the node itself after a restart, never applies the
+    entries in between: their effects are lost from its state machine.
+    """
+
+    def compact(self, index: int, data: bytes) -> Snapshot | None:
+        return super().compact(min(self.applied, index + 3), data)
+
+
+def snapshot_skips_entries(
+    node_id: NodeId,
+    peers: Sequence[NodeId],
+    rng: random.Random,
+    config: RaftConfig,
+    hard_state: HardState | None,
+    entries: Sequence[Entry],
+    *,
+    snapshot: Snapshot | None = None,
+) -> RaftCore:
+    """Factory for :class:`SnapshotSkipsEntries`."""
+    return SnapshotSkipsEntries(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
