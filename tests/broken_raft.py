@@ -10,6 +10,26 @@ from collections.abc import Sequence
 
 from ruflo_consensus.core.base import Entry, HardState, NodeId, Snapshot
 from ruflo_consensus.core.raft import RaftConfig, RaftCore
+from ruflo_consensus.sim.simulator import CoreFactory
+
+
+def factory(cls: type[RaftCore]) -> CoreFactory:
+    """A simulator core factory that builds ``cls`` (from storage, on every restart)."""
+
+    def build(
+        node_id: NodeId,
+        peers: Sequence[NodeId],
+        rng: random.Random,
+        config: RaftConfig,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        *,
+        snapshot: Snapshot | None = None,
+    ) -> RaftCore:
+        return cls(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
+
+    build.__name__ = build.__qualname__ = f"build_{cls.__name__}"
+    return build
 
 
 class CommitWithoutMajority(RaftCore):
@@ -30,36 +50,6 @@ class SkipLogMatching(RaftCore):
         return prev_index <= self.last_index
 
 
-def commit_without_majority(
-    node_id: NodeId,
-    peers: Sequence[NodeId],
-    rng: random.Random,
-    config: RaftConfig,
-    hard_state: HardState | None,
-    entries: Sequence[Entry],
-    *,
-    snapshot: Snapshot | None = None,
-) -> RaftCore:
-    """Factory for :class:`CommitWithoutMajority`."""
-    return CommitWithoutMajority(
-        node_id, peers, rng, config, hard_state, entries, snapshot=snapshot
-    )
-
-
-def skip_log_matching(
-    node_id: NodeId,
-    peers: Sequence[NodeId],
-    rng: random.Random,
-    config: RaftConfig,
-    hard_state: HardState | None,
-    entries: Sequence[Entry],
-    *,
-    snapshot: Snapshot | None = None,
-) -> RaftCore:
-    """Factory for :class:`SkipLogMatching`."""
-    return SkipLogMatching(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
-
-
 class LeaseIgnoresDrift(RaftCore):
     """A leader whose lease is the full election timeout, as if clocks never drifted."""
 
@@ -68,20 +58,6 @@ class LeaseIgnoresDrift(RaftCore):
             return False
         sent = self._round_tick.get(self._quorum_round())
         return sent is not None and self.ticks < sent + self.config.election_ticks
-
-
-def lease_ignores_drift(
-    node_id: NodeId,
-    peers: Sequence[NodeId],
-    rng: random.Random,
-    config: RaftConfig,
-    hard_state: HardState | None,
-    entries: Sequence[Entry],
-    *,
-    snapshot: Snapshot | None = None,
-) -> RaftCore:
-    """Factory for :class:`LeaseIgnoresDrift`."""
-    return LeaseIgnoresDrift(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
 
 
 class SnapshotSkipsEntries(RaftCore):
@@ -95,15 +71,7 @@ class SnapshotSkipsEntries(RaftCore):
         return super().compact(min(self.applied, index + 3), data)
 
 
-def snapshot_skips_entries(
-    node_id: NodeId,
-    peers: Sequence[NodeId],
-    rng: random.Random,
-    config: RaftConfig,
-    hard_state: HardState | None,
-    entries: Sequence[Entry],
-    *,
-    snapshot: Snapshot | None = None,
-) -> RaftCore:
-    """Factory for :class:`SnapshotSkipsEntries`."""
-    return SnapshotSkipsEntries(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
+commit_without_majority = factory(CommitWithoutMajority)
+skip_log_matching = factory(SkipLogMatching)
+lease_ignores_drift = factory(LeaseIgnoresDrift)
+snapshot_skips_entries = factory(SnapshotSkipsEntries)
