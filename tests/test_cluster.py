@@ -3,7 +3,9 @@
 Each case starts a cluster with ``cluster up``, then in that one cluster: writes commit, a
 read after a write sees it (on another node), the leader's process is SIGKILLed and
 replaced without losing an acknowledged write, and the killed node, restarted from its
-WAL, catches up. Processes are SIGKILLed on teardown whatever happens.
+WAL, catches up. The nodes snapshot every few entries, so the restart goes through a
+stored snapshot plus the WAL after it (and, when the new leader compacted past the dead
+node's log, an InstallSnapshot). Processes are SIGKILLed on teardown whatever happens.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class LocalCluster:
     """A spec, its run folder and the processes ``cluster up`` started."""
 
     def __init__(self, tmp_path: Path, kind: str, nodes: int) -> None:
-        self.path = write_local_spec(tmp_path, kind, nodes, raft=FAST_RAFT)
+        raft = {**FAST_RAFT, "snapshot_entries": 4}
+        self.path = write_local_spec(tmp_path, kind, nodes, raft=raft)
         self.spec: ClusterSpec = load_spec(self.path)
         self.run_dir = tmp_path / "run"
         self.pids: dict[str, int] = {}
@@ -155,6 +158,8 @@ async def test_cluster_survives_a_killed_leader(make_cluster: Any, kind: str, no
             await trio.sleep(0.05)
     assert await c.call(victim, "read", query=get("after")) == "2"
     assert await c.call(victim, "read", query=get("k0")) == "v0"
+    status = await c.call(victim, "status")
+    assert status["snapshot_index"] > 0 and status["snapshots_restored"] >= 1
 
 
 def test_cli_cluster_up_status_kv_down(tmp_path: Path) -> None:
@@ -181,6 +186,14 @@ def test_cli_cluster_up_status_kv_down(tmp_path: Path) -> None:
         status = cli("cluster", "status", str(spec))
         assert status.returncode == 0, status.stderr
         assert "leader" in status.stdout and "n1" in status.stdout and "up" in status.stdout
+        # a key the spec does not list is refused, typed, and changes nothing
+        assert cli("keygen", "--id", "eve", "--out", str(tmp_path / "eve.key")).returncode == 0
+        eve = cli("kv", "put", "a", "evil", "--spec", str(spec), "--key", str(tmp_path / "eve.key"))
+        assert eve.returncode == 1 and "UNAUTHENTICATED" in eve.stderr
+        admin = str(tmp_path / "keys" / "admin.key")  # the default, named explicitly
+        assert cli("kv", "get", "a", "--spec", str(spec), "--key", admin).stdout.strip() == '"y"'
+        st = json.loads(cli("cluster", "status", str(spec), "--json").stdout)
+        assert sum(s["rejected"].get("client-unknown-client", 0) for s in st) == 1
     finally:
         outcome = cluster_down(run)
     assert set(outcome) == {"n1", "n2", "n3"} and set(outcome.values()) == {"stopped"}

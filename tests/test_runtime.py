@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -12,8 +13,9 @@ import msgpack
 import pytest
 import trio
 
+from ruflo_consensus.core.base import Role, TransferRefused
 from ruflo_consensus.core.raft import RaftCore
-from ruflo_consensus.runtime import BlockingNode, Node, SubmitTimeout, open_node
+from ruflo_consensus.runtime import BlockingNode, Node, NodeError, SubmitTimeout, open_node
 from ruflo_consensus.runtime.node import default_core_factory
 from ruflo_consensus.statemachine import CommandRejected, KVStateMachine
 
@@ -43,12 +45,49 @@ async def test_ring_nodes_reach_non_neighbours_through_relays(tmp_path: Path) ->
         nursery.cancel_scope.cancel()
 
 
+async def test_ring_routes_the_long_way_round_a_dead_node(tmp_path: Path) -> None:
+    """n3 dies in a 5-ring; its neighbours n2 (the leader) and n4 talk via n1 and n5."""
+    spec = local_spec(tmp_path, "ring", 5, runtime={"data_dir": None, "link_state_s": 0.2})
+    topo = spec.topology
+    assert topo.next_hop("n2", "n4") == "n3" and topo.next_hop("n4", "n2") == "n3"
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec)
+        leader = await wait_leader(nodes, timeout=30)
+        await leader.submit(put("warm", "up"))
+        with trio.fail_after(30):
+            while nodes["n2"].role is not Role.LEADER:
+                lead = next((n for n in nodes.values() if n.role is Role.LEADER), None)
+                if lead is not None and lead.node_id != "n2":
+                    with contextlib.suppress(NodeError, TransferRefused):
+                        lead.transfer_leadership("n2")
+                await trio.sleep(0.2)
+        n2, n4 = nodes["n2"], nodes["n4"]
+        await wait_leader(nodes, timeout=30)
+        stop_node(nodes.pop("n3"))
+        with trio.fail_after(30):  # both neighbours notice the dead links
+            while not (n2.transport.links["n3"].down and n4.transport.links["n3"].down):
+                await trio.sleep(0.02)
+        relayed = {n: nodes[n].relayed for n in ("n1", "n5")}
+        term = n2.core.term
+        for i in range(5):
+            assert await n4.submit(put(f"k{i}", str(i)), timeout=30) is None  # forwarded to n2
+        assert await n4.read(get("k4"), timeout=30) == "4"
+        await n4.wait_applied(n2.applied, timeout=30)
+        assert isinstance(n4.table.machine, KVStateMachine)
+        assert n4.table.machine.data["k3"] == "3"
+        # the long way round carried it: n1 and n5 relayed, and nobody had to be re-elected
+        assert all(nodes[n].relayed > relayed[n] for n in ("n1", "n5"))
+        assert n2.role is Role.LEADER and n2.core.term == term and n4.leader == "n2"
+        assert ["n2", "n3"] in n4.status()["down_links"]  # n2's announcement reached n4
+        nursery.cancel_scope.cancel()
+
+
 def _tamper(frame: bytes) -> bytes:
     """A malicious relay: change the payload, keep the signature."""
-    body, sig = msgpack.unpackb(frame)
+    body, sig, *hops = msgpack.unpackb(frame)
     fields = msgpack.unpackb(body)
     fields[6] = fields[6][:-1] + bytes([fields[6][-1] ^ 1]) if fields[6] else b"\x00"
-    return msgpack.packb([msgpack.packb(fields, use_bin_type=True), sig], use_bin_type=True)
+    return msgpack.packb([msgpack.packb(fields, use_bin_type=True), sig, *hops], use_bin_type=True)
 
 
 async def test_a_tampered_relayed_frame_is_rejected(tmp_path: Path) -> None:
