@@ -14,7 +14,7 @@ import pytest
 from ruflo_consensus.cli import main
 from ruflo_consensus.core.pbft import unsafe_skip_signature_checks_for_tests
 from ruflo_consensus.sim import SimConfig, run_simulation, run_sweep
-from ruflo_consensus.sim.config import ALL_FAULTS, BYZANTINE_BEHAVIOURS
+from ruflo_consensus.sim.config import BYZANTINE_BEHAVIOURS, ENGINE_FAULTS
 from ruflo_consensus.sim.pbft_sim import PbftSimulation
 
 # Short runs with a compressed fault schedule: faults from 0.1 s to 0.9 s, then a quiet tail
@@ -28,7 +28,7 @@ SWEEP = SimConfig(
     nemesis_interval_s=(0.1, 0.4),
     fault_duration_s=(0.1, 0.6),
 )
-PBFT_FAULTS = tuple(f for f in ALL_FAULTS if f != "transfer")  # transfer is Raft's
+PBFT_FAULTS = ENGINE_FAULTS  # what "all" means for PBFT (transfers and disk faults are Raft's)
 
 REPLAY_SNIPPET = (
     "import sys; from ruflo_consensus.sim import SimConfig; "

@@ -11,9 +11,11 @@ __all__ = [
     "ALL_FAULTS",
     "BYZANTINE_BEHAVIOURS",
     "BYZANTINE_DESCRIPTIONS",
+    "ENGINE_FAULTS",
     "FAULT_DESCRIPTIONS",
     "SimConfig",
     "SimConfigError",
+    "backend_faults",
     "parse_behaviours",
     "parse_faults",
     "parse_span",
@@ -37,6 +39,18 @@ FAULT_DESCRIPTIONS: dict[str, str] = {
     "fast, while it is cut off from them (the worst case for leases)",
 }
 ALL_FAULTS: tuple[str, ...] = tuple(FAULT_DESCRIPTIONS)
+# The engine's network, clock and node faults, which every backend's simulation takes; the
+# rest of FAULT_DESCRIPTIONS are Raft's own (leader transfers, its WAL's disk faults, …).
+ENGINE_FAULTS: tuple[str, ...] = (
+    "drop",
+    "dup",
+    "reorder",
+    "partition",
+    "oneway",
+    "crash",
+    "pause",
+    "drift",
+)
 WORKLOADS: tuple[str, ...] = ("kv", "federation")
 BACKENDS: tuple[str, ...] = ("raft", "crdt", "pbft")
 BYZANTINE_DESCRIPTIONS: dict[str, str] = {
@@ -55,6 +69,11 @@ BYZANTINE_DESCRIPTIONS: dict[str, str] = {
 BYZANTINE_BEHAVIOURS: tuple[str, ...] = tuple(BYZANTINE_DESCRIPTIONS)
 READ_MODES: tuple[str, ...] = ("read-index", "lease", "log")
 LATENCY_KINDS: tuple[str, ...] = ("exponential", "uniform", "pareto", "fixed")
+
+
+def backend_faults(backend: str) -> tuple[str, ...]:
+    """The faults a backend's simulation can inject: what ``--faults all`` means for it."""
+    return ALL_FAULTS if backend == "raft" else ENGINE_FAULTS
 
 
 class SimConfigError(ValueError):
@@ -176,6 +195,15 @@ class SimConfig:
         for f in self.faults:
             if f not in FAULT_DESCRIPTIONS:
                 raise SimConfigError(f"unknown fault {f!r}")
+        supported = backend_faults(self.backend)
+        if self.faults == ALL_FAULTS:  # "all": every fault this backend has
+            object.__setattr__(self, "faults", supported)
+        unsupported = [f for f in self.faults if f not in supported]
+        if unsupported:
+            raise SimConfigError(
+                f"the {self.backend} backend cannot inject {', '.join(unsupported)}; "
+                f"its faults are {', '.join(supported)}"
+            )
         if self.backend == "crdt" and self.workload != "kv":
             raise SimConfigError(
                 "the crdt backend runs the kv workload only (budgets with a "
@@ -215,7 +243,7 @@ class SimConfig:
             parts += ["--nodes", str(self.nodes)]
         if self.duration_s != default.duration_s:
             parts += ["--duration", f"{self.duration_s:g}"]
-        if self.faults != default.faults:
+        if self.faults != backend_faults(self.backend):
             parts += ["--faults", ",".join(self.faults) or "none"]
         if self.clients != default.clients:
             parts += ["--clients", str(self.clients)]
