@@ -16,7 +16,7 @@ from ruflo_consensus.runtime.client import KIND_CLIENT_REQUEST, default_client_i
 from ruflo_consensus.runtime.transport import connect
 from ruflo_consensus.statemachine import KVStateMachine
 
-from .runtime_helpers import get, local_spec, put, start_nodes, wait_leader
+from .runtime_helpers import PATIENCE, get, local_spec, put, start_nodes, wait_leader
 
 
 async def _exchange(spec: Any, node: str, frames: list[bytes]) -> list[dict[str, Any]]:
@@ -56,7 +56,7 @@ async def test_only_listed_clients_are_served_and_each_refusal_is_counted(tmp_pa
     ]
     async with trio.open_nursery() as nursery:
         nodes = await start_nodes(nursery, spec)
-        await wait_leader(nodes, timeout=30)
+        await wait_leader(nodes)
         n2 = nodes["n2"]
         replies = await _exchange(spec, "n2", frames)
         # every refusal is typed and names the request it refuses
@@ -74,7 +74,7 @@ async def test_only_listed_clients_are_served_and_each_refusal_is_counted(tmp_pa
         # nothing a refused request carried was applied; the replayed one applied once
         machine = n2.table.machine
         assert isinstance(machine, KVStateMachine)
-        await n2.wait_applied(n2.core.commit)
+        await n2.wait_applied(n2.core.commit, timeout=PATIENCE)
         assert set(machine.data) == {"r"}
         assert n2.table.applied_count == 1
         # a listed client is served, and its sessions live in its own namespace
@@ -95,7 +95,7 @@ async def test_unsigned_clients_only_where_the_spec_allows_them(tmp_path: Path) 
     stranger = NodeIdentity.generate("mallory")
     async with trio.open_nursery() as nursery:
         nodes = await start_nodes(nursery, spec)
-        await wait_leader(nodes, timeout=30)
+        await wait_leader(nodes)
         signed_by_stranger = seal(
             stranger, "n1", KIND_CLIENT_REQUEST, _request(2, "b"), NonceSource()
         )

@@ -28,7 +28,7 @@ from ruflo_consensus.runtime.cluster import cluster_down, cluster_up, read_state
 from ruflo_consensus.runtime.spec import ClusterSpec
 from ruflo_consensus.topology import Topology
 
-from .runtime_helpers import FAST_RAFT, get, put
+from .runtime_helpers import FAST_RAFT, PATIENCE, get, put
 
 
 class LocalCluster:
@@ -42,7 +42,9 @@ class LocalCluster:
         self.pids: dict[str, int] = {}
 
     async def up(self, only: list[str] | None = None) -> None:
-        pids = await trio.to_thread.run_sync(lambda: cluster_up(self.path, self.run_dir, only=only))
+        pids = await trio.to_thread.run_sync(
+            lambda: cluster_up(self.path, self.run_dir, only=only, wait_s=PATIENCE)
+        )
         self.pids.update(pids)
 
     def kill(self, node_id: str) -> None:
@@ -58,7 +60,7 @@ class LocalCluster:
                 pass
 
     async def call(self, node: str, op: str, **fields: Any) -> Any:
-        return (await ClusterClient(self.spec, node, only=True).call(op, 10.0, **fields))[1]
+        return (await ClusterClient(self.spec, node, only=True).call(op, 30.0, **fields))[1]
 
     async def statuses(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         out = {}
@@ -67,7 +69,7 @@ class LocalCluster:
                 out[n] = await self.call(n, "status")
         return out
 
-    async def leader(self, ids: list[str], timeout: float = 15.0) -> str:
+    async def leader(self, ids: list[str], timeout: float = PATIENCE) -> str:
         """The leader all of ``ids`` agree on."""
         with trio.fail_after(timeout):
             while True:
@@ -153,7 +155,7 @@ async def test_cluster_survives_a_killed_leader(make_cluster: Any, kind: str, no
     # the killed node restarts from its WAL and catches up
     await c.up(only=[victim])
     commit = (await c.call(new_leader, "status"))["commit"]
-    with trio.fail_after(15):
+    with trio.fail_after(PATIENCE):
         while (await c.call(victim, "status"))["applied"] < commit:
             await trio.sleep(0.05)
     assert await c.call(victim, "read", query=get("after")) == "2"

@@ -74,7 +74,7 @@ def _distances(
     return {pair: v for pair, v in d.items() if v < inf}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(damaged_graphs())
 def test_a_route_exists_exactly_when_the_live_graph_connects_the_pair(
     case: tuple[Topology, set[str], set[tuple[str, str]]],

@@ -23,7 +23,7 @@ from ruflo_consensus.runtime.client import KIND_CLIENT_REQUEST, default_client_i
 from ruflo_consensus.runtime.spec import SpecError
 from ruflo_consensus.runtime.transport import connect
 
-from .runtime_helpers import get, local_spec, put, start_nodes, wait_leader
+from .runtime_helpers import PATIENCE, get, local_spec, put, start_nodes, wait_leader
 
 
 async def _send_raw(endpoint: Endpoint, frames: list[bytes | str]) -> None:
@@ -41,7 +41,7 @@ async def test_bad_frames_are_rejected_counted_and_change_nothing(tmp_path: Path
         leader = await wait_leader(nodes)
         await leader.submit(put("a", "1"))
         target = next(n for n in nodes.values() if n is not leader)
-        await target.wait_applied(leader.applied)
+        await target.wait_applied(leader.applied, timeout=PATIENCE)
         other = next(n for n in nodes.values() if n not in (leader, target))
         lead_id = load_key_file(spec.key_files[leader.node_id])
         other_id = load_key_file(spec.key_files[other.node_id])
@@ -99,7 +99,7 @@ async def test_bad_frames_are_rejected_counted_and_change_nothing(tmp_path: Path
         except* ConnectionClosed:
             closed = True
         assert closed
-        with trio.fail_after(5):
+        with trio.fail_after(PATIENCE):
             while target.rejected["too-large"] < 2 or not any(
                 isinstance(m, VoteResponse) for m in stepped
             ):
@@ -136,7 +136,7 @@ async def test_relays_enforce_the_hop_budget_and_check_link_state(tmp_path: Path
     spec = local_spec(tmp_path, "ring", 5, runtime={"data_dir": None})
     async with trio.open_nursery() as nursery:
         nodes = await start_nodes(nursery, spec)
-        await wait_leader(nodes, timeout=30)
+        await wait_leader(nodes)
         n1 = load_key_file(spec.key_files["n1"])
         nonces = NonceSource()
         n2 = nodes["n2"]
@@ -148,7 +148,7 @@ async def test_relays_enforce_the_hop_budget_and_check_link_state(tmp_path: Path
             seal(n1, "*", 7, b"", nonces),  # no such broadcast kind
         ]
         await _send_raw(spec.endpoints["n2"], frames)
-        with trio.fail_after(10):
+        with trio.fail_after(PATIENCE):
             while n2.rejected["unknown-kind"] < 1:
                 await trio.sleep(0.01)
         assert n2.rejected["hop-limit"] == 1
@@ -208,7 +208,7 @@ async def test_reconnect_after_a_peer_restarts(tmp_path: Path) -> None:
         link = nodes["n1"].transport.links["n3"]
         assert not link.connected and link.failures >= 1  # n3 is not up yet
         nodes.update(await start_nodes(nursery, spec, ["n3"]))
-        with trio.fail_after(5):
+        with trio.fail_after(PATIENCE):
             while not link.connected:
                 await trio.sleep(0.02)
         leader = await wait_leader(nodes)
