@@ -220,3 +220,23 @@ def test_bench_sim_pbft_reports_committed_requests_next_to_raft(
     )
     out = capsys.readouterr().out
     assert "PBFT vs Raft" in out and "Ed25519" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["ring", "star", "hierarchical"])
+@pytest.mark.parametrize("nodes", [4, 7])
+def test_slow_sweeps_over_relaying_topologies_pass(topology: str, nodes: int) -> None:
+    base = replace(SWEEP, nodes=nodes, topology=topology)
+    result = run_sweep(base, range(100), processes=2, progress=False)
+    assert [(x.seed, x.violations) for x in result.failures] == []
+    assert sum(x.messages_relayed for x in result.summaries) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes", [4, 7])
+def test_slow_long_runs_with_the_default_fault_schedule_pass(nodes: int) -> None:
+    base = SimConfig(backend="pbft", nodes=nodes, duration_s=12)
+    result = run_sweep(base, range(100), processes=2, progress=False)
+    assert [(x.seed, x.violations) for x in result.failures] == []
+    assert [x.seed for x in result.unknown] == []
+    assert sum(x.properties["state transfers"] for x in result.summaries) > 0
