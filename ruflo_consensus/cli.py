@@ -356,6 +356,12 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         default=None,
         help="pysyncobj's appendEntriesPeriod in seconds (default: its own, 0.1)",
     )
+    bcl.add_argument("--profile", metavar="FILE", help="cProfile of our leader's pipelined phase")
+    bcl.add_argument(
+        "--serial-append",
+        action="store_true",
+        help="our leader fsyncs before it sends AppendEntries (parallel_leader_append = false)",
+    )
     bcl.add_argument("--json", action="store_true")
 
 
