@@ -121,7 +121,8 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         "--reads",
         default=d.reads,
         choices=list(READ_MODES),
-        help="how get is served: read-index (default), lease, or through the log",
+        help="how get is served: read-index (default), lease, or through the log; "
+        "pbft: through the log, or 'fast' (the read-only fast path)",
     )
     p.add_argument(
         "--topology",
