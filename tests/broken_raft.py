@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ruflo_consensus.core.base import Entry, HardState, NodeId
+from ruflo_consensus.core.base import Entry, HardState, NodeId, Snapshot
 from ruflo_consensus.core.raft import RaftConfig, RaftCore
 
 
@@ -37,9 +37,13 @@ def commit_without_majority(
     config: RaftConfig,
     hard_state: HardState | None,
     entries: Sequence[Entry],
+    *,
+    snapshot: Snapshot | None = None,
 ) -> RaftCore:
     """Factory for :class:`CommitWithoutMajority`."""
-    return CommitWithoutMajority(node_id, peers, rng, config, hard_state, entries)
+    return CommitWithoutMajority(
+        node_id, peers, rng, config, hard_state, entries, snapshot=snapshot
+    )
 
 
 def skip_log_matching(
@@ -49,9 +53,11 @@ def skip_log_matching(
     config: RaftConfig,
     hard_state: HardState | None,
     entries: Sequence[Entry],
+    *,
+    snapshot: Snapshot | None = None,
 ) -> RaftCore:
     """Factory for :class:`SkipLogMatching`."""
-    return SkipLogMatching(node_id, peers, rng, config, hard_state, entries)
+    return SkipLogMatching(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
 
 
 class LeaseIgnoresDrift(RaftCore):
@@ -71,6 +77,8 @@ def lease_ignores_drift(
     config: RaftConfig,
     hard_state: HardState | None,
     entries: Sequence[Entry],
+    *,
+    snapshot: Snapshot | None = None,
 ) -> RaftCore:
     """Factory for :class:`LeaseIgnoresDrift`."""
-    return LeaseIgnoresDrift(node_id, peers, rng, config, hard_state, entries)
+    return LeaseIgnoresDrift(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)

@@ -79,9 +79,9 @@ def test_a_sweep_of_200_seeds_with_all_faults_passes() -> None:
     assert len(result.summaries) == 200
     assert [s.seed for s in result.failures] == []
     assert [s.seed for s in result.unknown] == []
-    # the faults really happened across the sweep
+    # the faults really happened across the sweep (13 kinds share the nemesis' schedule)
     for fault in ALL_FAULTS:
-        assert sum(s.faults.get(fault, 0) for s in result.summaries) > 50
+        assert sum(s.faults.get(fault, 0) for s in result.summaries) > 20, fault
     # more elections than seeds: leaders failed over, not just the first election
     assert sum(s.leader_changes for s in result.summaries) > len(result.summaries)
 

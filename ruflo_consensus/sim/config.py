@@ -19,6 +19,12 @@ FAULT_DESCRIPTIONS: dict[str, str] = {
     "pause": "a node stops (like SIGSTOP) and later resumes with its inbox queued",
     "drift": "a node's clock runs fast or slow (ticks arrive at a skewed rate)",
     "transfer": "an operator hands leadership to a random node (refused if it is behind)",
+    "disk-lose": "a node loses power: every WAL write it had not fsynced is lost",
+    "disk-torn": "a node loses power in the middle of a WAL write: the last record is torn",
+    "disk-read-error": "a node loses power and its disk fails to read on restart: it stays "
+    "down until a later attempt reads it",
+    "leader-slow": "the leader's clock runs slow by the drift bound and everyone else's "
+    "fast, while it is cut off from them (the worst case for leases)",
 }
 ALL_FAULTS: tuple[str, ...] = tuple(FAULT_DESCRIPTIONS)
 WORKLOADS: tuple[str, ...] = ("kv", "federation")
@@ -72,6 +78,12 @@ class SimConfig:
     fault_duration_s: tuple[float, float] = (0.2, 3.0)
     max_drift: float = 0.1
     quiet_tail_s: float = 3.0
+    # disks and snapshots (Raft)
+    disk_sync_ms: tuple[float, float] = (0.05, 1.0)
+    disk_retry_s: float = 0.5
+    wal_segment_bytes: int = 16 << 10
+    snapshot_entries: int = 64
+    snapshot_chunk_bytes: int = 256
     # clients
     client_timeout_ms: float = 250.0
     client_give_up_ms: float = 4000.0
@@ -117,6 +129,12 @@ class SimConfig:
             )
         if self.seed < 0:
             raise SimConfigError("--seed must be a non-negative integer")
+        if self.snapshot_entries < 0:
+            raise SimConfigError("--snapshot-entries must be >= 0 (0: never snapshot)")
+        if self.snapshot_chunk_bytes < 1:
+            raise SimConfigError("--snapshot-chunk must be at least 1 byte")
+        if not 0 < self.max_drift < 1:
+            raise SimConfigError("--max-drift must be in (0, 1)")
 
     def with_seed(self, seed: int) -> SimConfig:
         """The same config with another seed."""
@@ -146,6 +164,12 @@ class SimConfig:
             parts += ["--backend", self.backend]
         if self.topology != default.topology:
             parts += ["--topology", shlex.quote(self.topology)]
+        if self.snapshot_entries != default.snapshot_entries:
+            parts += ["--snapshot-entries", str(self.snapshot_entries)]
+        if self.snapshot_chunk_bytes != default.snapshot_chunk_bytes:
+            parts += ["--snapshot-chunk", str(self.snapshot_chunk_bytes)]
+        if self.max_drift != default.max_drift:
+            parts += ["--max-drift", f"{self.max_drift:g}"]
         return " ".join(parts)
 
     def build_topology(self) -> Topology:
