@@ -6,7 +6,7 @@ They live in tests only; the library's core has no switches for being wrong.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ruflo_consensus.core.base import Entry, HardState, NodeId, Snapshot
 from ruflo_consensus.core.raft import RaftConfig, RaftCore
@@ -82,3 +82,32 @@ def lease_ignores_drift(
 ) -> RaftCore:
     """Factory for :class:`LeaseIgnoresDrift`."""
     return LeaseIgnoresDrift(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
+
+
+class TwoConfChangesAtOnce(RaftCore):
+    """A leader that appends a membership change while another is still uncommitted."""
+
+    def _conf_change_pending(self) -> bool:
+        return False
+
+
+def factory_of(cls: type[RaftCore]) -> Callable[..., RaftCore]:
+    """A core factory (the simulator's ``CoreFactory`` shape) that builds ``cls``."""
+
+    def factory(
+        node_id: NodeId,
+        peers: Sequence[NodeId],
+        rng: random.Random,
+        config: RaftConfig,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        *,
+        snapshot: Snapshot | None = None,
+    ) -> RaftCore:
+        return cls(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
+
+    factory.__doc__ = f"Factory for :class:`{cls.__name__}`."
+    return factory
+
+
+two_conf_changes_at_once = factory_of(TwoConfChangesAtOnce)
