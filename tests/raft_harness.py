@@ -72,6 +72,7 @@ class Harness:
             return
         rd = core.ready()
         self.storage[nid].save(rd.persist)
+        self.sent(nid, rd.messages)
         self.queue.extend(rd.messages)
         table = self.machines[nid]
         if rd.snapshot is not None:
@@ -88,6 +89,9 @@ class Harness:
         if self.compact and rd.snapshot_request is not None:
             core.compact(rd.snapshot_request, table.snapshot())
             self.flush(nid)
+
+    def sent(self, nid: str, messages: list[Message]) -> None:
+        """Called with each batch of messages a node sends (after its persist); a hook."""
 
     def run(self, max_steps: int = 10_000, drop: Callable[[Message], bool] | None = None) -> int:
         """Deliver queued messages until quiet; returns how many were delivered."""

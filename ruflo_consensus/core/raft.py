@@ -144,12 +144,18 @@ class RaftConfig:
     def lease_ticks(self) -> int:
         """How long a quorum's acknowledgement keeps a lease, on the leader's clock.
 
-        Followers refuse votes for ``election_ticks`` on *their* clocks after hearing the
-        leader; with clocks off by up to ±``lease_drift_bound`` the lease must end within
-        ``election_ticks · (1 − d) / (1 + d)`` of the leader's clock.
+        Followers refuse votes until ``election_ticks`` of *their* ticks have passed since
+        they heard the leader — but the first of those ticks may come right after the
+        heartbeat, so only ``election_ticks − 1`` whole tick intervals are guaranteed. The
+        lease is counted from the leader's tick before it sent the round, so it lasts at
+        most ``lease_ticks`` whole intervals of the leader's clock. With clocks off by up
+        to ±``lease_drift_bound`` (d) the lease must therefore end within
+        ``(election_ticks − 1) · (1 − d) / (1 + d)`` of the leader's ticks. (With
+        ``election_ticks`` in place of ``election_ticks − 1`` a lease could outlive the
+        followers' refusal by up to one tick at the drift bound.)
         """
         d = self.lease_drift_bound
-        return int(self.election_ticks * (1.0 - d) / (1.0 + d))
+        return int((self.election_ticks - 1) * (1.0 - d) / (1.0 + d))
 
 
 # --------------------------------------------------------------------------- messages

@@ -125,8 +125,14 @@ class ClientRequest:
 
 @dataclass(frozen=True, slots=True)
 class ClientReply:
-    """A node's answer: ``ok`` with a result, or not the leader (with a hint)."""
+    """A node's answer: ``ok`` with a result, or not the leader (with a hint).
 
+    ``client`` is the session the request came from: a client that gave up and continues
+    under a new session numbers its requests from 1 again, so a late answer to the old
+    session must not be taken for an answer to the new one.
+    """
+
+    client: str
     client_index: int
     seq: int
     ok: bool
@@ -550,7 +556,7 @@ class Simulation(SimEngine):
         for rs in rd.reads:
             req = rs.ctx
             if rs.index < 0:
-                self._reply(node, req.client_index, req.seq, False, None)
+                self._reply(node, req.client, req.client_index, req.seq, False, None)
             else:
                 rn.reads.append((rs.index, req))
         if rn.reads:
@@ -573,7 +579,7 @@ class Simulation(SimEngine):
         for index, req in rn.reads:
             if index <= applied:
                 value = rn.table.machine.apply(req.command)
-                self._reply(node, req.client_index, req.seq, True, value)
+                self._reply(node, req.client, req.client_index, req.seq, True, value)
             else:
                 waiting.append((index, req))
         rn.reads = waiting
@@ -692,14 +698,16 @@ class Simulation(SimEngine):
         if p.client is not None:
             client_index = rn.waiting.pop((p.client, p.seq), None)
             if client_index is not None:
-                self._reply(node, client_index, p.seq, True, result)
+                self._reply(node, p.client, client_index, p.seq, True, result)
 
-    def _reply(self, node: EngineNode, client_index: int, seq: int, ok: bool, result: Any) -> None:
+    def _reply(
+        self, node: EngineNode, client: str, client_index: int, seq: int, ok: bool, result: Any
+    ) -> None:
         core = self.raft[node.index].core
         leader = core.leader if core is not None else None
         if self.lossy():
             return
-        reply = ClientReply(client_index, seq, ok, result, leader)
+        reply = ClientReply(client, client_index, seq, ok, result, leader)
         self.push(self.now + self.latency(), _CLIENT_REPLY, reply)
 
     # ------------------------------------------------------------------ clients
@@ -764,18 +772,18 @@ class Simulation(SimEngine):
         last = rn.table.sessions.get(req.client)
         if last is not None and req.seq <= last[0]:
             if req.seq == last[0]:
-                self._reply(node, req.client_index, req.seq, True, last[1])
+                self._reply(node, req.client, req.client_index, req.seq, True, last[1])
             return
         if self.config.reads != "log" and _is_read(req.command):
             try:
                 core.read_index(req)  # type: ignore[attr-defined]
             except NotLeader:
-                self._reply(node, req.client_index, req.seq, False, None)
+                self._reply(node, req.client, req.client_index, req.seq, False, None)
                 return
             self.process_ready(node)
             return
         if core.role is not Role.LEADER:
-            self._reply(node, req.client_index, req.seq, False, None)
+            self._reply(node, req.client, req.client_index, req.seq, False, None)
             return
         key = (req.client, req.seq)
         if key in rn.waiting:
@@ -783,7 +791,7 @@ class Simulation(SimEngine):
         try:
             core.propose(Proposal(req.client, req.seq, req.command))
         except (NotLeader, ProposalDropped):
-            self._reply(node, req.client_index, req.seq, False, None)
+            self._reply(node, req.client, req.client_index, req.seq, False, None)
             return
         rn.waiting[key] = req.client_index
         self.process_ready(node)
@@ -791,7 +799,7 @@ class Simulation(SimEngine):
     def _client_reply(self, reply: ClientReply) -> None:
         client = self.clients[reply.client_index]
         p = client.pending
-        if p is None or p.seq != reply.seq:
+        if p is None or p.seq != reply.seq or reply.client != client.name:
             return
         if not reply.ok:
             hint = self.by_id.get(reply.leader) if reply.leader is not None else None
