@@ -193,6 +193,33 @@ def test_promotion_is_refused_while_the_learner_is_behind() -> None:
     assert lead.commit > commit
 
 
+def test_a_voter_added_directly_counts_at_once_and_a_learner_can_be_removed() -> None:
+    h, leader = _cluster(seed=19)
+    h.add_node("n4")
+    h.add_node("n5")
+    _change(h, leader, "add-learner", "n5")
+    h.isolate("n4")
+    lead = h.cores[leader]
+    index = lead.propose_conf_change(ConfChangeKind.ADD_VOTER, "n4")
+    h.run()
+    assert lead.voters == ("n1", "n2", "n3", "n4") and lead.quorum == 3
+    h.tick(3)
+    assert lead.commit >= index  # three of the four voters hold it
+    followers = [n for n in ("n1", "n2", "n3") if n != leader]
+    h.isolate(followers[0])  # now only two of four voters are reachable: no commit
+    commit = lead.commit
+    _put(h, leader, 1)
+    h.tick(3)
+    assert lead.commit == commit
+    h.heal()
+    _caught_up(h, leader, "n4")
+    h.tick(3)
+    assert h.cores["n4"].is_voter and lead.commit == lead.last_index
+    _change(h, leader, ConfChangeKind.REMOVE_LEARNER, "n5")
+    assert all(h.cores[n].learners == () for n in h.ids if n != "n5")
+    assert "n5" not in lead.progress
+
+
 # --------------------------------------------------------------------------- refusals
 
 
