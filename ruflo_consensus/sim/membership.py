@@ -64,9 +64,10 @@ class MembershipInvariants:
         commit = getattr(core, "commit", 0)
         if commit > self.max_commit:
             self.max_commit = commit
-        if core.role is not Role.LEADER or not isinstance(core, RaftCore):
+        entries = rd.persist.entries
+        if not entries or core.role is not Role.LEADER or not isinstance(core, RaftCore):
             return
-        for e in rd.persist.entries:
+        for e in entries:
             if e.conf is not None and e.term == core.term:
                 self._check_leader_append(node.id, core, e, now)
 
