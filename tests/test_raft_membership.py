@@ -108,6 +108,32 @@ def test_a_new_node_needs_join_true() -> None:
     assert core.role is Role.FOLLOWER and core.term == 0 and not core.has_ready()
 
 
+def test_a_wiped_node_that_rejoins_neither_votes_nor_campaigns_until_the_log_names_it() -> None:
+    """Its id is among the bootstrap voters, but it may have forgotten a vote it gave."""
+    h, leader = _cluster(seed=20)
+    victim = next(n for n in h.ids if n != leader)
+    _change(h, leader, "remove-voter", victim)
+    for i in range(1, 4):
+        _put(h, leader, i)
+    h.tick(2)
+    wiped = RaftCore(victim, h.bootstrap, random.Random(0), h.config, join=True)
+    h.cores[victim] = wiped
+    assert victim in h.bootstrap and not wiped.is_voter
+    term = wiped.term
+    wiped.step(RequestVote(leader, victim, term + 1, 0, 0, False))
+    assert wiped.rejected["vote-while-joining"] == 1 and wiped.vote is None
+    for _ in range(100):
+        wiped.tick()
+    assert wiped.role is Role.FOLLOWER and not wiped.has_ready()
+    # the entries it replays from index 1 hold the bootstrap configuration (where it was a
+    # voter) and its removal; only the leader adding it back makes it a member again
+    _change(h, leader, "add-learner", victim)
+    _caught_up(h, leader, victim)
+    assert wiped.learners == (victim,) and not wiped.is_voter
+    _change(h, leader, "promote-learner", victim)
+    assert wiped.is_voter
+
+
 def test_learners_are_never_asked_for_votes_and_their_votes_never_count() -> None:
     h, leader = _cluster(seed=3)
     h.add_node("n4")

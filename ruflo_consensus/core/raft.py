@@ -475,6 +475,12 @@ class RaftCore:
         self._history = ConfigHistory(base_conf)
         self._history.scan(self.log)
         self._known: set[NodeId] = set(peers) | self._history.nodes()
+        # a joining node votes and campaigns only once the cluster's own log or snapshot
+        # names it — never on the strength of the bootstrap list (it may be a wiped node)
+        self._joining = join and not (
+            (snapshot is not None and base_conf.is_member(node_id))
+            or any(c.is_member(node_id) for _, c in self._history.entries)
+        )
         self.conf_refused: dict[str, int] = {}
         """Refused :meth:`propose_conf_change` calls, per reason."""
         self._set_configuration()
@@ -625,11 +631,15 @@ class RaftCore:
     def step(self, m: Message) -> None:
         """Handle one message. Raises :class:`ProtocolError` (state unchanged) when invalid."""
         self._validate(m)
-        if isinstance(m, RequestVote) and not self._conf.is_member(m.src):
-            # A removed server (or one we have not heard was added) asks for votes: it
-            # must not disrupt the cluster, nor move our term (thesis §4.2.3).
-            self._count("vote-from-non-member")
-            return
+        if isinstance(m, RequestVote):
+            if not self._conf.is_member(m.src):
+                # A removed server (or one we have not heard was added) asks for votes: it
+                # must not disrupt the cluster, nor move our term (thesis §4.2.3).
+                self._count("vote-from-non-member")
+                return
+            if self._joining:
+                self._count("vote-while-joining")  # we may have forgotten a vote we gave
+                return
         mterm: int = m.term  # type: ignore[attr-defined]
         if mterm > self._term:
             if isinstance(m, RequestVote) and not m.transfer:
@@ -924,6 +934,8 @@ class RaftCore:
             self._unstable_from = snap.index + 1  # storage: drop whatever follows
             self._history = ConfigHistory(conf)
         self._learn_nodes(conf.members)
+        if conf.is_member(self.node_id):
+            self._joining = False  # the snapshot's configuration names us
         self._set_configuration()
         self.snapshot = snap
         self._snapshot_to_save = snap
@@ -1572,15 +1584,21 @@ class RaftCore:
 
     def _on_log_configuration_changed(self) -> None:
         """A configuration entry was appended or truncated: the new one is in effect."""
-        self._known.update(self._history.current.members)
+        conf = self._history.current
+        self._learn_nodes(conf.members)
+        if self._history.entries and conf.is_member(self.node_id):
+            self._joining = False  # a configuration entry names us
         self._set_configuration()
+
+    def _learn_nodes(self, nodes: Sequence[NodeId]) -> None:
+        self._known.update(nodes)
 
     def _set_configuration(self) -> None:
         """Cache the configuration in effect; a leader tracks progress of its new members."""
         conf = self._history.current
         me = self.node_id
         self._conf = conf
-        self._self_voter = me in conf.voters
+        self._self_voter = me in conf.voters and not self._joining
         self._other_voters: tuple[NodeId, ...] = tuple(v for v in conf.voters if v != me)
         self.others: tuple[NodeId, ...] = tuple(n for n in conf.members if n != me)
         self.quorum = conf.quorum
@@ -1592,9 +1610,6 @@ class RaftCore:
             self.progress = {
                 n: old[n] if n in old else _Progress(match=0, next=nxt) for n in self.others
             }
-
-    def _learn_nodes(self, nodes: Sequence[NodeId]) -> None:
-        self._known.update(nodes)
 
     def _progress_of(self, peer: NodeId) -> _Progress | None:
         """The leader's progress record of ``peer`` (None, counted, once it left)."""
