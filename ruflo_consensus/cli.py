@@ -101,6 +101,25 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         default=d.topology,
         help="mesh | ring | star | hierarchical, or a TOML spec file (default %(default)s)",
     )
+    p.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=d.snapshot_entries,
+        help="Raft: snapshot and compact every N applied entries, 0 never (default %(default)s)",
+    )
+    p.add_argument(
+        "--snapshot-chunk",
+        type=int,
+        default=d.snapshot_chunk_bytes,
+        help="Raft: InstallSnapshot chunk size in bytes (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-drift",
+        type=float,
+        default=d.max_drift,
+        help="how far the nemesis may skew clocks, ±fraction; leases assume as much "
+        "(default %(default)s)",
+    )
 
 
 def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
@@ -123,6 +142,9 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
         clients=args.clients,
         keys=args.keys,
         workload=args.workload,
+        snapshot_entries=args.snapshot_entries,
+        snapshot_chunk_bytes=args.snapshot_chunk,
+        max_drift=args.max_drift,
     )
     config.build_topology()  # fail early, with a clear message, on a bad spec
     return config
@@ -175,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     bsto.add_argument("--entries", type=int, default=1_000_000)
     bsto.add_argument("--batch", type=int, default=1000, help="entries per save (one fsync)")
     bsto.add_argument("--dir", default=None, help="an empty directory (default: a temp dir)")
+    bsto.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        help="save a snapshot each time the log passes another multiple of N (default: none)",
+    )
+    bsto.add_argument(
+        "--segment-bytes", type=int, default=64 << 20, help="WAL segment size (default 64 MiB)"
+    )
     bsto.add_argument("--json", action="store_true")
     bchk = bsub.add_parser("check", help="linearizability-checked operations per second")
     bchk.add_argument("--ops", type=int, default=10_000)
@@ -335,7 +366,13 @@ def _bench_storage(args: argparse.Namespace, out: Console) -> int:
         raise SimConfigError("--entries and --batch must be positive")
     with tempfile.TemporaryDirectory(prefix="ruflo-bench-") as tmp:
         try:
-            result = bench_reopen(args.dir or f"{tmp}/wal", args.entries, args.batch)
+            result = bench_reopen(
+                args.dir or f"{tmp}/wal",
+                args.entries,
+                args.batch,
+                snapshot_every=args.snapshot_every,
+                segment_bytes=args.segment_bytes,
+            )
         except ValueError as exc:
             raise SimConfigError(str(exc)) from None
     if args.json:
