@@ -11,23 +11,19 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from . import __version__
-from .sim.config import (
-    ALL_FAULTS,
-    BACKENDS,
-    FAULT_DESCRIPTIONS,
-    LATENCY_KINDS,
-    READ_MODES,
-    WORKLOADS,
-    SimConfig,
-    SimConfigError,
-    parse_faults,
-)
 from .topology import KINDS, TopologyError, load_topology
+
+if TYPE_CHECKING:
+    from .sim.config import SimConfig
+
+# The simulator (``.sim``, which pulls in every backend and the federation) is imported
+# only by the commands that use it: ``kv``, ``cluster status`` and ``node`` start without
+# it. Its options are added to ``simulate`` and ``bench sim`` when those are parsed.
 
 __all__ = ["build_parser", "main"]
 
@@ -35,7 +31,28 @@ EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with 2 and one line, never a traceback."""
+    """argparse that exits with 2 and one line, never a traceback.
+
+    ``setup(parser)``, when given, adds options that need heavy imports: it runs once,
+    when this (sub)command is parsed or its help is shown.
+    """
+
+    def __init__(self, *args: Any, setup: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup = setup
+
+    def _set_up(self) -> None:
+        if self._setup is not None:
+            setup, self._setup = self._setup, None
+            setup(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._set_up()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._set_up()
+        return super().format_help()
 
     def error(self, message: str) -> Any:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
@@ -52,6 +69,16 @@ def _positive_float(text: str) -> float:
 
 
 def _add_sim_options(p: argparse.ArgumentParser) -> None:
+    from .sim.config import (
+        ALL_FAULTS,
+        BACKENDS,
+        BYZANTINE_BEHAVIOURS,
+        LATENCY_KINDS,
+        READ_MODES,
+        WORKLOADS,
+        SimConfig,
+    )
+
     d = SimConfig()
     p.add_argument(
         "--nodes",
@@ -102,6 +129,38 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         help="mesh | ring | star | hierarchical, or a TOML spec file (default %(default)s)",
     )
     p.add_argument(
+        "--byzantine",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pbft: how many replicas are Byzantine (default f = (nodes - 1) // 3)",
+    )
+    p.add_argument(
+        "--behaviours",
+        default="all",
+        help="pbft: comma list of Byzantine behaviours to draw from, or 'all': "
+        + ", ".join(BYZANTINE_BEHAVIOURS),
+    )
+    p.add_argument(
+        "--quiet-tail",
+        type=float,
+        default=d.quiet_tail_s,
+        metavar="S",
+        help="seconds at the end without faults (default %(default)s)",
+    )
+    p.add_argument(
+        "--nemesis-interval",
+        default="{:g}:{:g}".format(*d.nemesis_interval_s),
+        metavar="LO:HI",
+        help="seconds between two faults (default %(default)s)",
+    )
+    p.add_argument(
+        "--fault-duration",
+        default="{:g}:{:g}".format(*d.fault_duration_s),
+        metavar="LO:HI",
+        help="seconds a fault lasts (default %(default)s)",
+    )
+    p.add_argument(
         "--snapshot-entries",
         type=int,
         default=d.snapshot_entries,
@@ -123,6 +182,8 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
+    from .sim.config import SimConfig, SimConfigError, parse_behaviours, parse_faults, parse_span
+
     nodes = args.nodes
     if args.topology not in KINDS and nodes is None:
         # a spec file decides the cluster size unless --nodes says otherwise
@@ -142,12 +203,32 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
         clients=args.clients,
         keys=args.keys,
         workload=args.workload,
+        byzantine=args.byzantine,
+        behaviours=parse_behaviours(args.behaviours),
+        quiet_tail_s=args.quiet_tail,
+        nemesis_interval_s=parse_span(args.nemesis_interval, "--nemesis-interval"),
+        fault_duration_s=parse_span(args.fault_duration, "--fault-duration"),
         snapshot_entries=args.snapshot_entries,
         snapshot_chunk_bytes=args.snapshot_chunk,
         max_drift=args.max_drift,
     )
     config.build_topology()  # fail early, with a clear message, on a bad spec
     return config
+
+
+def _simulate_setup(sim: argparse.ArgumentParser) -> None:
+    """The ``simulate`` description and options (they need the simulator's settings)."""
+    from .sim.config import BYZANTINE_DESCRIPTIONS, FAULT_DESCRIPTIONS
+
+    sim.description = (
+        "Run a seeded chaos simulation of a Raft cluster under a KV workload, "
+        "check Raft's invariants while it runs and the history's linearizability after.\n\n"
+        "faults:\n"
+        + "\n".join(f"  {k}: {v}" for k, v in FAULT_DESCRIPTIONS.items())
+        + "\n\nByzantine behaviours (--backend pbft):\n"
+        + "\n".join(f"  {k}: {v}" for k, v in BYZANTINE_DESCRIPTIONS.items())
+    )
+    _add_sim_options(sim)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,10 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser(
         "simulate",
         help="run a deterministic chaos simulation (default: 5-node Raft, all faults, 30 s)",
-        description="Run a seeded chaos simulation of a Raft cluster under a KV workload, "
-        "check Raft's invariants while it runs and the history's linearizability after.\n\n"
-        "faults:\n" + "\n".join(f"  {k}: {v}" for k, v in FAULT_DESCRIPTIONS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        setup=_simulate_setup,
     )
     sim.add_argument("--seed", type=int, default=0, help="seed of a single run (default 0)")
     sim.add_argument("--seeds", help="sweep START:END (end exclusive) across processes")
@@ -174,7 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--history", metavar="FILE", help="write the clients' history as JSON Lines (for 'check')"
     )
-    _add_sim_options(sim)
 
     chk = sub.add_parser("check", help="check history files for linearizability")
     chk.add_argument("files", nargs="+", metavar="HISTORY", help="JSON Lines or EDN history files")
@@ -189,10 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (numbers go to docs/benchmarks.md)")
     bsub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
-    bsim = bsub.add_parser("sim", help="simulated messages delivered per wall second")
+    bsim = bsub.add_parser(
+        "sim", help="simulated messages delivered per wall second", setup=_add_sim_options
+    )
     bsim.add_argument("--seeds", type=int, default=3, help="how many seeds to run (default 3)")
     bsim.add_argument("--json", action="store_true")
-    _add_sim_options(bsim)
     bsto = bsub.add_parser("storage", help="write, then reopen a WAL of N entries (time, memory)")
     bsto.add_argument("--entries", type=int, default=1_000_000)
     bsto.add_argument("--batch", type=int, default=1000, help="entries per save (one fsync)")
@@ -242,6 +321,8 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     up.add_argument("--only", default=None, help="comma list of node ids to start")
     up.add_argument("--machine", default="kv", choices=["kv", "register"])
     st.add_argument("--json", action="store_true")
+    key_help = "client key file to sign requests with (default: the spec's first [[clients]] key)"
+    st.add_argument("--key", dest="key_file", default=None, help=key_help)
 
     kv = sub.add_parser("kv", help="put/get/cas against a running cluster's KV machine")
     ksub = kv.add_subparsers(dest="kv", required=True, parser_class=_Parser)
@@ -258,6 +339,7 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         c.add_argument("--spec", required=True, help="the cluster spec (TOML)")
         c.add_argument("--node", default=None, help="ask this node first (default: any)")
         c.add_argument("--timeout", type=_positive_float, default=10.0)
+        c.add_argument("--key", dest="key_file", default=None, help=key_help)
 
     bcl = bsub.add_parser(
         "cluster", help="3-node cluster vs pysyncobj on 127.0.0.1: writes/s and latency"
@@ -278,6 +360,7 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from .sim.config import SimConfigError
     from .sim.report import render_summary, run_simulation
     from .sim.sweep import parse_seed_range, render_sweep, run_sweep
 
@@ -344,6 +427,7 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
         return EXIT_OK
     from .sim.bench import render_bench_sim, run_bench_sim
+    from .sim.config import SimConfigError
 
     if args.seeds < 1:
         raise SimConfigError("--seeds must be at least 1")
@@ -360,6 +444,7 @@ def _bench_storage(args: argparse.Namespace, out: Console) -> int:
 
     from rich.table import Table
 
+    from .sim.config import SimConfigError
     from .storage.bench import bench_reopen
 
     if args.entries < 1 or args.batch < 1:
@@ -405,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .runtime.commands import run_runtime_command
 
         return run_runtime_command(args, out, err)
+    from .sim.config import SimConfigError
+
     try:
         return handlers[args.command](args, out, err)
     except SimConfigError as exc:

@@ -10,7 +10,10 @@ writes two files:
 
 Every frame between nodes is an :class:`Envelope`: sender, destination, a nonce, a
 timestamp, a payload kind and the payload, signed end to end by the sender. Relays forward
-the envelope's bytes unchanged; any change to any field breaks the signature.
+the envelope's signed bytes unchanged; any change to any field breaks the signature. The
+one field outside the signature is the frame's *hop budget* (how many more relays may
+carry it), which each relay lowers by one: it stops a frame that routing sends round in
+circles, and is no security boundary (a relay could reset it, or drop the frame anyway).
 
 A :class:`ReplayWindow` rejects an envelope whose nonce was seen before or whose timestamp
 is too far from the receiver's clock. Nonces are a random 8-byte boot id and an 8-byte
@@ -41,6 +44,7 @@ PUBLIC_KEY_LEN = 32
 SIGNATURE_LEN = 64
 
 __all__ = [
+    "DEFAULT_HOPS",
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_MAX_ENVELOPE",
     "BadEnvelopeSignature",
@@ -62,10 +66,15 @@ __all__ = [
     "load_manifest",
     "manifest_path",
     "open_envelope",
+    "parse_frame",
+    "reframe",
     "seal",
 ]
 
 ENVELOPE_VERSION = 1
+DEFAULT_HOPS = 16
+"""The hop budget of a frame that does not carry one."""
+MAX_HOPS = 255
 DEFAULT_MAX_ENVELOPE = 1 << 20  # 1 MiB, the same limit as a protocol frame
 DEFAULT_MAX_AGE_S = 30.0
 _KEY_KIND = "ruflo-consensus-key"
@@ -338,20 +347,33 @@ def seal(
     payload: bytes,
     nonces: NonceSource,
     now_ms: int | None = None,
+    *,
+    hops: int | None = None,
 ) -> bytes:
     """Sign ``payload`` for ``dst`` and return the frame bytes.
 
     The frame is the msgpack array ``[body, signature]`` where ``body`` is the msgpack
     encoding of ``[version, sender, dst, nonce, timestamp_ms, kind, payload]`` and the
-    signature covers ``body`` exactly, so no field can change in transit.
+    signature covers ``body`` exactly, so no field can change in transit. With ``hops``
+    the frame is ``[body, signature, hops]``: at most ``hops`` relays may carry it
+    (without, :data:`DEFAULT_HOPS`).
     """
     ts = _now_ms() if now_ms is None else now_ms
     body = msgpack.packb(
         [ENVELOPE_VERSION, identity.node_id, dst, nonces.next(), ts, kind, payload],
         use_bin_type=True,
     )
-    signature = identity.signing_key.sign(body).signature
-    return msgpack.packb([body, bytes(signature)], use_bin_type=True)  # type: ignore[no-any-return]
+    signature = bytes(identity.signing_key.sign(body).signature)
+    if hops is None:
+        return msgpack.packb([body, signature], use_bin_type=True)  # type: ignore[no-any-return]
+    return reframe(body, signature, hops)
+
+
+def reframe(body: bytes, signature: bytes, hops: int) -> bytes:
+    """The frame of an already signed ``body`` with a new hop budget (what a relay sends)."""
+    if not 0 <= hops <= MAX_HOPS:
+        raise ValueError(f"hops must be between 0 and {MAX_HOPS}")
+    return msgpack.packb([body, signature, hops], use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _unpack(data: bytes, limit: int) -> Any:
@@ -377,6 +399,14 @@ def parse_envelope(
     Nothing is verified yet (see :func:`open_envelope`). Raises :class:`EnvelopeTooLarge`
     before parsing anything when the frame is over ``max_size``.
     """
+    envelope, body, signature, _hops = parse_frame(data, max_size)
+    return envelope, body, signature
+
+
+def parse_frame(
+    data: bytes, max_size: int = DEFAULT_MAX_ENVELOPE
+) -> tuple[Envelope, bytes, bytes, int]:
+    """:func:`parse_envelope`, and the frame's hop budget (:data:`DEFAULT_HOPS` if none)."""
     if not isinstance(data, bytes | bytearray):
         raise MalformedEnvelope(f"a frame is bytes, got {type(data).__name__}")
     if len(data) > max_size:
@@ -384,12 +414,17 @@ def parse_envelope(
     outer = _unpack(bytes(data), max_size)
     if (
         not isinstance(outer, list)
-        or len(outer) != 2
+        or len(outer) not in (2, 3)
         or not isinstance(outer[0], bytes)
         or not isinstance(outer[1], bytes)
     ):
-        raise MalformedEnvelope("an envelope is [body, signature]")
-    body, signature = outer
+        raise MalformedEnvelope("an envelope is [body, signature] or [body, signature, hops]")
+    hops = DEFAULT_HOPS
+    if len(outer) == 3:
+        hops = outer[2]
+        if type(hops) is not int or not 0 <= hops <= MAX_HOPS:
+            raise MalformedEnvelope(f"hops must be an integer between 0 and {MAX_HOPS}")
+    body, signature = outer[0], outer[1]
     if len(signature) != SIGNATURE_LEN:
         raise MalformedEnvelope(f"signature must be {SIGNATURE_LEN} bytes")
     fields = _unpack(body, max_size)
@@ -408,7 +443,7 @@ def parse_envelope(
         raise MalformedEnvelope("timestamp and kind must be non-negative integers")
     if not isinstance(payload, bytes):
         raise MalformedEnvelope("payload must be bytes")
-    return Envelope(sender, dst, nonce, ts, kind, payload), body, signature
+    return Envelope(sender, dst, nonce, ts, kind, payload), body, signature, hops
 
 
 def verify_envelope(

@@ -3,8 +3,14 @@
 ``mesh``, ``hierarchical``, ``ring`` and ``star`` are graphs of direct links. A message
 between two nodes without a direct link is relayed along the overlay by next-hop routing
 (shortest path, ties broken by node order), so a topology changes latency, fan-out and
-what one failure cuts off — never correctness. The simulator and (later) the trio runtime
-take their links from the same :class:`Topology`, built in code or loaded from a TOML spec.
+what one failure cuts off — never correctness. The simulator and the trio runtime take
+their links from the same :class:`Topology`, built in code or loaded from a TOML spec.
+
+:meth:`Topology.next_hop` is the static route over the whole overlay.
+:meth:`Topology.next_hops` and :meth:`Topology.live_path` route around what is known to
+be down (dead nodes, dead links): each hop is the first step of a shortest path in the
+overlay minus the failures, so a relay that recomputes the route from its own position
+with the same knowledge gets one step closer every hop — the path never loops.
 
 A spec file::
 
@@ -61,6 +67,7 @@ class Topology:
     links: frozenset[tuple[str, str]]
     backend: str = "raft"
     _next_hop: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
+    _adjacency: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ids = [n.id for n in self.nodes]
@@ -74,6 +81,7 @@ class Topology:
                 raise TopologyError(f"link {a}–{b} names a node that is not in the topology")
             if a == b:
                 raise TopologyError(f"link {a}–{b} is a self-loop")
+        self._adjacency.update({n: [m for m in ids if self.linked(n, m)] for n in ids})
         self._next_hop.update(self._routes())
 
     @property
@@ -83,7 +91,7 @@ class Topology:
 
     def neighbours(self, node: str) -> list[str]:
         """Direct links of ``node``, in spec order."""
-        return [n for n in self.ids if self.linked(node, n)]
+        return list(self._adjacency[node])
 
     def linked(self, a: str, b: str) -> bool:
         """True when ``a`` and ``b`` hold a direct link."""
@@ -105,6 +113,58 @@ class Topology:
             path.append(hop)
         return path
 
+    def next_hops(
+        self,
+        src: str,
+        *,
+        down_nodes: Iterable[str] = (),
+        down_links: Iterable[tuple[str, str]] = (),
+    ) -> dict[str, str]:
+        """First hops from ``src`` around failures: ``{destination: neighbour of src}``.
+
+        The route to each destination is a shortest path in the overlay without
+        ``down_nodes`` and without ``down_links`` (pairs, either order); ties are broken
+        by node order, as in :meth:`next_hop`. A destination that the live overlay does
+        not connect to ``src`` (or that is down itself) has no entry; a down ``src``
+        reaches nothing. ``src`` itself is not a key.
+        """
+        dead = set(down_nodes)
+        if src in dead:
+            return {}
+        cut = {frozenset(pair) for pair in down_links}
+        first_hop: dict[str, str] = {}
+        seen = {src}
+        queue: deque[tuple[str, str | None]] = deque([(src, None)])
+        while queue:
+            cur, via = queue.popleft()
+            for n in self._adjacency[cur]:
+                if n in seen or n in dead or frozenset((cur, n)) in cut:
+                    continue
+                seen.add(n)
+                hop = n if via is None else via
+                first_hop[n] = hop
+                queue.append((n, hop))
+        return first_hop
+
+    def live_path(
+        self,
+        src: str,
+        dst: str,
+        *,
+        down_nodes: Iterable[str] = (),
+        down_links: Iterable[tuple[str, str]] = (),
+    ) -> list[str]:
+        """The path a message takes when every hop routes with :meth:`next_hops` and the
+        same knowledge of failures; [] when the live overlay does not connect the pair."""
+        dead, cut = frozenset(down_nodes), frozenset(down_links)
+        path = [src]
+        while path[-1] != dst:
+            hop = self.next_hops(path[-1], down_nodes=dead, down_links=cut).get(dst)
+            if hop is None or hop in path:  # (a loop cannot happen; never follow one)
+                return []
+            path.append(hop)
+        return path if src not in dead else []
+
     def connected(self) -> bool:
         """True when every node can reach every other."""
         first = self.ids[0]
@@ -115,26 +175,7 @@ class Topology:
         return max((len(self.path(a, b)) - 1 for a in self.ids for b in self.ids), default=0)
 
     def _routes(self) -> dict[str, dict[str, str]]:
-        ids = self.ids
-        adj = {n: [m for m in ids if self.linked(n, m)] for n in ids}
-        routes: dict[str, dict[str, str]] = {}
-        for src in ids:
-            first_hop: dict[str, str] = {}
-            seen = {src}
-            queue: deque[str] = deque()
-            for n in adj[src]:
-                first_hop[n] = n
-                seen.add(n)
-                queue.append(n)
-            while queue:
-                cur = queue.popleft()
-                for n in adj[cur]:
-                    if n not in seen:
-                        seen.add(n)
-                        first_hop[n] = first_hop[cur]
-                        queue.append(n)
-            routes[src] = first_hop
-        return routes
+        return {src: self.next_hops(src) for src in self.ids}
 
 
 def _pairs(

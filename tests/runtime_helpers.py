@@ -1,7 +1,13 @@
-"""Shared helpers for the runtime tests: in-process clusters on 127.0.0.1."""
+"""Shared helpers for the runtime tests: in-process clusters on 127.0.0.1.
+
+The tests run on a 2-core machine that other test runs load too: they wait on
+conditions (never on a fixed sleep) with generous bounds (:data:`PATIENCE`), so a slow
+machine makes them slower, not red, and a real hang still fails.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +20,9 @@ from ruflo_consensus.statemachine import KVStateMachine
 
 FAST_RAFT = {
     "tick_ms": 10,
-    "election_timeout_min_ms": 150,
-    "election_timeout_max_ms": 300,
-    "heartbeat_ms": 40,
+    "election_timeout_min_ms": 300,  # tolerates a loaded machine's scheduling stalls
+    "election_timeout_max_ms": 600,
+    "heartbeat_ms": 50,
 }
 
 
@@ -26,15 +32,33 @@ def local_spec(tmp_path: Path, kind: str = "mesh", nodes: int = 3, **kw: Any) ->
     return load_spec(write_local_spec(tmp_path, kind, nodes, raft=raft, **kw))
 
 
+PATIENCE = 60.0
+"""How long a test waits for a condition (an election, a catch-up) before it fails."""
+
+
+async def wait_until(
+    condition: Callable[[], bool], timeout: float = PATIENCE, poll: float = 0.02
+) -> None:
+    """Return once ``condition()`` holds; ``trio.TooSlowError`` after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(poll)
+
+
 SCOPES: dict[int, trio.CancelScope] = {}
+STOPPED: dict[int, trio.Event] = {}
 
 
 async def _run_scoped(node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    with trio.CancelScope() as scope:
-        SCOPES[id(node)] = scope
-        async with trio.open_nursery() as n:
-            await n.start(node.run)
-            task_status.started()
+    STOPPED[id(node)] = stopped = trio.Event()
+    try:
+        with trio.CancelScope() as scope:
+            SCOPES[id(node)] = scope
+            async with trio.open_nursery() as n:
+                await n.start(node.run)
+                task_status.started()
+    finally:
+        stopped.set()
 
 
 async def start_node(nursery: trio.Nursery, spec: ClusterSpec, node_id: str, **kw: Any) -> Node:
@@ -47,6 +71,13 @@ async def start_node(nursery: trio.Nursery, spec: ClusterSpec, node_id: str, **k
 def stop_node(node: Node) -> None:
     """Cancel one node started by :func:`start_node` (its storage is closed)."""
     SCOPES.pop(id(node)).cancel()
+
+
+async def halt(node: Node) -> None:
+    """Stop one node and wait until it has stopped (its storage closed, its port free)."""
+    stop_node(node)
+    with trio.fail_after(PATIENCE):
+        await STOPPED.pop(id(node)).wait()
 
 
 async def start_nodes(
@@ -62,7 +93,7 @@ async def start_nodes(
     }
 
 
-async def wait_leader(nodes: dict[str, Node], timeout: float = 10.0) -> Node:
+async def wait_leader(nodes: dict[str, Node], timeout: float = PATIENCE) -> Node:
     """The one node that leads with every given node following it."""
     with trio.fail_after(timeout):
         while True:

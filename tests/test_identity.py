@@ -11,6 +11,7 @@ import msgpack
 import pytest
 
 from ruflo_consensus.identity import (
+    DEFAULT_HOPS,
     BadEnvelopeSignature,
     EnvelopeTooLarge,
     IdentityError,
@@ -28,6 +29,8 @@ from ruflo_consensus.identity import (
     load_manifest,
     manifest_path,
     open_envelope,
+    parse_frame,
+    reframe,
     seal,
 )
 
@@ -133,6 +136,23 @@ def test_each_kind_of_bad_envelope_has_its_reason() -> None:
     good = seal(a, "b", 0, b"", nonces, NOW)
     open_envelope(good, keys, window, me="b", now_ms=NOW)
     check(good, ReplayedEnvelope, "replayed")
+
+
+def test_the_hop_budget_travels_outside_the_signature() -> None:
+    a, keys = _pair()
+    frame = seal(a, "b", 0, b"x", NonceSource(b"\x00" * 8), NOW, hops=3)
+    env, body, sig, hops = parse_frame(frame)
+    assert hops == 3 and env.payload == b"x"
+    relayed = reframe(body, sig, hops - 1)  # what a relay sends: same signed body
+    assert parse_frame(relayed)[3] == 2
+    assert open_envelope(relayed, keys, ReplayWindow(), me="b", now_ms=NOW).payload == b"x"
+    legacy = seal(a, "b", 0, b"x", NonceSource(b"\x01" * 8), NOW)  # no budget: the default
+    assert parse_frame(legacy)[3] == DEFAULT_HOPS
+    for bad in (-1, 256, "3", 1.0):
+        with pytest.raises(MalformedEnvelope):
+            parse_frame(msgpack.packb([body, sig, bad]))
+    with pytest.raises(ValueError):
+        reframe(body, sig, 256)
 
 
 def test_a_forged_frame_does_not_burn_the_real_nonce() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,20 @@ def test_the_same_spec_drives_the_simulator(capsys: pytest.CaptureFixture[str]) 
     ring = next(p for p in SPECS if p.stem == "ring")
     assert main(["simulate", "--topology", str(ring), "--duration", "2", "--json"]) == 0
     assert '"status": "pass"' in capsys.readouterr().out
+
+
+def test_runtime_commands_do_not_import_the_simulator() -> None:
+    """``kv``/``cluster``/``node`` parse without ``ruflo_consensus.sim``; ``simulate`` loads it."""
+    probe = (
+        "import sys; from ruflo_consensus.cli import build_parser; p = build_parser(); "
+        "p.parse_args(['kv', 'get', 'a', '--spec', 'x.toml']); "
+        "p.parse_args(['cluster', 'status', 'x.toml']); "
+        "p.parse_args(['node', '--spec', 'x.toml', '--id', 'n1']); "
+        "print(sorted(m for m in sys.modules if m.startswith('ruflo_consensus.sim'))); "
+        "a = p.parse_args(['simulate', '--backend', 'crdt', '--duration', '2']); "
+        "print(a.backend, a.duration, 'ruflo_consensus.sim.config' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out == ["[]", "crdt 2.0 True"]

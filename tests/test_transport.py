@@ -18,11 +18,12 @@ from ruflo_consensus.codec import encode_message
 from ruflo_consensus.core.base import Entry, Proposal
 from ruflo_consensus.core.raft import AppendEntries, VoteResponse
 from ruflo_consensus.identity import NodeIdentity, NonceSource, load_key_file, seal
-from ruflo_consensus.runtime import Endpoint, NodeClient
+from ruflo_consensus.runtime import ClusterClient, Endpoint, NodeClient
+from ruflo_consensus.runtime.client import KIND_CLIENT_REQUEST, default_client_identity
 from ruflo_consensus.runtime.spec import SpecError
 from ruflo_consensus.runtime.transport import connect
 
-from .runtime_helpers import get, local_spec, put, start_nodes, wait_leader
+from .runtime_helpers import PATIENCE, get, local_spec, put, start_nodes, wait_leader
 
 
 async def _send_raw(endpoint: Endpoint, frames: list[bytes | str]) -> None:
@@ -40,7 +41,7 @@ async def test_bad_frames_are_rejected_counted_and_change_nothing(tmp_path: Path
         leader = await wait_leader(nodes)
         await leader.submit(put("a", "1"))
         target = next(n for n in nodes.values() if n is not leader)
-        await target.wait_applied(leader.applied)
+        await target.wait_applied(leader.applied, timeout=PATIENCE)
         other = next(n for n in nodes.values() if n not in (leader, target))
         lead_id = load_key_file(spec.key_files[leader.node_id])
         other_id = load_key_file(spec.key_files[other.node_id])
@@ -98,7 +99,7 @@ async def test_bad_frames_are_rejected_counted_and_change_nothing(tmp_path: Path
         except* ConnectionClosed:
             closed = True
         assert closed
-        with trio.fail_after(5):
+        with trio.fail_after(PATIENCE):
             while target.rejected["too-large"] < 2 or not any(
                 isinstance(m, VoteResponse) for m in stepped
             ):
@@ -129,27 +130,67 @@ async def test_bad_frames_are_rejected_counted_and_change_nothing(tmp_path: Path
         nursery.cancel_scope.cancel()
 
 
+async def test_relays_enforce_the_hop_budget_and_check_link_state(tmp_path: Path) -> None:
+    """A relayed frame with no hops left dies at the relay; a bad link-state announcement
+    (a link its sender does not have, or not a list) is refused and changes no route."""
+    spec = local_spec(tmp_path, "ring", 5, runtime={"data_dir": None})
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec)
+        await wait_leader(nodes)
+        n1 = load_key_file(spec.key_files["n1"])
+        nonces = NonceSource()
+        n2 = nodes["n2"]
+        probe = encode_message(VoteResponse("n1", "n3", 0, False, False))
+        frames: list[bytes | str] = [
+            seal(n1, "n3", 0, probe, nonces, hops=0),  # n2 may not relay it any further
+            seal(n1, "*", 3, msgpack.packb(["n3"]), nonces),  # n1 has no link to n3
+            seal(n1, "*", 3, b"\xc1", nonces),  # not msgpack
+            seal(n1, "*", 7, b"", nonces),  # no such broadcast kind
+        ]
+        await _send_raw(spec.endpoints["n2"], frames)
+        with trio.fail_after(PATIENCE):
+            while n2.rejected["unknown-kind"] < 1:
+                await trio.sleep(0.01)
+        assert n2.rejected["hop-limit"] == 1
+        assert n2.rejected["bad-field"] == 1 and n2.rejected["malformed"] == 1
+        assert n2.status()["down_links"] == []
+        assert nodes["n3"].rejected["hop-limit"] == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_bad_client_requests_are_answered_and_counted(tmp_path: Path) -> None:
     spec = local_spec(tmp_path, "star", 3)
+    admin = default_client_identity(spec)
     async with trio.open_nursery() as nursery:
         nodes = await start_nodes(nursery, spec)
         await wait_leader(nodes)
         n3 = nodes["n3"]
         async with trio.open_nursery() as n:
             ws = await connect(n, spec.endpoints["n3"], "/client")
-            for junk in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"id": 1, "op": "nope"})):
+            signer = NodeClient(ws, admin, "n3")  # signs what we send by hand below
+
+            def signed(payload: bytes) -> bytes:
+                assert admin is not None
+                return seal(admin, "n3", KIND_CLIENT_REQUEST, payload, signer.nonces)
+
+            for junk in (
+                b"\xc1",  # neither a map nor an envelope
+                signed(b"\xc1"),  # signed, but the request is not msgpack
+                signed(msgpack.packb([1, 2])),  # signed, but not a map
+                signer.frame({"id": 1, "op": "nope"}),
+            ):
                 await ws.send_message(junk)
                 reply = msgpack.unpackb(await ws.get_message())
                 assert reply["ok"] is False and reply["error"] == "BAD_REQUEST"
             await ws.send_message(
-                msgpack.packb({"id": 2, "op": "submit", "command": put("k", "v"), "client": 5})
+                signer.frame({"id": 2, "op": "submit", "command": put("k", "v"), "client": 5})
             )
             assert msgpack.unpackb(await ws.get_message())["error"] == "BAD_REQUEST"
             await ws.aclose()
-        assert n3.rejected["client-malformed"] == 2
+        assert n3.rejected["client-malformed"] == 3
         assert n3.rejected["client-unknown-op"] == 1
         assert n3.rejected["client-bad-field"] == 1
-        async with NodeClient.open(spec.endpoints["n3"]) as c:
+        async with ClusterClient(spec).connect("n3") as c:
             assert await c.submit(put("k", "v"), client="c1", seq=1) is None
             assert await c.read(get("k")) == "v"
             bad = await c.submit({"op": "frobnicate", "key": "k"})
@@ -167,7 +208,7 @@ async def test_reconnect_after_a_peer_restarts(tmp_path: Path) -> None:
         link = nodes["n1"].transport.links["n3"]
         assert not link.connected and link.failures >= 1  # n3 is not up yet
         nodes.update(await start_nodes(nursery, spec, ["n3"]))
-        with trio.fail_after(5):
+        with trio.fail_after(PATIENCE):
             while not link.connected:
                 await trio.sleep(0.02)
         leader = await wait_leader(nodes)
@@ -226,6 +267,6 @@ async def test_wss_with_pinned_fingerprints(tmp_path: Path) -> None:
         link = nodes["n1"].transport.links["n3"]
         assert not link.connected and "fingerprint" in link.last_error
         assert nodes["n1"].transport.links["n2"].connected
-        async with NodeClient.open(spec.endpoints["n1"], spec.tls["n1"]) as c:
+        async with ClusterClient(spec).connect("n1") as c:  # wss://, pinned, signed
             assert await c.read(get("secure")) == "yes"
         nursery.cancel_scope.cancel()

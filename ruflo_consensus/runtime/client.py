@@ -1,6 +1,18 @@
 """The client protocol: submit, read and status over a node's ``/client`` websocket.
 
-Every message is one msgpack map. Requests::
+**Authentication.** Every request is a signed envelope, exactly like a frame between
+nodes (:func:`~ruflo_consensus.identity.seal`): sender = the client's id, destination =
+the node's id, kind :data:`KIND_CLIENT_REQUEST`, payload = the request map below. A node
+serves only clients listed in its spec's ``[[clients]]`` (with their public keys), checks
+the destination, and keeps a replay window per client (a nonce seen before, or a
+timestamp too far from its clock, is refused). Anything else is answered with
+``UNAUTHENTICATED`` and counted in ``rejected["client-<reason>"]``: ``client-unsigned``,
+``client-unknown-client``, ``client-bad-signature``, ``client-wrong-destination``,
+``client-replayed``, ``client-stale``. With ``[runtime] allow_unsigned_clients = true``
+(off by default) a node also serves a bare, unsigned request map — for local
+experiments only. Replies are not signed (use ``wss://`` to protect them on the wire).
+
+Every request (the envelope's payload) is one msgpack map::
 
     {"id": 7, "op": "submit", "command": {...}, "client": "c1", "seq": 3}
     {"id": 8, "op": "read", "query": {"op": "get", "key": "a"}}
@@ -8,7 +20,8 @@ Every message is one msgpack map. Requests::
     {"id": 10, "op": "transfer", "target": "n2"}            # to the leader only
 
 ``client``/``seq`` are optional: with them a retried submit (to any node) is applied once;
-without them the node assigns a session lane of its own. Replies::
+without them the node assigns a session lane of its own. A client's sessions live in its
+own namespace (``<client id>/<client>``), so one client cannot touch another's. Replies::
 
     {"id": 7, "ok": true, "result": [value, null]}          # or [null, [code, message]]
     {"id": 7, "ok": false, "error": "TIMEOUT", "message": "…"}
@@ -29,6 +42,17 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ..core.base import TransferRefused
+from ..identity import (
+    BadEnvelopeSignature,
+    EnvelopeError,
+    NodeIdentity,
+    NonceSource,
+    UnknownSender,
+    load_key_file,
+    parse_frame,
+    seal,
+    verify_envelope,
+)
 from .node import NodeError, NotLeaderError, SubmitTimeout, decode_result, encode_result
 from .spec import ClusterSpec, Endpoint, NodeTLS
 from .transport import NETWORK_ERRORS, connect
@@ -36,9 +60,20 @@ from .transport import NETWORK_ERRORS, connect
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["ClientError", "ClusterClient", "NodeClient", "serve_client"]
+__all__ = [
+    "KIND_CLIENT_REQUEST",
+    "ClientError",
+    "ClusterClient",
+    "NodeClient",
+    "default_client_identity",
+    "serve_client",
+]
+
+KIND_CLIENT_REQUEST = 16
+"""The envelope kind of a signed client request."""
 
 _MAX_IN_FLIGHT = 1024
+_UNSIGNED = "/unsigned"  # the session namespace of unsigned clients (ids cannot hold "/")
 
 
 class ClientError(Exception):
@@ -64,9 +99,9 @@ async def serve_client(node: Node, ws: WebSocketConnection) -> None:
             with contextlib.suppress(ConnectionClosed):
                 await ws.send_message(_pack(message))
 
-    async def handle(req: dict[str, Any]) -> None:
+    async def handle(req: dict[str, Any], principal: str) -> None:
         try:
-            await reply(await _answer(node, req))
+            await reply(await _answer(node, req, principal))
         finally:
             limit.release()
 
@@ -74,36 +109,88 @@ async def serve_client(node: Node, ws: WebSocketConnection) -> None:
         async with trio.open_nursery() as nursery:
             while True:
                 data = await ws.get_message()
-                req = _parse_request(node, data)
-                if req is None:
-                    await reply(
-                        {"id": None, "ok": False, "error": "BAD_REQUEST", "message": "malformed"}
-                    )
+                try:
+                    req, principal = _parse_request(node, data)
+                except _Refused as exc:
+                    node.rejected[f"client-{exc.reason}"] += 1
+                    await reply(_error(exc.rid, exc.code, exc.message))
                     continue
                 await limit.acquire()  # back-pressure: stop reading at the in-flight limit
-                nursery.start_soon(handle, req)
+                nursery.start_soon(handle, req, principal)
     except* ConnectionClosed:
         pass
 
 
-def _parse_request(node: Node, data: Any) -> dict[str, Any] | None:
-    if not isinstance(data, bytes):
-        node.rejected["client-malformed"] += 1
-        return None
-    if len(data) > node.max_frame:
-        node.rejected["client-too-large"] += 1
-        return None
+class _Refused(Exception):
+    """A client frame that is not served: counted as ``client-<reason>``, answered ``code``."""
+
+    def __init__(self, reason: str, message: str, rid: Any = None, code: str = "BAD_REQUEST"):
+        super().__init__(message)
+        self.reason, self.message, self.rid, self.code = reason, message, rid, code
+
+
+def _unpack_map(data: bytes) -> dict[str, Any] | None:
     try:
         req = msgpack.unpackb(data, raw=False, max_map_len=16)
     except Exception:
-        req = None
-    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-        node.rejected["client-malformed"] += 1
         return None
-    return req
+    return req if isinstance(req, dict) else None
 
 
-async def _answer(node: Node, req: dict[str, Any]) -> dict[str, Any]:
+def _request_id(payload: bytes) -> Any:
+    """The id of a request we do not serve (so that the client can match the refusal)."""
+    req = _unpack_map(payload)
+    rid = None if req is None else req.get("id")
+    return rid if type(rid) is int else None
+
+
+def _parse_request(node: Node, data: Any) -> tuple[dict[str, Any], str]:
+    """Authenticate and decode one client frame: ``(request, principal)`` or :class:`_Refused`."""
+    if not isinstance(data, bytes):
+        raise _Refused("malformed", "client frames are binary")
+    if len(data) > node.max_frame:
+        raise _Refused("too-large", f"over the {node.max_frame}-byte limit")
+    if data[:1] and (0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF)):  # a bare map
+        req = _unpack_map(data)
+        rid = _request_id(data)
+        if not node.spec.runtime.allow_unsigned_clients:
+            raise _Refused("unsigned", "requests must be signed by a listed client", rid, _AUTH)
+        principal = _UNSIGNED
+    else:
+        try:
+            env, body, signature, _hops = parse_frame(data, node.max_frame)
+        except EnvelopeError as exc:
+            raise _Refused("malformed", str(exc)) from None
+        rid = _request_id(env.payload)
+        try:
+            verify_envelope(env, body, signature, node.client_keys)
+        except UnknownSender:
+            raise _Refused(
+                "unknown-client", f"{env.sender!r:.60} is not a client", rid, _AUTH
+            ) from None
+        except BadEnvelopeSignature:
+            raise _Refused("bad-signature", "the signature does not verify", rid, _AUTH) from None
+        if env.dst != node.node_id:
+            raise _Refused(
+                "wrong-destination", f"signed for {env.dst!r:.60}, not this node", rid, _AUTH
+            )
+        if env.kind != KIND_CLIENT_REQUEST:
+            raise _Refused("unknown-kind", f"envelope kind {env.kind} is not a request", rid)
+        try:
+            node.client_window.check(env.sender, env.nonce, env.timestamp_ms)
+        except EnvelopeError as exc:
+            raise _Refused(exc.reason, str(exc), rid, _AUTH) from None
+        req = _unpack_map(env.payload)
+        principal = env.sender
+    if req is None or not isinstance(req.get("op"), str):
+        raise _Refused("malformed", "a request is a map with an op", rid)
+    return req, principal
+
+
+_AUTH = "UNAUTHENTICATED"
+
+
+async def _answer(node: Node, req: dict[str, Any], principal: str) -> dict[str, Any]:
     rid = req.get("id")
     op = req["op"]
     timeout = req.get("timeout")
@@ -116,7 +203,8 @@ async def _answer(node: Node, req: dict[str, Any]) -> dict[str, Any]:
                 result = await node.submit(req.get("command"), timeout=timeout)
             elif isinstance(client, str) and client and type(seq) is int and seq >= 1:
                 limit = timeout or node.spec.runtime.submit_timeout_s
-                result = await node._submit_as(client, seq, req.get("command"), limit)
+                session = f"{principal}/{client}"
+                result = await node._submit_as(session, seq, req.get("command"), limit)
             else:
                 node.rejected["client-bad-field"] += 1
                 return _error(rid, "BAD_REQUEST", "client must be a string and seq an integer >= 1")
@@ -152,23 +240,65 @@ def _error(rid: Any, code: str, message: str) -> dict[str, Any]:
 _CLIENT_ERRORS: tuple[type[Exception], ...] = (*NETWORK_ERRORS, ClientError)
 
 
+def default_client_identity(spec: ClusterSpec) -> NodeIdentity | None:
+    """The key of the spec's first ``[[clients]]`` entry whose key file exists, or None.
+
+    ``write_local_spec`` and ``cluster up`` generate such a key (``keys/admin.key``), so
+    ``kv`` and ``cluster status`` work on a local cluster without ``--key``. Raises
+    :class:`~ruflo_consensus.identity.InsecureKeyFile` for a key file others can read.
+    """
+    for cid, client in spec.clients.items():
+        if client.key_file is not None and client.key_file.exists():
+            return load_key_file(client.key_file, cid)
+    return None
+
+
 class NodeClient:
     """A trio client of one node; requests may be issued concurrently (pipelined).
 
-    Use as ``async with NodeClient.open(endpoint) as c: await c.submit(cmd)``.
+    Use as ``async with NodeClient.open(endpoint, identity=key, node_id="n1") as c:
+    await c.submit(cmd)``. With an ``identity`` every request is signed for ``node_id``;
+    without one requests go unsigned (served only where ``allow_unsigned_clients``).
     """
 
-    def __init__(self, ws: WebSocketConnection) -> None:
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        identity: NodeIdentity | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        if identity is not None and node_id is None:
+            raise ValueError("a signing client needs the node id it talks to")
         self.ws = ws
+        self.identity = identity
+        self.node_id = node_id
+        self.nonces = NonceSource()
         self._next = 0
         self._pending: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._closed: BaseException | None = None
 
     @classmethod
-    def open(cls, endpoint: Endpoint | str, tls: NodeTLS | None = None) -> _ClientContext:
+    def open(
+        cls,
+        endpoint: Endpoint | str,
+        tls: NodeTLS | None = None,
+        *,
+        identity: NodeIdentity | None = None,
+        node_id: str | None = None,
+    ) -> _ClientContext:
         """An async context manager that connects to ``endpoint``'s ``/client``."""
+        if identity is not None and node_id is None:
+            raise ValueError("a signing client needs the node id it talks to")
         ep = Endpoint.parse(endpoint) if isinstance(endpoint, str) else endpoint
-        return _ClientContext(ep, tls)
+        return _ClientContext(ep, tls, identity, node_id)
+
+    def frame(self, message: dict[str, Any]) -> bytes:
+        """The bytes of one request: signed for the node, or the bare map without a key."""
+        data = _pack(message)
+        if self.identity is None:
+            return data
+        assert self.node_id is not None
+        return seal(self.identity, self.node_id, KIND_CLIENT_REQUEST, data, self.nonces)
 
     async def _reader(self) -> None:
         try:
@@ -197,7 +327,7 @@ class NodeClient:
         if timeout is not None:
             msg["timeout"] = timeout
         try:
-            await self.ws.send_message(_pack(msg))
+            await self.ws.send_message(self.frame(msg))
         except ConnectionClosed:
             self._pending.pop(rid, None)
             raise ClientError("UNAVAILABLE", "connection closed") from None
@@ -235,9 +365,17 @@ class NodeClient:
 
 
 class _ClientContext:
-    def __init__(self, endpoint: Endpoint, tls: NodeTLS | None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        tls: NodeTLS | None,
+        identity: NodeIdentity | None,
+        node_id: str | None,
+    ) -> None:
         self.endpoint = endpoint
         self.tls = tls
+        self.identity = identity
+        self.node_id = node_id
         self._nursery_cm: Any = None
 
     async def __aenter__(self) -> NodeClient:
@@ -248,7 +386,7 @@ class _ClientContext:
         except BaseException as exc:
             await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        client = NodeClient(ws)
+        client = NodeClient(ws, self.identity, self.node_id)
         nursery.start_soon(client._reader)
         self.client = client
         return client
@@ -264,11 +402,22 @@ class ClusterClient:
     """Talks to a cluster by its spec: tries the given node first, then the others.
 
     With ``only`` it talks to the given node alone. Pass ``client``/``seq`` fields to a
-    ``submit`` so that a retry on the next node is applied at most once.
+    ``submit`` so that a retry on the next node is applied at most once. Requests are
+    signed with ``identity`` (default: :func:`default_client_identity`; unsigned when the
+    spec has no client key at hand). An ``UNAUTHENTICATED`` answer is raised at once: the
+    other nodes would refuse the key too.
     """
 
-    def __init__(self, spec: ClusterSpec, prefer: str | None = None, *, only: bool = False) -> None:
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        prefer: str | None = None,
+        *,
+        only: bool = False,
+        identity: NodeIdentity | None = None,
+    ) -> None:
         self.spec = spec
+        self.identity = identity if identity is not None else default_client_identity(spec)
         order = list(spec.ids)
         if prefer is not None:
             spec.check_node(prefer)
@@ -284,11 +433,28 @@ class ClusterClient:
         for node in self.order:
             try:
                 with trio.fail_after(timeout):
-                    async with NodeClient.open(self.spec.endpoints[node], self.spec.tls[node]) as c:
+                    async with self.connect(node) as c:
                         return node, await c.request(op, timeout, **fields)
+            except* ClientError as group:
+                exc = _first(group)
+                assert isinstance(exc, ClientError)
+                if exc.code == _AUTH:
+                    raise exc from None
+                errors.append(f"{node}: {type(exc).__name__}: {exc}")
             except* _CLIENT_ERRORS as group:
-                exc = group.exceptions[0]
-                while isinstance(exc, BaseExceptionGroup):
-                    exc = exc.exceptions[0]
+                exc = _first(group)
                 errors.append(f"{node}: {type(exc).__name__}: {exc}")
         raise ClientError("UNAVAILABLE", "; ".join(errors))
+
+    def connect(self, node: str) -> _ClientContext:
+        """A :class:`NodeClient` of one node of the spec (its endpoint, TLS and our key)."""
+        self.spec.check_node(node)
+        return NodeClient.open(
+            self.spec.endpoints[node], self.spec.tls[node], identity=self.identity, node_id=node
+        )
+
+
+def _first(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group

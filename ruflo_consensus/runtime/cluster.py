@@ -3,7 +3,8 @@
 ``cluster up FILE`` starts ``ruflo-consensus node --spec FILE --id N`` for each node (or
 only the ``--only`` ones), each with its log in ``RUN_DIR/logs/N.log``, records the
 process ids in ``RUN_DIR/cluster.json`` and waits until every node answers a status
-request. Missing key files are generated first. ``cluster status FILE`` asks every node
+request. Missing key files (of nodes, and of ``[[clients]]`` with a ``key_file``) are
+generated first. ``cluster status FILE`` asks every node
 (in parallel) for its role, term, commit index and link health. ``cluster down`` sends
 SIGTERM, waits, then SIGKILLs what is left; it only signals processes whose command line
 is still a ruflo-consensus node, so a recycled process id is never hit.
@@ -22,8 +23,8 @@ from typing import Any
 
 import trio
 
-from ..identity import keygen, manifest_path
-from .client import ClusterClient
+from ..identity import NodeIdentity, keygen, manifest_path
+from .client import ClientError, ClusterClient
 from .spec import ClusterSpec, load_spec
 
 __all__ = [
@@ -104,13 +105,14 @@ def _alive(pid: int) -> bool:
 
 
 def ensure_keys(spec: ClusterSpec) -> list[str]:
-    """Generate key files that do not exist yet; return the ids that got new keys."""
+    """Generate node and client key files that do not exist yet; return the ids made."""
     made = []
-    for node_id in spec.ids:
-        key = spec.key_files[node_id]
-        if not key.exists() and not manifest_path(key).exists():
-            keygen(node_id, key)
-            made.append(node_id)
+    wanted: list[tuple[str, Path | None]] = [(n, spec.key_files[n]) for n in spec.ids]
+    wanted += [(c.id, c.key_file) for c in spec.clients.values() if c.public_key is None]
+    for owner, key in wanted:
+        if key is not None and not key.exists() and not manifest_path(key).exists():
+            keygen(owner, key)
+            made.append(owner)
     return made
 
 
@@ -178,6 +180,8 @@ def _answers(spec: ClusterSpec, node_id: str) -> bool:
     async def probe() -> bool:
         try:
             await ClusterClient(spec, node_id, only=True).call("status", timeout=1.0)
+        except ClientError as exc:
+            return exc.code == "UNAUTHENTICATED"  # it is up, it just does not know our key
         except Exception:
             return False
         return True
@@ -192,14 +196,20 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def cluster_status(spec_path: str | Path, timeout: float = 2.0) -> list[dict[str, Any]]:
-    """Ask every node for its status, in parallel; an unreachable node gets ``error``."""
+def cluster_status(
+    spec_path: str | Path, timeout: float = 2.0, *, identity: NodeIdentity | None = None
+) -> list[dict[str, Any]]:
+    """Ask every node for its status, in parallel; an unreachable node gets ``error``.
+
+    Requests are signed with ``identity`` (default: the spec's client key file).
+    """
     spec = load_spec(spec_path)
     results: dict[str, dict[str, Any]] = {}
 
     async def one(node_id: str) -> None:
         try:
-            _, status = await ClusterClient(spec, node_id, only=True).call("status", timeout)
+            client = ClusterClient(spec, node_id, only=True, identity=identity)
+            _, status = await client.call("status", timeout)
             results[node_id] = status
         except Exception as exc:
             results[node_id] = {"id": node_id, "error": str(exc)[:120]}

@@ -70,12 +70,21 @@ def _cluster(args: argparse.Namespace, out: Console) -> int:
         for node_id, how in cluster_down(run_dir).items():
             out.print(f"{node_id}: {how}")
         return EXIT_OK
-    statuses = cluster_status(args.spec)
+    statuses = cluster_status(args.spec, identity=_client_key(args))
     if args.json:
         print(json.dumps(statuses))
     else:
         out.print(render_status(statuses))
     return EXIT_OK if all("error" not in s for s in statuses) else EXIT_FAIL
+
+
+def _client_key(args: argparse.Namespace) -> Any:
+    """The identity ``--key FILE`` names (None: the spec's default client key)."""
+    if getattr(args, "key_file", None) is None:
+        return None
+    from ..identity import load_key_file
+
+    return load_key_file(args.key_file)
 
 
 def render_status(statuses: list[dict[str, Any]]) -> Table:
@@ -127,7 +136,7 @@ def _kv(args: argparse.Namespace, out: Console) -> int:
         # a fresh session: a retry on another node is applied at most once
         fields = {"command": command, "client": f"cli-{secrets.token_hex(8)}", "seq": 1}
         op = "submit"
-    client = ClusterClient(spec, args.node)
+    client = ClusterClient(spec, args.node, identity=_client_key(args))
     try:
         _node, result = trio.run(lambda: client.call(op, args.timeout, **fields))
     except ClientError as exc:

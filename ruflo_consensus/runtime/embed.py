@@ -32,12 +32,28 @@ from ..storage import RaftStorage
 from .node import Node
 from .spec import ClusterSpec, load_spec
 
-__all__ = ["BlockingNode", "build_node", "load_peer_keys", "open_node"]
+__all__ = ["BlockingNode", "build_node", "load_client_keys", "load_peer_keys", "open_node"]
 
 
 def load_peer_keys(spec: ClusterSpec) -> dict[str, bytes]:
     """Every node's public key, from the signed manifests beside the spec's key files."""
     return {n: load_manifest(spec.manifest_file(n), n)[1] for n in spec.ids}
+
+
+def load_client_keys(spec: ClusterSpec) -> dict[str, bytes]:
+    """The public key of every ``[[clients]]`` entry: given in the spec, or from its manifest.
+
+    Raises :class:`~ruflo_consensus.identity.IdentityError` when a manifest is missing,
+    does not verify, or names another id.
+    """
+    keys = {}
+    for cid, client in spec.clients.items():
+        if client.public_key is not None:
+            keys[cid] = client.public_key
+        else:
+            assert client.manifest_file is not None
+            keys[cid] = load_manifest(client.manifest_file, cid)[1]
+    return keys
 
 
 def build_node(
@@ -52,12 +68,14 @@ def build_node(
     """A :class:`Node` for ``node_id`` of ``spec`` (a spec object or a TOML path).
 
     The node's key file is the spec's (refused when others can read it, see
-    :func:`~ruflo_consensus.identity.load_key_file`); peers' public keys come from their
-    manifests. ``options`` go to :class:`Node` (``seed``, ``core_factory``, …).
+    :func:`~ruflo_consensus.identity.load_key_file`); peers' and clients' public keys come
+    from their manifests (or the spec). ``options`` go to :class:`Node` (``seed``,
+    ``core_factory``, …).
     """
     sp = spec if isinstance(spec, ClusterSpec) else load_spec(spec)
     sp.check_node(node_id)
     ident = identity or load_key_file(sp.key_files[node_id], node_id)
+    options.setdefault("client_keys", load_client_keys(sp))
     return Node(sp, ident, load_peer_keys(sp), state_machine, storage=storage, **options)
 
 

@@ -5,6 +5,7 @@ Tests, the benchmark and ``cluster up --local`` use it to get a self-contained f
     folder/
       cluster.toml       the spec (topology kind, endpoints, key files, [raft], [runtime])
       keys/n1.key        mode 0600, one per node, and keys/n1.manifest.json
+      keys/admin.key     the client key ``kv`` and ``cluster status`` use by default
 """
 
 from __future__ import annotations
@@ -51,13 +52,15 @@ def write_local_spec(
     scheme: str = "ws",
     name: str | None = None,
     top: dict[str, Any] | None = None,
+    clients: tuple[str, ...] = ("admin",),
 ) -> Path:
     """Write ``directory/cluster.toml`` for ``nodes`` nodes of ``kind``; return its path.
 
     Keys are generated into ``directory/keys``. ``raft``/``runtime`` become the spec's
     ``[raft]``/``[runtime]`` tables (default: 10 ms ticks, 150–300 ms elections, WAL in
     ``directory/data``). ``node_extra`` adds fields to given nodes (TLS paths, …); ``top``
-    adds top-level fields (``hub``, ``coordinators``).
+    adds top-level fields (``hub``, ``coordinators``). Each of ``clients`` gets a key in
+    ``directory/keys`` and a ``[[clients]]`` entry (the first is the CLI's default key).
     """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -94,6 +97,12 @@ def write_local_spec(
         ]
         for k, v in (node_extra or {}).get(node_id, {}).items():
             lines.append(f"{k} = {_toml_value(v)}")
+    for client in clients:
+        key_file = d / "keys" / f"{client}.key"
+        if not key_file.exists():
+            keygen(client, key_file)
+        lines += ["", "[[clients]]", f"id = {_toml_value(client)}"]
+        lines.append(f'key_file = "keys/{client}.key"')
     path = d / "cluster.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -12,7 +12,11 @@ starts, in one nursery:
   next ``Ready`` batches them), *then* send, then hand committed entries and read points
   to the apply task;
 * the **apply task** — applies committed entries through the session table, in order,
-  exactly once, wakes the clients waiting for them and serves confirmed reads.
+  exactly once, wakes the clients waiting for them and serves confirmed reads. It also
+  restores the state machine (and session table) from a snapshot the core hands over
+  (``Ready.snapshot``: installed from the leader, or the stored one at start-up), and
+  answers ``Ready.snapshot_request`` by snapshotting both and calling the core's
+  ``compact`` once it has applied through the requested index.
 
 Cancelling the nursery stops the node. Any task that raises takes the whole node down
 with the exception (trio's nursery semantics): a node is never half-alive.
@@ -21,6 +25,15 @@ Bad input never crashes a node: every frame is size-checked, decoded, verified a
 replay-checked before it reaches the core, and each refusal is counted per reason in
 :attr:`Node.rejected`. Frames addressed to another node are relayed unchanged to the next
 hop of the overlay (after their signature is checked).
+
+**Routing around failures.** The next hop of a frame is the first step of a shortest path
+in the overlay minus the links this node knows are down
+(:meth:`~ruflo_consensus.topology.Topology.next_hops`): its own links (from the
+transport), and every other node's, which each node floods as a signed *link-state*
+announcement (kind 3, destination ``*``) when one of its links changes and every
+``link_state_s`` seconds. An announcement older than three periods is forgotten. Every
+frame carries a hop budget (the number of nodes) outside its signature, which each
+relay lowers: a frame that inconsistent knowledge sends round in circles dies out.
 """
 
 from __future__ import annotations
@@ -50,14 +63,18 @@ from ..core.base import (
     ReadState,
     Role,
     RoleChange,
+    Snapshot,
 )
 from ..core.raft import RaftConfig, RaftCore
 from ..identity import (
+    Envelope,
     EnvelopeError,
     NodeIdentity,
     NonceSource,
+    ReplayedEnvelope,
     ReplayWindow,
-    parse_envelope,
+    parse_frame,
+    reframe,
     seal,
     verify_envelope,
 )
@@ -67,9 +84,11 @@ from .spec import ClusterSpec
 from .transport import Transport
 
 __all__ = [
+    "BROADCAST",
     "KIND_CONSENSUS",
     "KIND_FORWARD",
     "KIND_FORWARD_REPLY",
+    "KIND_LINK_STATE",
     "CoreFactory",
     "Node",
     "NodeError",
@@ -83,6 +102,8 @@ log = logging.getLogger("ruflo_consensus.runtime")
 KIND_CONSENSUS = 0  # payload: a codec frame (a protocol message)
 KIND_FORWARD = 1  # payload: [client, seq, command] — a follower hands a submit to the leader
 KIND_FORWARD_REPLY = 2  # payload: [client, seq, status, result, rejected]
+KIND_LINK_STATE = 3  # payload: [down neighbour, ...] — flooded to every node
+BROADCAST = "*"  # the destination of a flooded frame
 
 _OK, _NOT_LEADER, _RETRY = 0, 1, 2
 
@@ -114,10 +135,19 @@ def default_core_factory(
     config: RaftConfig,
     stored: StoredState,
 ) -> ConsensusCore:
-    """Build a :class:`RaftCore` from what storage returned."""
-    if stored.snapshot is not None:
-        raise NodeError("storage holds a snapshot, but this Raft core cannot start from one yet")
-    return RaftCore(node_id, peers, rng, config, stored.hard_state, stored.entries)
+    """Build a :class:`RaftCore` from what storage returned (snapshot, hard state, log)."""
+    try:
+        return RaftCore(
+            node_id,
+            peers,
+            rng,
+            config,
+            stored.hard_state,
+            stored.entries,
+            snapshot=stored.snapshot,
+        )
+    except ValueError as exc:  # a snapshot of another membership, a gap in the log
+        raise NodeError(f"cannot start from the stored state: {exc}") from None
 
 
 class _Waiter:
@@ -146,6 +176,17 @@ class _Waiter:
         await self.event.wait()
         if not self.done:
             self.event = trio.Event()
+
+
+@dataclass(slots=True)
+class _ApplyWork:
+    """What the ready task hands the apply task from one ``Ready``, in order."""
+
+    snapshot: Snapshot | None
+    committed: list[Committed]
+    reads: list[ReadState]
+    results: list[CommandResult]
+    snapshot_request: int | None
 
 
 @dataclass(slots=True)
@@ -184,7 +225,8 @@ def decode_result(raw: Any) -> Any:
 class Node:
     """One consensus node on real sockets. See the module docstring.
 
-    ``peer_keys`` maps every node id of the spec to its Ed25519 public key. ``storage``
+    ``peer_keys`` maps every node id of the spec to its Ed25519 public key,
+    ``client_keys`` every client allowed on ``/client`` to its own. ``storage``
     defaults to a :class:`FileStorage` in the spec's data folder for this node, or memory
     when the spec has none. ``relay_hook`` (tests only) may rewrite frames this node
     relays, to play a malicious relay.
@@ -201,6 +243,7 @@ class Node:
         core_factory: CoreFactory = default_core_factory,
         seed: int | None = None,
         relay_hook: Callable[[bytes], bytes] | None = None,
+        client_keys: dict[str, bytes] | None = None,
     ) -> None:
         node_id = identity.node_id
         spec.check_node(node_id)
@@ -213,6 +256,10 @@ class Node:
         self.node_id = node_id
         self.identity = identity
         self.peer_keys = dict(peer_keys)
+        self.client_keys = dict(client_keys or {})
+        clash = set(self.client_keys) & set(self.peer_keys)
+        if clash:
+            raise NodeError(f"client ids that are node ids: {', '.join(sorted(clash))}")
         self.rng = random.Random(seed if seed is not None else secrets.randbits(64))
         if storage is None:
             data_dir = spec.data_dir(node_id)
@@ -234,10 +281,24 @@ class Node:
         self.relayed = 0
         self.delivered = 0
         self.window = ReplayWindow(spec.runtime.replay_max_age_s)
+        self.client_window = ReplayWindow(spec.runtime.replay_max_age_s)
         self.nonces = NonceSource()
         self.transport = Transport(
-            node_id, spec, self._on_frame, self._serve_client, self.rejected, self.rng
+            node_id,
+            spec,
+            self._on_frame,
+            self._serve_client,
+            self.rejected,
+            self.rng,
+            self._on_link_change,
         )
+        # routing: what others say is down, the hop table it gives, how frames fared
+        self._reports: dict[str, tuple[tuple[int, bytes], frozenset[str], float]] = {}
+        self._routes: dict[str, str] | None = None
+        self._links_changed = trio.Event()
+        self._hop_limit = min(len(spec.ids), 255)
+        self.unroutable = 0
+        self.flood_duplicates = 0
         self.max_frame = spec.runtime.max_frame
         self.tick_s = spec.raft.tick_ms / 1000
         # how long a waiting client waits before it re-checks who leads and re-sends
@@ -250,9 +311,9 @@ class Node:
         self._readers: dict[int, _Waiter] = {}
         self._read_points: list[tuple[int, int]] = []
         self._next_ctx = 0
-        self._apply_send, self._apply_recv = trio.open_memory_channel[
-            tuple[list[Committed], list[ReadState], list[CommandResult]]
-        ](1024)
+        self._apply_send, self._apply_recv = trio.open_memory_channel[_ApplyWork](1024)
+        self.snapshots_taken = 0
+        self.snapshots_restored = 0
         boot = self.nonces.boot.hex()
         self._lanes_send, self._lanes_recv = trio.open_memory_channel[_Lane](
             spec.runtime.max_sessions
@@ -276,6 +337,7 @@ class Node:
                 nursery.start_soon(self._ready_loop)
                 nursery.start_soon(self._apply_loop)
                 nursery.start_soon(self._sweeper)
+                nursery.start_soon(self._announce_loop)
                 self._wake()
                 self.started.set()
                 log.info(
@@ -333,20 +395,34 @@ class Node:
                         w = self._waiters.get((proposal.client, proposal.seq))
                         if w is not None:
                             w.poke()
-                if rd.committed or rd.reads or rd.results:
-                    await self._apply_send.send((rd.committed, rd.reads, rd.results))
+                if (
+                    rd.snapshot is not None
+                    or rd.committed
+                    or rd.reads
+                    or rd.results
+                    or rd.snapshot_request is not None
+                ):
+                    await self._apply_send.send(
+                        _ApplyWork(
+                            rd.snapshot, rd.committed, rd.reads, rd.results, rd.snapshot_request
+                        )
+                    )
 
     async def _apply_loop(self) -> None:
-        async for committed, reads, results in self._apply_recv:
-            for c in committed:
+        async for work in self._apply_recv:
+            if work.snapshot is not None:
+                self._restore(work.snapshot)
+            for c in work.committed:
                 self._apply(c)
-            for r in results:
+            if work.snapshot_request is not None:
+                self._compact(work.snapshot_request)
+            for r in work.results:
                 p = r.proposal
                 if p.client is not None:
                     w = self._waiters.get((p.client, p.seq))
                     if w is not None:
                         w.resolve(r.value)
-            for rs in reads:
+            for rs in work.reads:
                 reader = self._readers.get(rs.ctx)
                 if reader is None:
                     continue
@@ -357,9 +433,34 @@ class Node:
                     self._read_points.append((rs.index, rs.ctx))
             if self._read_points:
                 self._serve_reads()
-            if committed:
+            if work.committed or work.snapshot is not None:
                 self._applied_event.set()
                 self._applied_event = trio.Event()
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        """Replace the machine and session table by a snapshot's (installed or stored).
+
+        A snapshot that does not restore is a bug elsewhere (it was taken by a replica of
+        the same machine): the ``CommandError`` takes the node down loudly.
+        """
+        self.table.restore(snapshot.data)
+        self.applied = snapshot.index
+        self.snapshots_restored += 1
+        log.info("%s restored a snapshot through index %d", self.node_id, snapshot.index)
+        # submits that the snapshot covers are answered from the restored session table
+        for (client, seq), w in self._waiters.items():
+            session = self.table.sessions.get(client)
+            if session is not None and session[0] == seq:
+                w.resolve(session[1])
+
+    def _compact(self, index: int) -> None:
+        """The core asked for a snapshot through ``index``: take it and hand it back."""
+        compact = getattr(self.core, "compact", None)
+        if compact is None or self.applied != index:
+            return  # (the request is a suggestion; the next one comes with more entries)
+        if compact(index, self.table.snapshot()) is not None:
+            self.snapshots_taken += 1
+            self._wake()
 
     def _apply(self, c: Committed) -> None:
         entry = c.entry
@@ -405,29 +506,119 @@ class Node:
         self._send_envelope(m.dst, KIND_CONSENSUS, encode_message(m))
 
     def _send_envelope(self, dst: NodeId, kind: int, payload: bytes) -> None:
-        hop = self.spec.topology.next_hop(self.node_id, dst)
+        hop = self._next_hop(dst)
         if hop is None:
-            self.rejected["no-route"] += 1
+            self.unroutable += 1
             return
-        self.transport.send(hop, seal(self.identity, dst, kind, payload, self.nonces))
+        frame = seal(self.identity, dst, kind, payload, self.nonces, hops=self._hop_limit)
+        self.transport.send(hop, frame)
+
+    # ------------------------------------------------------------------ routing
+
+    def _known_down(self) -> set[tuple[str, str]]:
+        """The links this node knows are down: its own, and what fresh reports say."""
+        down = {(self.node_id, p) for p, s in self.transport.links.items() if s.down}
+        horizon = trio.current_time() - 3 * self.spec.runtime.link_state_s
+        for origin, (_order, links, received) in self._reports.items():
+            if received >= horizon:
+                down.update((origin, p) for p in links)
+        return down
+
+    def _next_hop(self, dst: str) -> str | None:
+        """The neighbour a frame for ``dst`` goes to: around known failures, else direct."""
+        routes = self._routes
+        if routes is None:
+            routes = self._routes = self.spec.topology.next_hops(
+                self.node_id, down_links=self._known_down()
+            )
+        hop = routes.get(dst)
+        if hop is None and dst in self.transport.links:
+            return dst  # no way round: queue it for the link's return
+        return hop
+
+    def _on_link_change(self, peer: str) -> None:
+        self._routes = None
+        self._links_changed.set()
+
+    async def _announce_loop(self) -> None:
+        """Flood this node's down links on every change, and every ``link_state_s``."""
+        while True:
+            with trio.move_on_after(self.spec.runtime.link_state_s):
+                await self._links_changed.wait()
+            self._links_changed = trio.Event()
+            self._routes = None  # reports may have aged out
+            down = sorted(p for p, s in self.transport.links.items() if s.down)
+            frame = seal(
+                self.identity,
+                BROADCAST,
+                KIND_LINK_STATE,
+                _pack(down),
+                self.nonces,
+                hops=self._hop_limit,
+            )
+            self._flood(frame)
+            await trio.sleep(self.tick_s)  # at most one announcement per tick
+
+    def _flood(self, frame: bytes, skip: str | None = None) -> None:
+        for peer in self.transport.neighbours:
+            if peer != skip and self.transport.live(peer):
+                self.transport.send(peer, frame)
+
+    def _on_link_state(self, sender: str, env: Envelope, frame: tuple[bytes, bytes, int]) -> None:
+        raw = self._decode_payload(env.payload, None)
+        if raw is None:
+            return
+        neighbours = self.spec.topology.neighbours(sender)
+        if not all(isinstance(p, str) and p in neighbours for p in raw):
+            self.rejected["bad-field"] += 1
+            return
+        order = (env.timestamp_ms, env.nonce)
+        known = self._reports.get(sender)
+        if known is None or known[0] < order:
+            self._reports[sender] = (order, frozenset(raw), trio.current_time())
+            self._routes = None
+        body, signature, hops = frame
+        if hops > 0:
+            self._flood(reframe(body, signature, hops - 1), skip=sender)
 
     def _on_frame(self, data: bytes) -> None:
-        """Everything that arrives on ``/peer``: check, then relay or deliver."""
+        """Everything that arrives on ``/peer``: check, then relay, flood or deliver."""
         try:
-            env, body, signature = parse_envelope(data, self.max_frame)
+            env, body, signature, hops = parse_frame(data, self.max_frame)
             verify_envelope(env, body, signature, self.peer_keys)
         except EnvelopeError as exc:
             self.rejected[exc.reason] += 1
+            return
+        if env.dst == BROADCAST:
+            if env.sender == self.node_id:
+                return  # our own announcement, back from a neighbour
+            try:
+                self.window.check(env.sender, env.nonce, env.timestamp_ms)
+            except ReplayedEnvelope:
+                self.flood_duplicates += 1  # it reached us by another path already
+                return
+            except EnvelopeError as exc:
+                self.rejected[exc.reason] += 1
+                return
+            if env.kind == KIND_LINK_STATE:
+                self._on_link_state(env.sender, env, (body, signature, hops))
+            else:
+                self.rejected["unknown-kind"] += 1
             return
         if env.dst != self.node_id:
             if env.dst not in self.peer_keys:
                 self.rejected["wrong-destination"] += 1
                 return
-            hop = self.spec.topology.next_hop(self.node_id, env.dst)
+            if hops <= 0:
+                self.rejected["hop-limit"] += 1
+                return
+            hop = self._next_hop(env.dst)
             if hop is None or hop == env.sender:
                 self.rejected["no-route"] += 1
                 return
-            frame = data if self.relay_hook is None else self.relay_hook(data)
+            frame = reframe(body, signature, hops - 1)
+            if self.relay_hook is not None:
+                frame = self.relay_hook(frame)
             if self.transport.send(hop, frame):
                 self.relayed += 1
             return
@@ -463,12 +654,13 @@ class Node:
         if self.core.has_ready():
             self._wake()
 
-    def _decode_payload(self, payload: bytes, size: int) -> list[Any] | None:
+    def _decode_payload(self, payload: bytes, size: int | None) -> list[Any] | None:
+        """A msgpack list of ``size`` items (any length for None), or None (counted)."""
         try:
             raw = msgpack.unpackb(payload, raw=False, max_array_len=1 << 16)
         except Exception:
             raw = None
-        if not isinstance(raw, list) or len(raw) != size:
+        if not isinstance(raw, list) or (size is not None and len(raw) != size):
             self.rejected["malformed"] += 1
             return None
         return raw
@@ -671,8 +863,13 @@ class Node:
             "commit": getattr(core, "commit", None),
             "last_index": getattr(core, "last_index", None),
             "applied": self.applied,
+            "snapshot_index": getattr(core, "snapshot_index", None),
+            "snapshots_taken": self.snapshots_taken,
+            "snapshots_restored": self.snapshots_restored,
             "relayed": self.relayed,
             "delivered": self.delivered,
+            "unroutable": self.unroutable,
+            "down_links": sorted(list(pair) for pair in self._known_down()),
             "inbound": self.transport.inbound,
             "links": [
                 {**s.to_json(), "queued": self.transport.queued(p)}

@@ -17,6 +17,13 @@ topology) and real nodes. The runtime reads these extra, optional parts::
     replay_max_age_s = 30.0
     reconnect_min_s = 0.05
     reconnect_max_s = 2.0
+    link_state_s = 1.0           # how often a node floods which of its links are down
+    allow_unsigned_clients = false   # true: also serve clients that do not sign (local use)
+
+    [[clients]]                  # who may use the client protocol (/client)
+    id = "admin"
+    key_file = "keys/admin.key"  # its manifest keys/admin.manifest.json holds the public key
+    # public_key = "3b6a…"       # or the 32-byte Ed25519 public key in hex
 
     [[nodes]]
     id = "n1"
@@ -41,7 +48,15 @@ from urllib.parse import urlsplit
 from ..core.raft import RaftConfig
 from ..topology import Topology, TopologyError, load_topology
 
-__all__ = ["ClusterSpec", "Endpoint", "NodeTLS", "RuntimeOptions", "SpecError", "load_spec"]
+__all__ = [
+    "ClientSpec",
+    "ClusterSpec",
+    "Endpoint",
+    "NodeTLS",
+    "RuntimeOptions",
+    "SpecError",
+    "load_spec",
+]
 
 
 class SpecError(ValueError):
@@ -101,6 +116,8 @@ class RuntimeOptions:
     reconnect_max_s: float = 2.0
     submit_timeout_s: float = 30.0
     max_sessions: int = 256
+    link_state_s: float = 1.0
+    allow_unsigned_clients: bool = False
 
     def __post_init__(self) -> None:
         if self.max_frame < 1024:
@@ -109,8 +126,31 @@ class RuntimeOptions:
             raise SpecError("runtime.send_queue and runtime.max_sessions must be positive")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
             raise SpecError("need 0 < runtime.reconnect_min_s <= runtime.reconnect_max_s")
-        if self.replay_max_age_s <= 0 or self.submit_timeout_s <= 0:
-            raise SpecError("runtime.replay_max_age_s and submit_timeout_s must be positive")
+        if self.replay_max_age_s <= 0 or self.submit_timeout_s <= 0 or self.link_state_s <= 0:
+            raise SpecError(
+                "runtime.replay_max_age_s, submit_timeout_s and link_state_s must be positive"
+            )
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """A client allowed to use the client protocol: its id and where its public key is.
+
+    ``public_key`` is given in the spec, or read from the manifest beside ``key_file``
+    (``key_file`` is also where ``kv`` and ``cluster status`` find the secret key by
+    default).
+    """
+
+    id: str
+    key_file: Path | None = None
+    public_key: bytes | None = None
+
+    @property
+    def manifest_file(self) -> Path | None:
+        """The manifest beside the key file (None without a key file)."""
+        from ..identity import manifest_path
+
+        return None if self.key_file is None else manifest_path(self.key_file)
 
 
 @dataclass(frozen=True)
@@ -125,6 +165,7 @@ class ClusterSpec:
     raft: RaftConfig = field(default_factory=RaftConfig)
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     path: Path | None = None
+    clients: dict[str, ClientSpec] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[str]:
@@ -213,4 +254,41 @@ def load_spec(path: str | Path) -> ClusterSpec:
         )
         if endpoints[node.id].tls and (tls[node.id].cert is None or tls[node.id].key is None):
             raise SpecError(f"{p}: node {node.id!r} uses wss:// and needs tls_cert and tls_key")
-    return ClusterSpec(topology, base, endpoints, key_files, tls, raft, runtime, p)
+    clients = _clients(data, base, set(endpoints), p)
+    return ClusterSpec(topology, base, endpoints, key_files, tls, raft, runtime, p, clients)
+
+
+def _clients(
+    data: dict[str, Any], base: Path, nodes: set[str], where: Path
+) -> dict[str, ClientSpec]:
+    """The ``[[clients]]`` tables: unique ids (not node ids, no ``/``), a key each."""
+    raw_clients = data.get("clients", [])
+    if not isinstance(raw_clients, list):
+        raise SpecError(f"{where}: clients must be a list of [[clients]] tables")
+    clients: dict[str, ClientSpec] = {}
+    for i, raw in enumerate(raw_clients):
+        if not isinstance(raw, dict):
+            raise SpecError(f"{where}: clients[{i}] must be a table")
+        unknown = set(raw) - {"id", "key_file", "public_key"}
+        if unknown:
+            raise SpecError(f"{where}: unknown clients[{i}] field(s): {', '.join(sorted(unknown))}")
+        cid, key_file, public_key = raw.get("id"), raw.get("key_file"), raw.get("public_key")
+        if not isinstance(cid, str) or not cid or "/" in cid or len(cid) > 128:
+            raise SpecError(f"{where}: clients[{i}] needs an id: 1-128 characters, no '/'")
+        if cid in clients or cid in nodes:
+            raise SpecError(f"{where}: client id {cid!r} is used twice (or by a node)")
+        if key_file is not None and not isinstance(key_file, str):
+            raise SpecError(f"{where}: client {cid!r}: key_file must be a string")
+        key: bytes | None = None
+        if public_key is not None:
+            try:
+                key = bytes.fromhex(public_key) if isinstance(public_key, str) else b""
+            except ValueError:
+                key = b""
+            if len(key) != 32:
+                raise SpecError(f"{where}: client {cid!r}: public_key must be 64 hex digits")
+        if key_file is None and key is None:
+            raise SpecError(f"{where}: client {cid!r} needs a key_file or a public_key")
+        path = None if key_file is None else _resolve(base, key_file)
+        clients[cid] = ClientSpec(cid, path, key)
+    return clients

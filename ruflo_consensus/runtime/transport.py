@@ -7,6 +7,11 @@ frames off a bounded queue and sends them, reconnecting with exponential back-of
 jitter when the connection fails. Frames arrive on the neighbour's own outbound
 connection, which is this node's inbound one — one receive task per connection.
 
+A link is *down* once a connection attempt failed or its connection closed, and *up*
+again when a connection succeeds; each change is reported to ``on_link_change`` (the node
+routes around down links). A link notices a closed connection at once — a watcher reads
+the outbound connection, on which the peer never sends — not only on its next send.
+
 A full send queue does not grow: the frame is dropped and counted (``queue-full``), which
 is what a consensus protocol that retransmits wants from a slow or dead peer. A frame
 larger than the websocket limit closes the connection (counted ``too-large``); frames up to
@@ -81,6 +86,7 @@ class LinkStats:
 
     peer: str
     connected: bool = False
+    down: bool = False  # known to have failed (not merely not yet connected)
     sent: int = 0
     dropped: int = 0
     connects: int = 0
@@ -92,6 +98,7 @@ class LinkStats:
         return {
             "peer": self.peer,
             "connected": self.connected,
+            "down": self.down,
             "sent": self.sent,
             "dropped": self.dropped,
             "connects": self.connects,
@@ -169,6 +176,7 @@ class Transport:
 
     ``on_frame(data)`` is called for every binary message that arrives on ``/peer``;
     ``on_client(ws)`` serves one ``/client`` connection. ``rejected`` counts refusals.
+    ``on_link_change(peer)`` is called when a link goes up or down (see ``links[peer]``).
     """
 
     def __init__(
@@ -179,8 +187,10 @@ class Transport:
         on_client: Callable[[WebSocketConnection], Awaitable[None]] | None,
         rejected: Counter[str],
         rng: random.Random,
+        on_link_change: Callable[[str], None] | None = None,
     ) -> None:
         self.node_id = node_id
+        self.on_link_change = on_link_change
         self.spec = spec
         self.endpoint = spec.endpoints[node_id]
         self.on_frame = on_frame
@@ -213,6 +223,11 @@ class Transport:
             self.links[neighbour].dropped += 1
             return False
         return True
+
+    def live(self, neighbour: str) -> bool:
+        """True unless the link to ``neighbour`` is known to be down."""
+        stats = self.links.get(neighbour)
+        return stats is not None and not stats.down
 
     def queued(self, neighbour: str) -> int:
         """Frames waiting in the queue of a link."""
@@ -287,7 +302,9 @@ class Transport:
                     )
                     stats.connected = True
                     stats.connects += 1
+                    self._set_down(stats, False)
                     delay = self.spec.runtime.reconnect_min_s
+                    n.start_soon(self._watch, ws)
                     try:
                         while True:
                             frame = await receive.receive()
@@ -301,6 +318,19 @@ class Transport:
                 exc = _first_leaf(group)
                 stats.failures += 1
                 stats.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                self._set_down(stats, True)
             # exponential back-off with full jitter in [delay/2, delay]
             await trio.sleep(delay * (0.5 + 0.5 * self.rng.random()))
             delay = min(self.spec.runtime.reconnect_max_s, delay * 2)
+
+    def _set_down(self, stats: LinkStats, down: bool) -> None:
+        if stats.down != down:
+            stats.down = down
+            if self.on_link_change is not None:
+                self.on_link_change(stats.peer)
+
+    @staticmethod
+    async def _watch(ws: WebSocketConnection) -> None:
+        """Raise ``ConnectionClosed`` as soon as the outbound connection closes."""
+        while True:
+            await ws.get_message()  # the peer sends nothing here; ignore whatever comes

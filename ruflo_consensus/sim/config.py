@@ -7,7 +7,19 @@ from dataclasses import dataclass, field, replace
 
 from ..topology import KINDS, Topology, TopologyError, build_topology, load_topology
 
-__all__ = ["ALL_FAULTS", "FAULT_DESCRIPTIONS", "SimConfig", "SimConfigError", "parse_faults"]
+__all__ = [
+    "ALL_FAULTS",
+    "BYZANTINE_BEHAVIOURS",
+    "BYZANTINE_DESCRIPTIONS",
+    "ENGINE_FAULTS",
+    "FAULT_DESCRIPTIONS",
+    "SimConfig",
+    "SimConfigError",
+    "backend_faults",
+    "parse_behaviours",
+    "parse_faults",
+    "parse_span",
+]
 
 FAULT_DESCRIPTIONS: dict[str, str] = {
     "drop": "links lose messages (a low base rate, with bursts of heavy loss)",
@@ -29,14 +41,72 @@ FAULT_DESCRIPTIONS: dict[str, str] = {
     "serves, and later adds it back as a learner, promoted once it has caught up",
 }
 ALL_FAULTS: tuple[str, ...] = tuple(FAULT_DESCRIPTIONS)
+# The engine's network, clock and node faults, which every backend's simulation takes; the
+# rest of FAULT_DESCRIPTIONS are Raft's own (leader transfers, its WAL's disk faults, …).
+ENGINE_FAULTS: tuple[str, ...] = (
+    "drop",
+    "dup",
+    "reorder",
+    "partition",
+    "oneway",
+    "crash",
+    "pause",
+    "drift",
+)
 WORKLOADS: tuple[str, ...] = ("kv", "federation")
-BACKENDS: tuple[str, ...] = ("raft", "crdt")
+BACKENDS: tuple[str, ...] = ("raft", "crdt", "pbft")
+BYZANTINE_DESCRIPTIONS: dict[str, str] = {
+    "silent": "sends nothing at all (votes, replies, checkpoints: all withheld)",
+    "equivocate": "as primary, sends different pre-prepares to two halves of the backups "
+    "and votes for both; pushes for views with a colluding primary",
+    "forge": "fabricates pre-prepares, votes, requests and commit certificates in other "
+    "replicas' and clients' names (signatures that cannot verify)",
+    "replay": "re-sends old messages it saw (requests, votes, view changes) to others",
+    "conflict": "casts conflicting prepares and commits (a different digest to half the replicas)",
+    "lie-checkpoint": "announces wrong checkpoint digests, corrupts the state it serves, "
+    "claims a checkpoint it cannot prove in view changes",
+    "censor": "as primary, ignores one client's requests (as backup, does not forward them)",
+    "wrong-reply": "answers clients with made-up results",
+}
+BYZANTINE_BEHAVIOURS: tuple[str, ...] = tuple(BYZANTINE_DESCRIPTIONS)
 READ_MODES: tuple[str, ...] = ("read-index", "lease", "log")
 LATENCY_KINDS: tuple[str, ...] = ("exponential", "uniform", "pareto", "fixed")
 
 
+def backend_faults(backend: str) -> tuple[str, ...]:
+    """The faults a backend's simulation can inject: what ``--faults all`` means for it."""
+    return ALL_FAULTS if backend == "raft" else ENGINE_FAULTS
+
+
 class SimConfigError(ValueError):
     """A simulation setting is out of range or unknown."""
+
+
+def parse_behaviours(text: str) -> tuple[str, ...]:
+    """Parse ``"all"`` or a comma list of Byzantine behaviours such as ``"silent,forge"``."""
+    text = text.strip()
+    if text == "all":
+        return BYZANTINE_BEHAVIOURS
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in BYZANTINE_DESCRIPTIONS]
+    if unknown or not names:
+        raise SimConfigError(
+            f"unknown Byzantine behaviour(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(BYZANTINE_BEHAVIOURS)}, all"
+        )
+    return names
+
+
+def parse_span(text: str, name: str) -> tuple[float, float]:
+    """Parse ``"LO:HI"`` seconds (``0 < LO <= HI``), e.g. ``"0.1:0.5"``."""
+    try:
+        lo_s, hi_s = text.split(":", 1)
+        lo, hi = float(lo_s), float(hi_s)
+    except ValueError:
+        raise SimConfigError(f"{name} takes LO:HI seconds, got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise SimConfigError(f"{name} needs 0 < LO <= HI seconds, got {text!r}")
+    return lo, hi
 
 
 def parse_faults(text: str) -> tuple[str, ...]:
@@ -93,6 +163,9 @@ class SimConfig:
     # checks
     invariant_interval_s: float = 0.5
     check_timeout_s: float = 60.0
+    # pbft: how many replicas are Byzantine (None: f) and the behaviours they draw from
+    byzantine: int | None = None
+    behaviours: tuple[str, ...] = BYZANTINE_BEHAVIOURS
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,6 +197,15 @@ class SimConfig:
         for f in self.faults:
             if f not in FAULT_DESCRIPTIONS:
                 raise SimConfigError(f"unknown fault {f!r}")
+        supported = backend_faults(self.backend)
+        if self.faults == ALL_FAULTS:  # "all": every fault this backend has
+            object.__setattr__(self, "faults", supported)
+        unsupported = [f for f in self.faults if f not in supported]
+        if unsupported:
+            raise SimConfigError(
+                f"the {self.backend} backend cannot inject {', '.join(unsupported)}; "
+                f"its faults are {', '.join(supported)}"
+            )
         if self.backend == "crdt" and self.workload != "kv":
             raise SimConfigError(
                 "the crdt backend runs the kv workload only (budgets with a "
@@ -131,6 +213,19 @@ class SimConfig:
             )
         if self.seed < 0:
             raise SimConfigError("--seed must be a non-negative integer")
+        for name, (lo, hi) in (
+            ("--nemesis-interval", self.nemesis_interval_s),
+            ("--fault-duration", self.fault_duration_s),
+        ):
+            if not 0 < lo <= hi:
+                raise SimConfigError(f"{name} needs 0 < LO <= HI seconds")
+        if self.quiet_tail_s < 0:
+            raise SimConfigError("--quiet-tail must not be negative")
+        if self.byzantine is not None and not 0 <= self.byzantine <= self.nodes:
+            raise SimConfigError("--byzantine must be between 0 and the number of nodes")
+        parse_behaviours(",".join(self.behaviours))  # raises on an unknown one
+        if self.backend == "pbft" and self.workload != "kv":
+            raise SimConfigError("the pbft backend runs the kv workload for now")
         if self.snapshot_entries < 0:
             raise SimConfigError("--snapshot-entries must be >= 0 (0: never snapshot)")
         if self.snapshot_chunk_bytes < 1:
@@ -150,7 +245,7 @@ class SimConfig:
             parts += ["--nodes", str(self.nodes)]
         if self.duration_s != default.duration_s:
             parts += ["--duration", f"{self.duration_s:g}"]
-        if self.faults != default.faults:
+        if self.faults != backend_faults(self.backend):
             parts += ["--faults", ",".join(self.faults) or "none"]
         if self.clients != default.clients:
             parts += ["--clients", str(self.clients)]
@@ -166,6 +261,16 @@ class SimConfig:
             parts += ["--backend", self.backend]
         if self.topology != default.topology:
             parts += ["--topology", shlex.quote(self.topology)]
+        if self.quiet_tail_s != default.quiet_tail_s:
+            parts += ["--quiet-tail", f"{self.quiet_tail_s:g}"]
+        if self.nemesis_interval_s != default.nemesis_interval_s:
+            parts += ["--nemesis-interval", "{:g}:{:g}".format(*self.nemesis_interval_s)]
+        if self.fault_duration_s != default.fault_duration_s:
+            parts += ["--fault-duration", "{:g}:{:g}".format(*self.fault_duration_s)]
+        if self.byzantine != default.byzantine:
+            parts += ["--byzantine", str(self.byzantine)]
+        if self.behaviours != default.behaviours:
+            parts += ["--behaviours", ",".join(self.behaviours)]
         if self.snapshot_entries != default.snapshot_entries:
             parts += ["--snapshot-entries", str(self.snapshot_entries)]
         if self.snapshot_chunk_bytes != default.snapshot_chunk_bytes:

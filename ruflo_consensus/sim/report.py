@@ -67,7 +67,7 @@ def summarize(result: SimResult, check_timeout_s: float | None = None) -> SimSum
         violations.append(str(result.violation))
     violations.extend(f"cross-node property: {v}" for v in result.property_violations)
     timeout = result.config.check_timeout_s if check_timeout_s is None else check_timeout_s
-    checked = result.config.workload == "kv" and result.config.backend == "raft"
+    checked = result.config.workload == "kv" and result.config.backend in ("raft", "pbft")
     check = check_history(result.history if checked else [], "kv", timeout=timeout)
     window = None
     if check.linearizable is False:
@@ -115,7 +115,7 @@ def run_simulation(
 ) -> SimSummary:
     """Run one seed end to end: simulate, check invariants and linearizability, summarise.
 
-    ``config.backend`` picks the simulation (``raft`` or ``crdt``); ``core_factory``
+    ``config.backend`` picks the simulation (``raft``, ``crdt`` or ``pbft``); ``core_factory``
     replaces the Raft core (tests use it to run deliberately broken ones). With
     ``history_path`` the clients' history is written there as JSON Lines, ready for
     ``ruflo-consensus check`` or any Jepsen-style tool.
@@ -124,6 +124,10 @@ def run_simulation(
         from .crdt_sim import CrdtSimulation
 
         result = CrdtSimulation(config).run()
+    elif config.backend == "pbft":
+        from .pbft_sim import PbftSimulation
+
+        result = PbftSimulation(config).run()
     else:
         result = Simulation(config, core_factory).run()
     if history_path is not None:

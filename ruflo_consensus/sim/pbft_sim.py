@@ -1,0 +1,490 @@
+"""The PBFT backend in the deterministic simulator.
+
+Every node runs a :class:`~ruflo_consensus.core.pbft.PbftCore`; ``--byzantine N`` of them
+(default ``f``) are Byzantine, each with a behaviour drawn from ``--behaviours``
+(:mod:`.byzantine`). Keys are derived from the seed, and Ed25519 signatures are
+deterministic, so a seed replays bit for bit. The network and node faults are the
+engine's; a crashed replica restarts from the state it persisted.
+
+Clients sign their requests and send them to the primary they believe in; after a timeout
+they broadcast them to every replica (which makes backups start their view-change timers);
+a client accepts a result once ``f + 1`` replicas sent matching signed replies. A client
+that gives up records ``info`` and continues under a new identity (a new key), as in the
+Raft simulation. The clients' history is checked for linearizability with the ``kv``
+model; :class:`~.pbft_invariants.PbftInvariants` checks agreement, checkpoint agreement and
+state transfers while the run goes, and liveness after the network healed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from ..check.history import Op
+from ..core.base import Message, ProtocolError, Role
+from ..core.pbft import (
+    Keyring,
+    PbftConfig,
+    PbftCore,
+    PbftFrame,
+    PbftReady,
+    Signed,
+    Signer,
+    auth_stats,
+    decode_result,
+    open_envelope,
+    quorum_size,
+    sign_request,
+)
+from ..core.pbft.messages import Reply
+from ..federation.canonical import canonical_bytes
+from ..statemachine import CommandRejected, KVStateMachine
+from ..topology import Topology
+from .byzantine import Adversary, Behaviour, make_behaviour
+from .config import SimConfig
+from .engine import FIRST_BACKEND_KIND, EngineNode, SimEngine
+from .invariants import InvariantViolation
+from .pbft_invariants import Batch, PbftInvariants
+from .simulator import SimResult
+
+__all__ = ["SIM_PBFT_CONFIG", "PbftSimulation"]
+
+_REQ, _REPLY, _TIMEOUT, _NEXT = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 4)
+
+SIM_PBFT_CONFIG = PbftConfig(
+    checkpoint_interval=16,
+    window=64,
+    max_inflight=2,
+    view_change_ticks=15,
+    max_backoff=4,
+    status_ticks=5,
+)
+"""The replicas' settings in simulations: checkpoints and the window scaled down so that a
+run of a few simulated seconds crosses several of them."""
+
+
+@dataclass(slots=True)
+class _Replica:
+    core: PbftCore | None
+    durable: bytes | None = None
+    behaviour: Behaviour | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    op: Op
+    command: dict[str, Any]
+    t: int
+    env: Signed
+    started: int
+    attempt: int = 0
+    votes: dict[bytes, list[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Client:
+    index: int
+    process: int
+    name: str
+    signer: Signer
+    t: int = 0
+    view: int = 0
+    counter: int = 0
+    pending: _Pending | None = None
+    last_seen: dict[str, str] = field(default_factory=dict)
+
+
+def _pbft_trace(m: Message) -> str:
+    # a signature names its message: Ed25519 is deterministic, so equal runs give equal keys
+    if isinstance(m, PbftFrame) and m.items:
+        return f"{len(m.items)} {m.items[0].sig[:6].hex()}"
+    return type(m).__name__
+
+
+class PbftSimulation(SimEngine):
+    """One deterministic run of a PBFT cluster with Byzantine replicas, clients and a nemesis.
+
+    ``pbft_config`` replaces the replicas' settings (default :data:`SIM_PBFT_CONFIG`).
+    """
+
+    def __init__(
+        self,
+        config: SimConfig,
+        pbft_config: PbftConfig | None = None,
+        topology: Topology | None = None,
+    ) -> None:
+        self.pbft_config = pbft_config or SIM_PBFT_CONFIG
+        super().__init__(config, topology or config.build_topology(), self.pbft_config.tick_ms)
+        self.f, self.q = quorum_size(len(self.ids))
+        self.secret = f"ruflo-pbft-sim/{config.seed}".encode()
+        self.signers = {i: Signer.derived(self.secret, i) for i in self.ids}
+        self.keyring = Keyring({i: s.public_key for i, s in self.signers.items()})
+        count = self.f if config.byzantine is None else config.byzantine
+        byzantine = sorted(self.rng.sample(range(len(self.ids)), count))
+        self.byzantine = {self.ids[i]: "" for i in byzantine}
+        self.honest = [i for i in self.ids if i not in self.byzantine]
+        self.clients: list[_Client] = []
+        self.adversary = Adversary(
+            {i: self.signers[i] for i in self.byzantine},
+            tuple(self.ids),
+            self.honest,
+            self.f,
+            lambda: [c.name for c in self.clients],
+        )
+        self.reps = [_Replica(None) for _ in self.nodes]
+        for node in self.nodes:
+            rep = self.reps[node.index]
+            if node.id in self.byzantine:
+                name = config.behaviours[self.rng.randrange(len(config.behaviours))]
+                self.byzantine[node.id] = name
+                rep.behaviour = make_behaviour(
+                    name,
+                    node.id,
+                    lambda r=rep: r.core,  # type: ignore[misc]
+                    self.adversary,
+                    random.Random(self.rng.getrandbits(64)),
+                )
+            rep.core = self._make_core(node)
+        self.invariants = PbftInvariants(set(self.honest))
+        self.history: list[Op] = []
+        self.by_name: dict[str, _Client] = {}
+        for i in range(config.clients):
+            self._new_identity(i, i, f"c{i}")
+        self.ops_end_us = max(0, self.end_us - int(min(1.0, config.duration_s / 4) * 1e6))
+        self.views_installed: set[int] = set()
+        self.client_rejected: dict[str, int] = {}
+        # counters of honest cores that crashed (a restarted core counts from zero)
+        self.core_rejected: dict[str, int] = {}
+        self.core_counters: dict[str, int] = {}
+        self.handle(_REQ, lambda a, b: self._request_arrives(a, b))
+        self.handle(_REPLY, lambda a, b: self._reply_arrives(a))
+        self.handle(_TIMEOUT, lambda a, b: self._timeout(a, b))
+        self.handle(_NEXT, lambda a, b: self._next_op(self.clients[a]))
+
+    # ------------------------------------------------------------------ nodes
+
+    def _make_core(self, node: EngineNode) -> PbftCore:
+        rep = self.reps[node.index]
+        return PbftCore(
+            node.id,
+            self.ids,
+            self.signers[node.id],
+            self.keyring,
+            KVStateMachine(),
+            self.pbft_config,
+            rep.durable,
+        )
+
+    def core_of(self, node: EngineNode) -> PbftCore | None:
+        """The replica's core (None while crashed)."""
+        return self.reps[node.index].core
+
+    def message_key(self, message: Message) -> str:
+        """PBFT frames in the trace: the kind, view and sequence number of what they carry."""
+        return _pbft_trace(message)
+
+    def on_message(self, node: EngineNode, message: Message) -> None:
+        """Step the core (through the Byzantine filter, if any); the core counts rejections."""
+        rep = self.reps[node.index]
+        assert rep.core is not None
+        if rep.behaviour is not None and isinstance(message, PbftFrame):
+            filtered = rep.behaviour.incoming(message)
+            if filtered is None:
+                return
+            message = filtered
+        with contextlib.suppress(ProtocolError):  # counted per envelope in core.rejected
+            rep.core.step(message)
+        self.process_ready(node)
+
+    def on_tick(self, node: EngineNode) -> None:
+        """Tick the core; a Byzantine replica's behaviour may inject messages too."""
+        rep = self.reps[node.index]
+        assert rep.core is not None
+        rep.core.tick()
+        if rep.behaviour is not None:
+            for m in rep.behaviour.on_tick():
+                self._route(m)
+        self.process_ready(node)
+
+    def on_queued(self, node: EngineNode, kind: int, item: Any) -> None:
+        """A client request that waited while the replica was paused."""
+        self._request_arrives(*item)
+
+    def crash_node(self, node: EngineNode) -> None:
+        """Lose the core's memory; its persisted state stays."""
+        rep = self.reps[node.index]
+        if rep.core is not None and rep.behaviour is None:
+            self._fold_counters(rep.core)
+        rep.core = None
+
+    def _fold_counters(self, core: PbftCore) -> None:
+        for k, v in core.rejected.items():
+            self.core_rejected[k] = self.core_rejected.get(k, 0) + v
+        for k, v in core.counters.items():
+            self.core_counters[k] = self.core_counters.get(k, 0) + v
+
+    def restart_node(self, node: EngineNode) -> None:
+        """Rebuild the replica from what it persisted, then replay its committed batches."""
+        rep = self.reps[node.index]
+        rep.core = self._make_core(node)
+        core = rep.core
+        self.trace(f"{node.id} restart view {core.view} stable {core.stable_checkpoint[0]}")
+        self.process_ready(node)
+
+    def process_ready(self, node: EngineNode) -> None:
+        """Persist, send (through the Byzantine filter), then check what was executed."""
+        rep = self.reps[node.index]
+        core = rep.core
+        assert core is not None
+        if not core.has_ready():
+            return
+        rd = core.ready()
+        assert isinstance(rd, PbftReady)
+        if rd.persist.state is not None:
+            rep.durable = rd.persist.state
+        messages = rd.messages
+        if rep.behaviour is not None:
+            messages = rep.behaviour.outgoing(messages)
+        for m in messages:
+            self._route(m)
+        honest = rep.behaviour is None
+        for rc in rd.role_changes:
+            self.trace(f"{rc.node} {rc.role} view {rc.term}")
+            if honest and rc.role is not Role.VIEW_CHANGING and rc.term > 0:
+                self.views_installed.add(rc.term)
+        if not honest:
+            return
+        if rd.committed:
+            self._check_executed(node, rd)
+        for seq, digest in rd.checkpoints:
+            self.invariants.on_checkpoint(node.id, seq, digest, self.now)
+        for seq, digest in rd.state_transfers:
+            self.trace(f"{node.id} state transfer to {seq}")
+            self.invariants.on_transfer(node.id, seq, digest, self.now)
+
+    def _check_executed(self, node: EngineNode, rd: PbftReady) -> None:
+        batch: list[tuple[str | None, int, bytes]] = []
+        seq = rd.committed[0].entry.index
+        for c in [*rd.committed, None]:
+            if c is None or c.entry.index != seq:
+                self.invariants.on_execute(node.id, seq, tuple(batch), self.now)
+                if c is None:
+                    break
+                batch, seq = [], c.entry.index
+            p = c.entry.proposal
+            if p is not None:
+                batch.append((p.client, p.seq, canonical_bytes(p.command)))
+
+    def _route(self, m: Message) -> None:
+        if m.dst in self.by_id:
+            self.send(m)
+        elif isinstance(m, PbftFrame) and not self.lossy():
+            self.push(self.now + self.latency(), _REPLY, m)
+
+    # ------------------------------------------------------------------ clients
+
+    def _new_identity(self, index: int, process: int, name: str) -> None:
+        signer = Signer.derived(self.secret, name)
+        self.keyring.register_client(name, signer.public_key)
+        old = self.clients[index] if index < len(self.clients) else None
+        client = _Client(index, process, name, signer, view=old.view if old else 0)
+        if old is None:
+            self.clients.append(client)
+        else:
+            self.by_name.pop(old.name, None)
+            self.clients[index] = client
+        self.by_name[name] = client
+
+    def on_start(self) -> None:
+        """Start every client within the first 10 ms."""
+        for client in self.clients:
+            self.push(int(self.rng.random() * 10_000), _NEXT, client.index)
+
+    def _next_op(self, client: _Client) -> None:
+        if self.now >= self.ops_end_us or client.pending is not None:
+            return
+        rng = self.rng
+        key = f"k{rng.randrange(self.config.keys)}"
+        roll = rng.random()
+        client.counter += 1
+        token = f"{client.process}.{client.counter}"
+        if roll < 0.35:
+            command: dict[str, Any] = {"op": "get", "key": key}
+            op = Op(client.process, "invoke", "get", key, None)
+        elif roll < 0.6:
+            command = {"op": "put", "key": key, "value": token}
+            op = Op(client.process, "invoke", "put", key, token)
+        elif roll < 0.85:
+            command = {"op": "append", "key": key, "value": token + ";"}
+            op = Op(client.process, "invoke", "append", key, token + ";")
+        else:
+            old = client.last_seen.get(key, "")
+            command = {"op": "cas", "key": key, "old": old, "new": token}
+            op = Op(client.process, "invoke", "cas", key, [old, token])
+        client.t += 1
+        env = sign_request(client.signer, client.t, command)
+        client.pending = _Pending(op, command, client.t, env, self.now)
+        self.history.append(op)
+        self._send_request(client, broadcast=False)
+
+    def _send_request(self, client: _Client, broadcast: bool) -> None:
+        p = client.pending
+        assert p is not None
+        targets = range(len(self.ids)) if broadcast else [client.view % len(self.ids)]
+        for index in targets:
+            if not self.lossy():
+                frame = PbftFrame(client.name, self.ids[index], (p.env,))
+                self.push(self.now + self.latency(), _REQ, index, frame)
+        timeout = int(self.config.client_timeout_ms * 1000)
+        self.push(self.now + timeout, _TIMEOUT, client.index, (p.t, p.attempt))
+
+    def _request_arrives(self, index: int, frame: PbftFrame) -> None:
+        node = self.nodes[index]
+        if not node.up:
+            return
+        if node.paused:
+            node.inbox.append((_REQ, (index, frame)))
+            return
+        self.trace(f"{frame.src}>{node.id} req")
+        self.on_message(node, frame)
+
+    def _reply_arrives(self, frame: PbftFrame) -> None:
+        client = self.by_name.get(frame.dst)
+        if client is None or client.pending is None:
+            return
+        p = client.pending
+        for env in frame.items:
+            try:
+                reply = open_envelope(env, self.keyring)
+            except ProtocolError as exc:
+                self.client_rejected[exc.reason] = self.client_rejected.get(exc.reason, 0) + 1
+                continue
+            if not isinstance(reply, Reply) or reply.client != client.name or reply.t != p.t:
+                continue
+            key = msgpack.packb(reply.result, use_bin_type=True)
+            voters = p.votes.setdefault(key, [])
+            if reply.signer in voters:
+                continue
+            voters.append(reply.signer)
+            client.view = max(client.view, reply.view) if len(voters) > self.f else client.view
+            if len(voters) == self.f + 1:
+                self._complete(client, decode_result(reply.result))
+                return
+
+    def _complete(self, client: _Client, result: Any) -> None:
+        p = client.pending
+        assert p is not None
+        op = p.op
+        if isinstance(result, CommandRejected):
+            done = Op(op.process, "fail", op.f, op.key, op.value)
+        elif op.f == "get":
+            client.last_seen[op.key] = result
+            done = Op(op.process, "ok", "get", op.key, result)
+        elif op.f == "cas":
+            done = Op(op.process, "ok" if result is True else "fail", "cas", op.key, op.value)
+            if result is True:
+                client.last_seen[op.key] = op.value[1]
+        else:
+            done = Op(op.process, "ok", op.f, op.key, op.value)
+        self.history.append(done)
+        self.trace(f"{client.name} {done.type} {op.f} {p.t}")
+        client.pending = None
+        think = int(self.rng.random() * self.config.think_ms * 1000)
+        self.push(self.now + think, _NEXT, client.index)
+
+    def _timeout(self, index: int, attempt_id: tuple[int, int]) -> None:
+        client = self.clients[index]
+        p = client.pending
+        if p is None or (p.t, p.attempt) != attempt_id:
+            return
+        if self.now - p.started >= int(self.config.client_give_up_ms * 1000):
+            op = p.op
+            self.history.append(Op(op.process, "info", op.f, op.key, op.value))
+            self.trace(f"{client.name} info {op.f} {p.t}")
+            process = client.process + len(self.clients)
+            self._new_identity(index, process, f"c{index}g{process // len(self.clients)}")
+            self.push(self.now + 1000, _NEXT, index)
+            return
+        p.attempt += 1
+        self._send_request(client, broadcast=True)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> SimResult:
+        """Run to the end (or the first violation); then check liveness after GST."""
+        started = time.perf_counter()
+        stats = auth_stats()
+        stats.reset()
+        violation: InvariantViolation | None = None
+        try:
+            self.run_loop()
+            grace = int(min(0.5, self.config.quiet_tail_s / 2) * 1e6)
+            alive = {
+                n.id: rep.core.last_executed
+                for n, rep in zip(self.nodes, self.reps, strict=True)
+                if rep.core is not None and n.up and not n.paused and rep.behaviour is None
+            }
+            self.invariants.check_liveness(alive, self.end_us - grace, self.now)
+        except InvariantViolation as exc:
+            violation = exc
+        for client in self.clients:
+            if client.pending is not None:
+                op = client.pending.op
+                self.history.append(Op(op.process, "info", op.f, op.key, op.value))
+        honest_cores = [
+            rep.core for rep in self.reps if rep.core is not None and rep.behaviour is None
+        ]
+        for core in honest_cores:
+            self._fold_counters(core)
+        rejected, counters = self.core_rejected, self.core_counters
+        for k, v in self.client_rejected.items():
+            rejected[f"client {k}"] = v
+        injected = sum(r.behaviour.injected for r in self.reps if r.behaviour is not None)
+        properties: dict[str, Any] = {
+            "byzantine replicas": dict(self.byzantine) or "none",
+            "views installed": len(self.views_installed),
+            "view changes started (honest)": counters.get("view-changes", 0),
+            "stable checkpoints (honest)": counters.get("checkpoints-stable", 0),
+            "state transfers": counters.get("state-transfers", 0),
+            "commit certificates used": counters.get("commit-certs-used", 0),
+            "batches ordered": counters.get("batches", 0),
+            "requests executed (honest)": counters.get("executed-requests", 0),
+            "messages the adversary forged, altered or dropped": injected,
+            "signatures": {
+                "made": stats.signs,
+                "verified": stats.verifications,
+                "cache hits": stats.cache_hits,
+                "failed": stats.failures,
+            },
+        }
+        return SimResult(
+            config=self.config,
+            trace_hash=self.trace_hash(),
+            history=self.history,
+            violation=violation,
+            recent_events=list(self.recent),
+            invariant_checks=dict(self.invariants.checks),
+            faults=dict(sorted(self.fault_counts.items())),
+            leader_changes=len(self.views_installed),
+            terms=max((c.view for c in honest_cores), default=0),
+            messages_delivered=self.delivered,
+            messages_dropped=self.dropped,
+            messages_duplicated=self.duplicated,
+            messages_relayed=self.relayed,
+            events=self.events,
+            sim_seconds=self.now / 1e6,
+            wall_seconds=time.perf_counter() - started,
+            rejected=dict(sorted(rejected.items())),
+            commit_index=max((c.last_executed for c in honest_cores), default=0),
+            properties=properties,
+        )
+
+    @property
+    def executed_batches(self) -> dict[int, Batch]:
+        """What the honest replicas executed, by sequence number (for tests)."""
+        return {seq: batch for seq, (batch, _, _) in self.invariants.executed.items()}
