@@ -75,3 +75,13 @@ commit_without_majority = factory(CommitWithoutMajority)
 skip_log_matching = factory(SkipLogMatching)
 lease_ignores_drift = factory(LeaseIgnoresDrift)
 snapshot_skips_entries = factory(SnapshotSkipsEntries)
+
+
+class TwoConfChangesAtOnce(RaftCore):
+    """A leader that appends a membership change while another is still uncommitted."""
+
+    def _conf_change_pending(self) -> bool:
+        return False
+
+
+two_conf_changes_at_once = factory(TwoConfChangesAtOnce)

@@ -34,6 +34,7 @@ class Harness:
         machine: Callable[[], StateMachine] = KVStateMachine,
     ) -> None:
         self.ids = [f"n{i + 1}" for i in range(n)]
+        self.bootstrap = list(self.ids)  # every core's `peers`, also for nodes added later
         self.config = config or RaftConfig()
         self.rng = random.Random(seed)
         self.compact = compact
@@ -142,17 +143,31 @@ class Harness:
     def heal(self) -> None:
         self.cut.clear()
 
+    def add_node(self, nid: str) -> RaftCore:
+        """Start a fresh node that joins the running cluster (``join=True``, empty log)."""
+        core = self.core_class(
+            nid, self.bootstrap, random.Random(self.rng.getrandbits(32)), self.config, join=True
+        )
+        self.ids.append(nid)
+        self.cores[nid] = core
+        self.storage[nid] = MemoryStorage()
+        self.machines[nid] = SessionTable(self.machine())
+        for d in (self.applied, self.restored, self.requests, self.reads):
+            d[nid] = []  # type: ignore[assignment]
+        return core
+
     def restart(self, nid: str) -> None:
         """Rebuild the node from its storage: snapshot, log after it, hard state."""
         stored = self.storage[nid].load()
         self.cores[nid] = self.core_class(
             nid,
-            self.ids,
+            self.bootstrap,
             random.Random(self.rng.getrandbits(32)),
             self.config,
             stored.hard_state,
             stored.entries,
             snapshot=stored.snapshot,
+            join=nid not in self.bootstrap,
         )
         self.machines[nid] = SessionTable(self.machine())
         self.applied[nid] = []

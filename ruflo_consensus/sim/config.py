@@ -37,6 +37,8 @@ FAULT_DESCRIPTIONS: dict[str, str] = {
     "down until a later attempt reads it",
     "leader-slow": "the leader's clock runs slow by the drift bound and everyone else's "
     "fast, while it is cut off from them (the worst case for leases)",
+    "membership": "an operator removes a voter (sometimes the leader) while the cluster "
+    "serves, and later adds it back as a learner, promoted once it has caught up",
 }
 ALL_FAULTS: tuple[str, ...] = tuple(FAULT_DESCRIPTIONS)
 # The engine's network, clock and node faults, which every backend's simulation takes; the

@@ -75,6 +75,7 @@ from ..topology import Topology
 from .config import SimConfig
 from .engine import FIRST_BACKEND_KIND, EngineNode, SimEngine
 from .invariants import InvariantViolation, RaftInvariants
+from .membership import MembershipInvariants, MembershipNemesis
 
 __all__ = ["ClientReply", "ClientRequest", "CoreFactory", "SimResult", "Simulation"]
 
@@ -306,6 +307,8 @@ class Simulation(SimEngine):
                 self.rng.getrandbits(32), peers=config.keys, node_ids=self.ids
             )
         self.invariants = RaftInvariants(reference=lambda: SessionTable(self._new_machine()))
+        self.membership = MembershipNemesis(self)
+        self.membership_invariants = MembershipInvariants()
         self.raft: list[_RaftNode] = []
         for node in self.nodes:
             rn = _RaftNode(None, SimDisk(), _TornWrite(self.rng), SessionTable(self._new_machine()))
@@ -456,10 +459,20 @@ class Simulation(SimEngine):
             self.push(int(self.rng.random() * 10_000), _CLIENT_NEXT, client.index)
 
     def on_check(self) -> None:
-        """Log matching across all nodes' written logs."""
+        """Log matching across all nodes' written logs; membership steps in each log."""
         self.invariants.check_logs(
             {n.id: self._log_of(self.raft[n.index]) for n in self.nodes}, self.now
         )
+        self._check_membership()
+
+    def _check_membership(self) -> None:
+        logs = {}
+        for n in self.nodes:
+            rn = self.raft[n.index]
+            log = self._log_of(rn)
+            at = getattr(rn.core, "configuration_at", None)
+            logs[n.id] = (log, at(log[0].index) if at is not None else None)
+        self.membership_invariants.check_logs(logs, self.now)
 
     # ------------------------------------------------------------------ the driver
 
@@ -471,6 +484,7 @@ class Simulation(SimEngine):
         if not core.has_ready():
             return
         rd = core.ready()
+        self.membership_invariants.on_ready(node, core, rd, self.now)
         wait = 0
         if not rd.persist.is_empty():
             storage = rn.storage
@@ -621,6 +635,8 @@ class Simulation(SimEngine):
             return node.index
         if kind == "leader-slow":
             return self._slow_leader()
+        if kind == "membership":
+            return self.membership.inject()
         return None
 
     def heal_backend_fault(self, kind: str, detail: Any) -> None:
@@ -634,6 +650,8 @@ class Simulation(SimEngine):
             self.unblock_links(detail)
             for n in self.nodes:
                 n.rate = 1.0
+        elif kind == "membership":
+            self.membership.heal(detail)
 
     def _slow_leader(self) -> Any:
         leaders = self._leaders()
@@ -906,6 +924,8 @@ class Simulation(SimEngine):
         cores = [rn.core for rn in self.raft if rn.core is not None]
         properties, property_violations = self._final_properties(violation is None)
         properties["storage"] = dict(sorted(self.storage_stats.items()))
+        if self.membership.stats:
+            properties["membership"] = dict(sorted(self.membership.stats.items()))
         return SimResult(
             properties=properties,
             property_violations=property_violations,
@@ -914,7 +934,7 @@ class Simulation(SimEngine):
             history=self.history,
             violation=violation,
             recent_events=list(self.recent),
-            invariant_checks=dict(self.invariants.checks),
+            invariant_checks=self.invariants.checks | self.membership_invariants.checks,
             faults=dict(sorted(self.fault_counts.items())),
             leader_changes=self.leader_changes,
             terms=max((c.term for c in cores), default=0),
