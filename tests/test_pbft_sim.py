@@ -56,7 +56,8 @@ def test_same_seed_gives_the_same_trace_hash_in_this_process_and_another() -> No
 
 
 def _check_sweep(nodes: int) -> None:
-    base = replace(SWEEP, nodes=nodes)
+    # (two clients at n = 7 keep the default run inside its time budget)
+    base = replace(SWEEP, nodes=nodes, clients=3 if nodes == 4 else 2)
     result = run_sweep(base, range(200), processes=2, progress=False)
     s = result.summaries
     assert len(s) == 200
@@ -85,7 +86,7 @@ def _check_sweep(nodes: int) -> None:
         rejected.update(x.rejected_messages)
     for reason in ("bad-signature", "conflicting-vote", "conflicting-pre-prepare", "old-view"):
         assert rejected[reason] > 0, rejected
-    assert sum(x.operations["ok"] for x in s) > 200 * 25
+    assert sum(x.operations["ok"] for x in s) > 200 * 20
     # a seed whose faults lasted into the tail may finish few operations; most finish many
     assert sum(x.operations["ok"] >= 10 for x in s) >= 190
     assert all(x.invariants_checked["liveness"] == 1 for x in s)

@@ -906,7 +906,12 @@ class PbftCore:
         self._send(fs.signer, self._state_env)
 
     def _on_state(self, st: State) -> None:
-        if st.seq <= self._last_exec and not (self._fetch is not None and self._fetch[0] == st.seq):
+        target = self._fetch[0] if self._fetch is not None else None
+        if st.seq <= self._last_exec and st.seq != target:
+            return  # nothing we lack (unless it repairs our state at the stable checkpoint)
+        if st.seq < self._h or (target is not None and st.seq < target):
+            # A late answer to an older fetch: everything up to h is collected, so a state
+            # before it could never be executed forward; keep fetching the one we need.
             return
         digest = state_digest(st.snapshot)
         self._check_proof(st.seq, digest, st.proof)
@@ -919,10 +924,9 @@ class PbftCore:
         self._fetch = None
         if st.seq > self._h:
             self._stabilize(st.seq, digest, st.proof)
-        else:
+        else:  # st.seq == h: the stable checkpoint's own state
             self._stable_snapshot = st.snapshot
             self._state_env = None
-        self._fetch = None
         self._transfers.append((st.seq, digest))
         self.counters["state-transfers"] += 1
         for client, (t, _, _) in list(self._waiting.items()):
