@@ -77,6 +77,7 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         READ_MODES,
         WORKLOADS,
         SimConfig,
+        settable_fields,
     )
 
     d = SimConfig()
@@ -180,10 +181,25 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         help="how far the nemesis may skew clocks, ±fraction; leases assume as much "
         "(default %(default)s)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other simulator setting, e.g. client_timeout_ms=30 or disk_sync_ms=0.1:2 "
+        "(repeatable; replay commands use it): " + ", ".join(sorted(settable_fields())),
+    )
 
 
 def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
-    from .sim.config import SimConfig, SimConfigError, parse_behaviours, parse_faults, parse_span
+    from .sim.config import (
+        SimConfig,
+        SimConfigError,
+        parse_behaviours,
+        parse_faults,
+        parse_setting,
+        parse_span,
+    )
 
     nodes = args.nodes
     if args.topology not in KINDS and nodes is None:
@@ -212,6 +228,7 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
         snapshot_entries=args.snapshot_entries,
         snapshot_chunk_bytes=args.snapshot_chunk,
         max_drift=args.max_drift,
+        **dict(parse_setting(text) for text in args.set),
     )
     config.build_topology()  # fail early, with a clear message, on a bad spec
     return config
