@@ -121,7 +121,8 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         "--reads",
         default=d.reads,
         choices=list(READ_MODES),
-        help="how get is served: read-index (default), lease, or through the log",
+        help="how get is served: read-index (default), lease, or through the log; "
+        "pbft: through the log, or 'fast' (the read-only fast path)",
     )
     p.add_argument(
         "--topology",
@@ -355,6 +356,12 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         type=_positive_float,
         default=None,
         help="pysyncobj's appendEntriesPeriod in seconds (default: its own, 0.1)",
+    )
+    bcl.add_argument("--profile", metavar="FILE", help="cProfile of our leader's pipelined phase")
+    bcl.add_argument(
+        "--serial-append",
+        action="store_true",
+        help="our leader fsyncs before it sends AppendEntries (parallel_leader_append = false)",
     )
     bcl.add_argument("--json", action="store_true")
 

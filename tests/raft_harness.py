@@ -47,6 +47,7 @@ class Harness:
         self.storage: dict[str, MemoryStorage] = {nid: MemoryStorage() for nid in self.ids}
         self.machines: dict[str, SessionTable] = {nid: SessionTable(machine()) for nid in self.ids}
         self.queue: list[Message] = []
+        self.send_before_persist = False
         self.delivered: list[Message] = []
         self.rejected: list[tuple[Message, str]] = []
         self.drop: Callable[[Message], bool] | None = None
@@ -71,9 +72,14 @@ class Harness:
         if not core.has_ready():
             return
         rd = core.ready()
-        self.storage[nid].save(rd.persist)
-        self.sent(nid, rd.messages)
-        self.queue.extend(rd.messages)
+        if self.send_before_persist:  # a deliberately wrong driver, for can-fail tests
+            self.sent(nid, rd.messages)
+            self.queue.extend(rd.messages)
+            self.storage[nid].save(rd.persist)
+        else:
+            self.storage[nid].save(rd.persist)
+            self.sent(nid, rd.messages)
+            self.queue.extend(rd.messages)
         table = self.machines[nid]
         if rd.snapshot is not None:
             table.restore(rd.snapshot.data)

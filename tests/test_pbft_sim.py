@@ -99,6 +99,18 @@ def test_a_200_seed_sweep_with_f_byzantine_replicas_and_faults_passes_n7() -> No
     _check_sweep(7)
 
 
+def test_a_sweep_with_the_read_only_fast_path_stays_linearizable() -> None:
+    base = replace(SWEEP, reads="fast")
+    result = run_sweep(base, range(40), processes=2, progress=False)
+    assert [(x.seed, x.violations) for x in result.failures] == []
+    assert all(x.linearizable is True for x in result.summaries)
+    done = [x.properties["fast reads (done / sent through the log)"] for x in result.summaries]
+    fast = sum(int(d.split(" / ")[0]) for d in done)
+    ordered = sum(int(d.split(" / ")[1]) for d in done)
+    assert fast > 500 and ordered > 0  # most reads take one round; contended ones fall back
+    assert "--reads fast" in base.with_seed(0).replay_command()
+
+
 def _first_failure_replays(base: SimConfig, seeds: range) -> None:
     result = run_sweep(base, seeds, processes=2, progress=False)
     assert result.failures, "breaking PBFT's assumptions must not pass the sweep"

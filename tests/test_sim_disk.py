@@ -34,7 +34,7 @@ def _storage(summaries: list[Any]) -> dict[str, int]:
 @pytest.mark.parametrize("fault", DISK)
 def test_each_disk_fault_fires_and_the_cluster_recovers(fault: str) -> None:
     result = run_sweep(
-        SimConfig(duration_s=6, faults=(fault, "partition")), range(4), processes=2, progress=False
+        SimConfig(duration_s=6, faults=(fault, "partition")), range(6), processes=2, progress=False
     )
     assert [s.seed for s in result.failures + result.unknown] == []
     fired = sum(s.faults.get(fault, 0) for s in result.summaries)

@@ -54,8 +54,9 @@ WRITES = 40
 class CrashHarness(Harness):
     """A cluster whose ``victim`` persists to a crashable FileStorage."""
 
-    def __init__(self, role: str, hook: Any, mode: str) -> None:
+    def __init__(self, role: str, hook: Any, mode: str, send_first: bool = False) -> None:
         super().__init__(3, seed=11, config=CFG, compact=True)
+        self.send_before_persist = send_first
         self.disk = SimDisk()
         self.mode = mode
         self.rand = random.Random(5)
@@ -114,14 +115,15 @@ class CrashHarness(Harness):
         assert covered >= self.acked, f"acknowledged {self.acked}, recovered only {covered}"
         hs = stored.hard_state
         for term, candidate in self.granted.items():
-            assert hs is not None and (hs.term > term or (hs.term, hs.vote) == (term, candidate))
+            kept = hs is not None and (hs.term > term or (hs.term, hs.vote) == (term, candidate))
+            assert kept, f"the vote for {candidate} in term {term} was lost: {hs}"
         self.storage[self.victim] = wal  # type: ignore[assignment]
         self.restart(self.victim)
 
 
-def run_cluster(role: str, hook: Any, mode: str = "keep") -> CrashHarness:
+def run_cluster(role: str, hook: Any, mode: str = "keep", send_first: bool = False) -> CrashHarness:
     """Write WRITES commands through the leader, crash/restart the victim if the hook fires."""
-    h = CrashHarness(role, hook, mode)
+    h = CrashHarness(role, hook, mode, send_first)
     acknowledged: list[int] = []
     down_since: int | None = None
     for i in range(WRITES):
@@ -202,3 +204,20 @@ def test_a_node_crashed_at_any_write_point_loses_nothing_acknowledged_and_rejoin
     plan = FaultPlan(point, occurrence, tear)
     h = run_cluster(role, plan, mode)
     assert plan.fired and h.crashes == 1
+
+
+def test_a_driver_that_sends_before_it_persists_is_caught() -> None:
+    # A follower that acknowledges entries before they are durable, then loses power.
+    caught = 0
+    for point in (WritePoint.WAL_BEFORE_WRITE, WritePoint.WAL_AFTER_WRITE):
+        for occurrence in (3, 10, 20):
+            try:
+                run_cluster("follower", FaultPlan(point, occurrence), "drop", send_first=True)
+            except AssertionError as exc:
+                assert "acknowledged" in str(exc) or "lost" in str(exc), exc
+                caught += 1
+    assert caught >= 3, caught
+    # the same crashes with the correct order lose nothing
+    for point in (WritePoint.WAL_BEFORE_WRITE, WritePoint.WAL_AFTER_WRITE):
+        for occurrence in (3, 10, 20):
+            run_cluster("follower", FaultPlan(point, occurrence), "drop")

@@ -487,7 +487,8 @@ class RaftCore:
 
         self._msgs: list[Message] = []
         self._unstable_from: int | None = None
-        self._hs_dirty = False
+        self._hs_dirty = False  # term or vote changed: must be durable before we speak
+        self._commit_dirty = False  # only the commit index moved: written with the next write
         self._role_changes: list[RoleChange] = []
         self._dropped: list[tuple[Proposal, str]] = []
         self._pending_broadcast = False
@@ -725,9 +726,12 @@ class RaftCore:
             persist.truncate_from = self._unstable_from
             persist.entries = self.log[self._unstable_from - self._offset :]
             self._unstable_from = None
-        if self._hs_dirty:
+        if self._hs_dirty or (self._commit_dirty and not persist.is_empty()):
+            # The commit index rides along with writes that happen anyway: Raft does not
+            # need it durable (a restarted node learns it again), so it never costs an
+            # fsync of its own.
             persist.hard_state = self.hard_state()
-            self._hs_dirty = False
+            self._hs_dirty = self._commit_dirty = False
         committed: list[Committed] = []
         request: int | None = None
         if self.applied < self.commit:
@@ -1178,7 +1182,7 @@ class RaftCore:
         new_commit = min(m.commit, last_new)
         if new_commit > self.commit:
             self.commit = new_commit
-            self._hs_dirty = True
+            self._commit_dirty = True
         self._send(AppendResponse(self.node_id, m.src, self._term, True, last_new, 0, 0, m.round))
 
     def _conflict_hint(self, prev_index: int) -> tuple[int, int]:
@@ -1368,7 +1372,7 @@ class RaftCore:
         candidate = matches[self.quorum - 1]
         if candidate > self.commit and self.term_at(candidate) == self._term:
             self.commit = candidate
-            self._hs_dirty = True
+            self._commit_dirty = True
             return True
         return False
 

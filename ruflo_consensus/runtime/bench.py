@@ -77,7 +77,11 @@ def _summary(latencies: list[float]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- our side
 
 
-async def _ruflo_load(node: Any, seconds: float, pipeline: int, latency_ops: int) -> dict[str, Any]:
+async def _ruflo_load(
+    node: Any, seconds: float, pipeline: int, latency_ops: int, profile: str | None = None
+) -> dict[str, Any]:
+    import cProfile
+
     import trio
 
     with trio.fail_after(30):
@@ -94,11 +98,17 @@ async def _ruflo_load(node: Any, seconds: float, pipeline: int, latency_ops: int
             await node.submit({"op": "incr"})
             done += 1
 
+    profiler = cProfile.Profile() if profile else None
     start = trio.current_time()
+    if profiler is not None:
+        profiler.enable()
     async with trio.open_nursery() as nursery:
         for _ in range(pipeline):
             nursery.start_soon(writer)
     elapsed = trio.current_time() - start
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(profile))
     latencies = []
     for _ in range(latency_ops):
         t0 = time.perf_counter()
@@ -114,6 +124,15 @@ async def _ruflo_load(node: Any, seconds: float, pipeline: int, latency_ops: int
     }
 
 
+def _claim(out: str) -> bool:
+    """Become the one worker that runs the load (the first leader to get here wins)."""
+    try:
+        os.close(os.open(out + ".claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
 def _ruflo_worker(args: argparse.Namespace) -> int:
     import trio
 
@@ -123,12 +142,16 @@ def _ruflo_worker(args: argparse.Namespace) -> int:
         node = build_node(args.spec, args.id, CounterMachine())
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            with trio.fail_after(30):
-                while node.leader is None:
-                    await trio.sleep(0.01)
-            if args.out and node.leader == node.node_id:  # the load runs on the leader
-                result = await _ruflo_load(node, args.seconds, args.pipeline, args.latency_ops)
-                Path(args.out).write_text(json.dumps(result))
+            # the load runs on the leader: whoever leads (and claims it first) runs it, so a
+            # leader change before the start on a busy machine does not stall the run
+            while args.out and not Path(args.out + ".claim").exists():
+                if node.leader == node.node_id and _claim(args.out):
+                    result = await _ruflo_load(
+                        node, args.seconds, args.pipeline, args.latency_ops, args.profile
+                    )
+                    Path(args.out).write_text(json.dumps(result))
+                    break
+                await trio.sleep(0.02)
             await trio.sleep_forever()
 
     trio.run(main)
@@ -139,7 +162,7 @@ def _ruflo_worker(args: argparse.Namespace) -> int:
 
 
 def _pysyncobj_worker(args: argparse.Namespace) -> int:
-    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
 
     class Counter(SyncObj):  # type: ignore[misc]
         def __init__(self, me: str, partners: list[str]) -> None:
@@ -160,11 +183,26 @@ def _pysyncobj_worker(args: argparse.Namespace) -> int:
         if time.monotonic() > deadline:
             raise SystemExit("pysyncobj cluster did not get ready")
         time.sleep(0.01)
-    if not args.out or not counter._isLeader():  # the load runs on the leader
-        while True:
-            time.sleep(3600)
+    while not (args.out and counter._isLeader() and _claim(args.out)):  # as for ours
+        if not args.out or Path(args.out + ".claim").exists():
+            while True:
+                time.sleep(3600)
+        time.sleep(0.02)
+    retried = [0]
+
+    def incr_sync() -> None:
+        """One write, retried when pysyncobj drops it (a leader change on a busy machine)."""
+        for _ in range(20):
+            try:
+                counter.incr(sync=True, timeout=10)
+                return
+            except SyncObjException:
+                retried[0] += 1
+                time.sleep(0.05)
+        raise SystemExit("pysyncobj dropped the same write 20 times")
+
     for _ in range(50):
-        counter.incr(sync=True, timeout=10)
+        incr_sync()
     inflight = threading.Semaphore(args.pipeline)
     lock = threading.Lock()
     done = [0, 0]
@@ -177,20 +215,23 @@ def _pysyncobj_worker(args: argparse.Namespace) -> int:
     start = time.monotonic()
     end = start + args.seconds
     while time.monotonic() < end:
-        inflight.acquire()
+        if not inflight.acquire(timeout=30):
+            break  # callbacks stopped coming: count what did finish
         counter.incr(callback=callback)
-    for _ in range(args.pipeline):  # wait for the writes still in flight
-        inflight.acquire()
+    for _ in range(args.pipeline):  # wait for the writes still in flight (bounded)
+        if not inflight.acquire(timeout=30):
+            break
     elapsed = time.monotonic() - start
     latencies = []
     for _ in range(args.latency_ops):
         t0 = time.perf_counter()
-        counter.incr(sync=True, timeout=10)
+        incr_sync()
         latencies.append(time.perf_counter() - t0)
     leader = counter._getLeader()
     result = {
         "writes": done[0],
         "failed": done[1],
+        "retried": retried[0],
         "seconds": elapsed,
         "writes_per_s": done[0] / elapsed,
         "latency_ops": args.latency_ops,
@@ -250,8 +291,14 @@ def run_bench_cluster(
     only: str | None = None,
     console: Any = None,
     pysyncobj_append_period: float | None = None,
+    profile: str | None = None,
+    parallel_append: bool = True,
 ) -> dict[str, Any]:
-    """Run both clusters one after the other; return the numbers of each and the ratios."""
+    """Run both clusters one after the other; return the numbers of each and the ratios.
+
+    With ``profile`` our leader writes a cProfile of its pipelined phase to that file
+    (read it with ``python -m pstats FILE``).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .localspec import free_ports, write_local_spec
@@ -262,6 +309,7 @@ def run_bench_cluster(
         "pipeline": pipeline,
         "latency_ops": latency_ops,
         "fsync": fsync,
+        "parallel_leader_append": parallel_append,
         "pysyncobj_append_period": pysyncobj_append_period,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.system()}",
         "python": platform.python_version(),
@@ -292,7 +340,11 @@ def run_bench_cluster(
                         folder / "ruflo",
                         "mesh",
                         nodes,
-                        runtime={"fsync": fsync, "max_sessions": max(256, pipeline)},
+                        runtime={
+                            "fsync": fsync,
+                            "max_sessions": max(256, pipeline),
+                            "parallel_leader_append": parallel_append,
+                        },
                     )
                     argv = [
                         [
@@ -304,6 +356,7 @@ def run_bench_cluster(
                             "--out",
                             str(out),
                             *load,
+                            *(["--profile", str(Path(profile).resolve())] if profile else []),
                         ]
                         for i in range(nodes)
                     ]
@@ -379,6 +432,8 @@ def run_bench_cluster_command(args: argparse.Namespace, out: Any, err: Any) -> i
         only=args.only,
         console=err,
         pysyncobj_append_period=args.pysyncobj_append_period,
+        profile=args.profile,
+        parallel_append=not args.serial_append,
     )
     if args.json:
         print(json.dumps(results))
@@ -393,6 +448,7 @@ def _worker_main(argv: list[str]) -> int:
     r = sub.add_parser("ruflo-node")
     r.add_argument("--spec", required=True)
     r.add_argument("--id", required=True)
+    r.add_argument("--profile", default=None)
     p = sub.add_parser("pysyncobj-node")
     p.add_argument("me")
     p.add_argument("partners", nargs="*")

@@ -19,6 +19,7 @@ topology) and real nodes. The runtime reads these extra, optional parts::
     reconnect_max_s = 2.0
     link_state_s = 1.0           # how often a node floods which of its links are down
     allow_unsigned_clients = false   # true: also serve clients that do not sign (local use)
+    parallel_leader_append = true    # a leader sends AppendEntries while its own fsync runs
 
     [[clients]]                  # who may use the client protocol (/client)
     id = "admin"
@@ -118,6 +119,7 @@ class RuntimeOptions:
     max_sessions: int = 256
     link_state_s: float = 1.0
     allow_unsigned_clients: bool = False
+    parallel_leader_append: bool = True
 
     def __post_init__(self) -> None:
         if self.max_frame < 1024:

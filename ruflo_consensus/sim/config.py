@@ -69,7 +69,7 @@ BYZANTINE_DESCRIPTIONS: dict[str, str] = {
     "wrong-reply": "answers clients with made-up results",
 }
 BYZANTINE_BEHAVIOURS: tuple[str, ...] = tuple(BYZANTINE_DESCRIPTIONS)
-READ_MODES: tuple[str, ...] = ("read-index", "lease", "log")
+READ_MODES: tuple[str, ...] = ("read-index", "lease", "log", "fast")
 LATENCY_KINDS: tuple[str, ...] = ("exponential", "uniform", "pareto", "fixed")
 
 
@@ -224,6 +224,8 @@ class SimConfig:
         if self.byzantine is not None and not 0 <= self.byzantine <= self.nodes:
             raise SimConfigError("--byzantine must be between 0 and the number of nodes")
         parse_behaviours(",".join(self.behaviours))  # raises on an unknown one
+        if self.reads == "fast" and self.backend != "pbft":
+            raise SimConfigError("--reads fast is PBFT's read-only fast path (--backend pbft)")
         if self.backend == "pbft" and self.workload != "kv":
             raise SimConfigError("the pbft backend runs the kv workload for now")
         if self.snapshot_entries < 0:
