@@ -38,9 +38,8 @@ def test_membership_changes_under_faults_keep_raft_safe_and_histories_linearizab
     for s in result.summaries:
         for k, v in s.properties.get("membership", {}).items():
             stats[k] = stats.get(k, 0) + v
-    # voters were removed — leaders among them — and came back the careful way
+    # voters were removed and came back the careful way
     assert stats.get("remove-voter", 0) >= 5, stats
-    assert stats.get("leader chosen for removal", 0) >= 1, stats
     assert stats.get("add-learner", 0) >= 3 and stats.get("promote-learner", 0) >= 3, stats
     assert stats.get("nodes re-added as voters", 0) >= 3, stats
     assert any(k.startswith("refused") for k in stats), stats  # and some were refused
@@ -52,8 +51,20 @@ def test_the_nemesis_keeps_a_majority_of_the_original_nodes_voting() -> None:
     result = sim.run()
     assert result.violation is None
     assert result.faults["membership"] >= 3
-    assert min(sim.voter_counts) == 3  # two of five were out at once, never more
-    assert max(sim.voter_counts) == 5
+    assert min(sim.voter_counts) >= 3  # at most two of five out at once
+    assert min(sim.voter_counts) < 5 and max(sim.voter_counts) == 5
+
+
+def test_a_leader_removes_itself_under_the_nemesis_and_the_cluster_carries_on() -> None:
+    for seed in range(12):
+        summary = run_simulation(SimConfig(seed=seed, duration_s=6, faults=("membership",)))
+        assert summary.status == "pass", summary.violations
+        if summary.properties["membership"].get("leaders that removed themselves"):
+            break
+    else:
+        raise AssertionError("no leader removed itself in 12 seeds")
+    assert summary.leader_changes >= 2  # it stepped down and another took over
+    assert summary.linearizable is True and summary.operations["ok"] > 100
 
 
 def test_the_sweep_catches_two_configuration_changes_in_flight_and_the_seed_replays() -> None:

@@ -193,11 +193,17 @@ class MembershipNemesis:
         if found is not None:
             leader, core = found
             for index in sorted(self.desired):
-                self._act(leader, core, index)
+                # an impatient operator asks for the next step at once (a correct core
+                # refuses it while the first is uncommitted)
+                if self._act(leader, core, index) and index in self.desired:
+                    self._act(leader, core, index)
         lo, hi = 20_000, 80_000
         self._schedule(lo + int(self.sim.rng.random() * (hi - lo)))
 
-    def _act(self, leader: EngineNode, core: RaftCore, index: int) -> None:
+    def _act(self, leader: EngineNode, core: RaftCore, index: int) -> bool:
+        """Ask the leader for ``index``'s next step; True when it accepted a change."""
+        if not leader.up or self.sim.raft[leader.index].core is not core:
+            return False  # the leader crashed writing the last change
         node = self.sim.ids[index]
         want = self.desired[index]
         conf = core.configuration
@@ -208,14 +214,14 @@ class MembershipNemesis:
             elif node in conf.learners:
                 kind = ConfChangeKind.REMOVE_LEARNER
             else:
-                return  # out; it stays out until the fault heals
+                return False  # out; it stays out until the fault heals
         elif conf.is_voter(node):
             if core.conf_index <= core.commit:
                 del self.desired[index]  # a voter (again), and that is committed
                 if index in self._was_out:
                     self._was_out.discard(index)
                     self._count("nodes re-added as voters")
-            return
+            return False
         elif node in conf.learners:
             kind = ConfChangeKind.PROMOTE_LEARNER
         else:
@@ -224,9 +230,12 @@ class MembershipNemesis:
             core.propose_conf_change(kind, node)
         except ConfChangeRefused as exc:
             self._count(f"refused ({exc.reason})")
-            return
+            return False
         self._count(str(kind))
         if want == _OUT:
             self._was_out.add(index)
+            if node == leader.id:
+                self._count("leaders that removed themselves")
         self.sim.trace(f"{leader.id} conf change {kind} {node}")
         self.sim.process_ready(leader)
+        return True
