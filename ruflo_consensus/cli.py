@@ -77,6 +77,7 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         READ_MODES,
         WORKLOADS,
         SimConfig,
+        settable_fields,
     )
 
     d = SimConfig()
@@ -121,7 +122,8 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         "--reads",
         default=d.reads,
         choices=list(READ_MODES),
-        help="how get is served: read-index (default), lease, or through the log",
+        help="how get is served: read-index (default), lease, or through the log; "
+        "pbft: through the log, or 'fast' (the read-only fast path)",
     )
     p.add_argument(
         "--topology",
@@ -160,10 +162,44 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         metavar="LO:HI",
         help="seconds a fault lasts (default %(default)s)",
     )
+    p.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=d.snapshot_entries,
+        help="Raft: snapshot and compact every N applied entries, 0 never (default %(default)s)",
+    )
+    p.add_argument(
+        "--snapshot-chunk",
+        type=int,
+        default=d.snapshot_chunk_bytes,
+        help="Raft: InstallSnapshot chunk size in bytes (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-drift",
+        type=float,
+        default=d.max_drift,
+        help="how far the nemesis may skew clocks, ±fraction; leases assume as much "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other simulator setting, e.g. client_timeout_ms=30 or disk_sync_ms=0.1:2 "
+        "(repeatable; replay commands use it): " + ", ".join(sorted(settable_fields())),
+    )
 
 
 def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
-    from .sim.config import SimConfig, SimConfigError, parse_behaviours, parse_faults, parse_span
+    from .sim.config import (
+        SimConfig,
+        SimConfigError,
+        parse_behaviours,
+        parse_faults,
+        parse_setting,
+        parse_span,
+    )
 
     nodes = args.nodes
     if args.topology not in KINDS and nodes is None:
@@ -189,6 +225,10 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
         quiet_tail_s=args.quiet_tail,
         nemesis_interval_s=parse_span(args.nemesis_interval, "--nemesis-interval"),
         fault_duration_s=parse_span(args.fault_duration, "--fault-duration"),
+        snapshot_entries=args.snapshot_entries,
+        snapshot_chunk_bytes=args.snapshot_chunk,
+        max_drift=args.max_drift,
+        **dict(parse_setting(text) for text in args.set),
     )
     config.build_topology()  # fail early, with a clear message, on a bad spec
     return config
@@ -254,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     bsto.add_argument("--entries", type=int, default=1_000_000)
     bsto.add_argument("--batch", type=int, default=1000, help="entries per save (one fsync)")
     bsto.add_argument("--dir", default=None, help="an empty directory (default: a temp dir)")
+    bsto.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        help="save a snapshot each time the log passes another multiple of N (default: none)",
+    )
+    bsto.add_argument(
+        "--segment-bytes", type=int, default=64 << 20, help="WAL segment size (default 64 MiB)"
+    )
     bsto.add_argument("--json", action="store_true")
     bchk = bsub.add_parser("check", help="linearizability-checked operations per second")
     bchk.add_argument("--ops", type=int, default=10_000)
@@ -426,7 +475,13 @@ def _bench_storage(args: argparse.Namespace, out: Console) -> int:
         raise SimConfigError("--entries and --batch must be positive")
     with tempfile.TemporaryDirectory(prefix="ruflo-bench-") as tmp:
         try:
-            result = bench_reopen(args.dir or f"{tmp}/wal", args.entries, args.batch)
+            result = bench_reopen(
+                args.dir or f"{tmp}/wal",
+                args.entries,
+                args.batch,
+                snapshot_every=args.snapshot_every,
+                segment_bytes=args.segment_bytes,
+            )
         except ValueError as exc:
             raise SimConfigError(str(exc)) from None
     if args.json:

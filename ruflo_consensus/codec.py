@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from .core.base import Entry, Message, Proposal
+from .core.base import ConfChange, ConfChangeKind, Entry, Message, Proposal
 from .core.raft import (
     AppendEntries,
     AppendResponse,
@@ -79,7 +79,11 @@ class FieldError(DecodeError):
 
 def _enc_entry(e: Entry) -> list[Any]:
     p = e.proposal
-    return [e.term, e.index, None if p is None else [p.client, p.seq, p.command]]
+    out = [e.term, e.index, None if p is None else [p.client, p.seq, p.command]]
+    c = e.conf
+    if c is not None:  # a membership change: [kind, node, voters, learners] as a 4th field
+        out.append([c.kind.value, c.node, list(c.voters), list(c.learners)])
+    return out
 
 
 _ENCODERS: dict[type[Message], tuple[int, Callable[[Any], list[Any]]]] = {
@@ -186,12 +190,34 @@ def _check_depth(value: Any, limit: int) -> None:
             raise MalformedFrame(f"{type(v).__name__} values are not allowed in a frame")
 
 
+_CONF_KINDS = {k.value: k for k in ConfChangeKind}
+
+
+def _dec_conf(raw: Any) -> ConfChange:
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise FieldError("configuration must be [kind, node, voters, learners]")
+    kind = _CONF_KINDS.get(raw[0]) if type(raw[0]) is str else None
+    if kind is None:
+        raise FieldError(f"unknown configuration change kind {raw[0]!r:.40}")
+    voters = _node_ids(raw[2], "voters")
+    learners = _node_ids(raw[3], "learners")
+    if not voters:
+        raise FieldError("a configuration needs at least one voter")
+    if set(voters) & set(learners):
+        raise FieldError("a node cannot be both a voter and a learner")
+    return ConfChange(kind, _str(raw[1], "conf node"), voters, learners)
+
+
 def _dec_entry(raw: Any) -> Entry:
-    if not isinstance(raw, list) or len(raw) != 3:
-        raise FieldError("entry must be [term, index, proposal]")
+    if not isinstance(raw, list) or len(raw) not in (3, 4):
+        raise FieldError("entry must be [term, index, proposal] or [term, index, None, conf]")
     term = _int(raw[0], "entry term", 1)
     index = _int(raw[1], "entry index", 1)
     p = raw[2]
+    if len(raw) == 4:
+        if p is not None:
+            raise FieldError("an entry carries a proposal or a configuration, not both")
+        return Entry(term, index, None, _dec_conf(raw[3]))
     if p is None:
         return Entry(term, index, None)
     if not isinstance(p, list) or len(p) != 3:

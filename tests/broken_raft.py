@@ -8,8 +8,28 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ruflo_consensus.core.base import Entry, HardState, NodeId
+from ruflo_consensus.core.base import Entry, HardState, NodeId, Snapshot
 from ruflo_consensus.core.raft import RaftConfig, RaftCore
+from ruflo_consensus.sim.simulator import CoreFactory
+
+
+def factory(cls: type[RaftCore]) -> CoreFactory:
+    """A simulator core factory that builds ``cls`` (from storage, on every restart)."""
+
+    def build(
+        node_id: NodeId,
+        peers: Sequence[NodeId],
+        rng: random.Random,
+        config: RaftConfig,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        *,
+        snapshot: Snapshot | None = None,
+    ) -> RaftCore:
+        return cls(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
+
+    build.__name__ = build.__qualname__ = f"build_{cls.__name__}"
+    return build
 
 
 class CommitWithoutMajority(RaftCore):
@@ -30,30 +50,6 @@ class SkipLogMatching(RaftCore):
         return prev_index <= self.last_index
 
 
-def commit_without_majority(
-    node_id: NodeId,
-    peers: Sequence[NodeId],
-    rng: random.Random,
-    config: RaftConfig,
-    hard_state: HardState | None,
-    entries: Sequence[Entry],
-) -> RaftCore:
-    """Factory for :class:`CommitWithoutMajority`."""
-    return CommitWithoutMajority(node_id, peers, rng, config, hard_state, entries)
-
-
-def skip_log_matching(
-    node_id: NodeId,
-    peers: Sequence[NodeId],
-    rng: random.Random,
-    config: RaftConfig,
-    hard_state: HardState | None,
-    entries: Sequence[Entry],
-) -> RaftCore:
-    """Factory for :class:`SkipLogMatching`."""
-    return SkipLogMatching(node_id, peers, rng, config, hard_state, entries)
-
-
 class LeaseIgnoresDrift(RaftCore):
     """A leader whose lease is the full election timeout, as if clocks never drifted."""
 
@@ -64,13 +60,28 @@ class LeaseIgnoresDrift(RaftCore):
         return sent is not None and self.ticks < sent + self.config.election_ticks
 
 
-def lease_ignores_drift(
-    node_id: NodeId,
-    peers: Sequence[NodeId],
-    rng: random.Random,
-    config: RaftConfig,
-    hard_state: HardState | None,
-    entries: Sequence[Entry],
-) -> RaftCore:
-    """Factory for :class:`LeaseIgnoresDrift`."""
-    return LeaseIgnoresDrift(node_id, peers, rng, config, hard_state, entries)
+class SnapshotSkipsEntries(RaftCore):
+    """Labels each snapshot it takes a few entries past the state it holds.
+
+    A follower that installs it, or the node itself after a restart, never applies the
+    entries in between: their effects are lost from its state machine.
+    """
+
+    def compact(self, index: int, data: bytes) -> Snapshot | None:
+        return super().compact(min(self.applied, index + 3), data)
+
+
+commit_without_majority = factory(CommitWithoutMajority)
+skip_log_matching = factory(SkipLogMatching)
+lease_ignores_drift = factory(LeaseIgnoresDrift)
+snapshot_skips_entries = factory(SnapshotSkipsEntries)
+
+
+class TwoConfChangesAtOnce(RaftCore):
+    """A leader that appends a membership change while another is still uncommitted."""
+
+    def _conf_change_pending(self) -> bool:
+        return False
+
+
+two_conf_changes_at_once = factory(TwoConfChangesAtOnce)

@@ -18,7 +18,7 @@ from ruflo_consensus.core.pbft import (
     decode_result,
     sign_request,
 )
-from ruflo_consensus.core.pbft.messages import Reply
+from ruflo_consensus.core.pbft.messages import ReadReply, Reply
 from ruflo_consensus.statemachine import KVStateMachine
 
 SECRET = b"pbft-unit-tests"
@@ -82,8 +82,8 @@ class Cluster:
             if frame.dst in self.replies:
                 for env in frame.items:
                     payload = decode_body(env.body)
-                    assert isinstance(payload, Reply)
-                    self.replies[frame.dst].append((payload.signer, payload))
+                    assert isinstance(payload, Reply | ReadReply)
+                    self.replies[frame.dst].append((payload.signer, payload))  # type: ignore[arg-type]
                 continue
             try:
                 self.cores[frame.dst].step(frame)
@@ -119,7 +119,7 @@ class Cluster:
         import msgpack
 
         for signer, reply in self.replies[client]:
-            if reply.t != t:
+            if not isinstance(reply, Reply) or reply.t != t:
                 continue
             key = msgpack.packb(reply.result)
             votes.setdefault(key, set()).add(signer)

@@ -34,6 +34,7 @@ class Harness:
         machine: Callable[[], StateMachine] = KVStateMachine,
     ) -> None:
         self.ids = [f"n{i + 1}" for i in range(n)]
+        self.bootstrap = list(self.ids)  # every core's `peers`, also for nodes added later
         self.config = config or RaftConfig()
         self.rng = random.Random(seed)
         self.compact = compact
@@ -46,6 +47,7 @@ class Harness:
         self.storage: dict[str, MemoryStorage] = {nid: MemoryStorage() for nid in self.ids}
         self.machines: dict[str, SessionTable] = {nid: SessionTable(machine()) for nid in self.ids}
         self.queue: list[Message] = []
+        self.send_before_persist = False
         self.delivered: list[Message] = []
         self.rejected: list[tuple[Message, str]] = []
         self.drop: Callable[[Message], bool] | None = None
@@ -70,8 +72,14 @@ class Harness:
         if not core.has_ready():
             return
         rd = core.ready()
-        self.storage[nid].save(rd.persist)
-        self.queue.extend(rd.messages)
+        if self.send_before_persist:  # a deliberately wrong driver, for can-fail tests
+            self.sent(nid, rd.messages)
+            self.queue.extend(rd.messages)
+            self.storage[nid].save(rd.persist)
+        else:
+            self.storage[nid].save(rd.persist)
+            self.sent(nid, rd.messages)
+            self.queue.extend(rd.messages)
         table = self.machines[nid]
         if rd.snapshot is not None:
             table.restore(rd.snapshot.data)
@@ -87,6 +95,9 @@ class Harness:
         if self.compact and rd.snapshot_request is not None:
             core.compact(rd.snapshot_request, table.snapshot())
             self.flush(nid)
+
+    def sent(self, nid: str, messages: list[Message]) -> None:
+        """Called with each batch of messages a node sends (after its persist); a hook."""
 
     def run(self, max_steps: int = 10_000, drop: Callable[[Message], bool] | None = None) -> int:
         """Deliver queued messages until quiet; returns how many were delivered."""
@@ -138,17 +149,31 @@ class Harness:
     def heal(self) -> None:
         self.cut.clear()
 
+    def add_node(self, nid: str) -> RaftCore:
+        """Start a fresh node that joins the running cluster (``join=True``, empty log)."""
+        core = self.core_class(
+            nid, self.bootstrap, random.Random(self.rng.getrandbits(32)), self.config, join=True
+        )
+        self.ids.append(nid)
+        self.cores[nid] = core
+        self.storage[nid] = MemoryStorage()
+        self.machines[nid] = SessionTable(self.machine())
+        for d in (self.applied, self.restored, self.requests, self.reads):
+            d[nid] = []  # type: ignore[assignment]
+        return core
+
     def restart(self, nid: str) -> None:
         """Rebuild the node from its storage: snapshot, log after it, hard state."""
         stored = self.storage[nid].load()
         self.cores[nid] = self.core_class(
             nid,
-            self.ids,
+            self.bootstrap,
             random.Random(self.rng.getrandbits(32)),
             self.config,
             stored.hard_state,
             stored.entries,
             snapshot=stored.snapshot,
+            join=nid not in self.bootstrap,
         )
         self.machines[nid] = SessionTable(self.machine())
         self.applied[nid] = []

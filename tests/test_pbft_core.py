@@ -279,3 +279,30 @@ def test_nothing_is_accepted_without_f_plus_1_replies() -> None:
     c.deliver_all()
     assert c.accepted("c0", t) is NOTHING
     assert all(c.cores[n].last_executed == 0 for n in c.ids)
+
+
+def test_the_read_only_fast_path_answers_at_once_with_the_sequence_number() -> None:
+    from ruflo_consensus.core.pbft.messages import ReadReply
+
+    def is_get(cmd: object) -> bool:
+        return isinstance(cmd, dict) and cmd.get("op") == "get"
+
+    c = Cluster(4)
+    for node in c.ids:  # the same replicas, with a read-only predicate
+        c.cores[node].read_only = is_get
+    t = c.request("c0", put("a", "1"))
+    c.deliver_all()
+    read = sign_request(c.client_signers["c0"], t + 1, get("a"), read_only=True)
+    for node in c.ids:
+        c.send_env("c0", node, read)
+    c.deliver_all()
+    replies = [r for _, r in c.replies["c0"] if isinstance(r, ReadReply)]
+    assert {(r.signer, r.seq, tuple(r.result)) for r in replies} == {
+        (n, 1, ("ok", "1")) for n in c.ids
+    }
+    assert all(c.cores[n].last_executed == 1 for n in c.ids)  # nothing was ordered
+    # a command that is not read-only is refused, and without a predicate every read is
+    sneaky = sign_request(c.client_signers["c0"], t + 2, put("a", "2"), read_only=True)
+    _reject(c, "n1", sneaky, "not-read-only")
+    c.cores["n2"].read_only = None
+    _reject(c, "n2", read, "not-read-only")

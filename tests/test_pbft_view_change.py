@@ -264,3 +264,21 @@ def test_a_flood_of_future_checkpoints_from_one_liar_does_not_evict_honest_votes
     assert held <= 2 * (8 // 4) + 4 + 1
     run_requests(c, 5)  # the honest checkpoint at 4 still becomes stable
     assert core.stable_checkpoint[0] == 4
+
+
+def test_a_late_state_for_an_older_checkpoint_does_not_end_the_fetch() -> None:
+    c = Cluster(4, PbftConfig(checkpoint_interval=4, window=8))
+    c.down.add("n3")
+    run_requests(c, 5)
+    old_proof, old_snapshot = list(c.cores["n1"].stable_proof), c.cores["n1"]._own_cps[4][1]
+    run_requests(c, 4)  # the others' stable checkpoint moves on to 8
+    lagger = c.cores["n3"]
+    for env in c.cores["n1"].stable_proof:  # n3 learns of checkpoint 8 and starts fetching it
+        lagger.step(PbftFrame("n1", "n3", (env,)))
+    assert lagger.stable_checkpoint[0] == 8 and lagger._fetch is not None
+    late = seal(c.signers["n1"], STATE, 4, old_snapshot, old_proof)  # an answer to an old fetch
+    lagger.step(PbftFrame("n1", "n3", (late,)))
+    assert lagger.last_executed == 0 and lagger._fetch is not None  # still fetching 8
+    c.down.clear()
+    c.tick(20)
+    assert lagger.last_executed == 9 and lagger.state_digest() == c.cores["n0"].state_digest()

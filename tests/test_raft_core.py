@@ -258,7 +258,8 @@ def test_restart_keeps_term_vote_and_log() -> None:
 @pytest.mark.parametrize(
     "message,reason",
     [
-        (AppendEntries("n9", "n1", 1, 0, 0, (), 0), "unknown-sender"),
+        (AppendResponse("n9", "n1", 1, True, 0, 0, 0), "unknown-sender"),
+        (AppendEntries("n1", "n1", 1, 0, 0, (), 0), "unknown-sender"),
         (AppendEntries("n2", "n3", 1, 0, 0, (), 0), "wrong-destination"),
         (AppendEntries("n2", "n1", -1, 0, 0, (), 0), "bad-field"),
         (AppendEntries("n2", "n1", 1, 0, 0, (Entry(1, 5, None),), 0), "bad-field"),

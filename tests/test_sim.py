@@ -79,11 +79,21 @@ def test_a_sweep_of_200_seeds_with_all_faults_passes() -> None:
     assert len(result.summaries) == 200
     assert [s.seed for s in result.failures] == []
     assert [s.seed for s in result.unknown] == []
-    # the faults really happened across the sweep
+    # the faults really happened across the sweep (13 kinds share the nemesis' schedule)
     for fault in ALL_FAULTS:
-        assert sum(s.faults.get(fault, 0) for s in result.summaries) > 50
+        assert sum(s.faults.get(fault, 0) for s in result.summaries) > 20, fault
     # more elections than seeds: leaders failed over, not just the first election
     assert sum(s.leader_changes for s in result.summaries) > len(result.summaries)
+    # every node ran on the WAL: snapshots were taken and installed, power cuts lost
+    # unsynced writes, torn tails were cut off, unreadable disks kept nodes down
+    storage: dict[str, int] = {}
+    for s in result.summaries:
+        for k, v in s.properties["storage"].items():
+            storage[k] = storage.get(k, 0) + v
+    assert storage["snapshots taken"] > 20 * len(result.summaries)
+    assert storage["snapshots restored"] > len(result.summaries)
+    for key in ("unsynced bytes lost", "torn tails cut", "opens failed"):
+        assert storage.get(key, 0) > 0, key
 
 
 @pytest.mark.parametrize(

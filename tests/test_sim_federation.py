@@ -55,13 +55,19 @@ class _DivergentReplicas(Simulation):
 
 
 def test_the_cross_node_check_catches_replicas_that_diverge() -> None:
-    config = SimConfig(seed=1, workload="federation", duration_s=5, faults=())
+    # without snapshots: otherwise the snapshot-safety check catches the divergence first
+    config = SimConfig(seed=1, workload="federation", duration_s=5, faults=(), snapshot_entries=0)
     summary = summarize(_DivergentReplicas(config).run())
     assert summary.status == "fail"
     assert any("cross-node property" in v for v in summary.violations)
     assert summary.properties["replicas at the same position agree"] is False
     # the honest run of the very same seed passes
     assert summarize(Simulation(config).run()).status == "pass"
+    # with snapshots, a diverging replica's snapshot differs from the agreed replay
+    snapping = summarize(
+        _DivergentReplicas(SimConfig(seed=1, workload="federation", duration_s=5, faults=())).run()
+    )
+    assert any("snapshot-safety" in v for v in snapping.violations), snapping.violations
 
 
 def test_a_broken_raft_is_caught_under_the_federation_workload() -> None:

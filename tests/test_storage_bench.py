@@ -61,3 +61,13 @@ def test_bench_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main([str(tmp_path / "c"), "--entries", "3000", "--no-fsync", "--no-trace"]) == 0
     out = capsys.readouterr().out
     assert '"entries_loaded": 3000' in out
+
+
+@pytest.mark.slow
+def test_reopen_1m_entries_after_a_snapshot_loads_only_the_tail(tmp_path: Path) -> None:
+    result = bench_reopen(tmp_path / "big", entries=1_000_000, batch=1000, snapshot_every=300_000)
+    assert result["snapshot_index"] == 900_000
+    assert result["entries_loaded"] == 100_000
+    # the scan and the 100,000 entries, not the 1,000,000 in the WAL
+    assert result["tracemalloc_peak_bytes"] < 120 << 20
+    print(result)

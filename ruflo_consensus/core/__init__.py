@@ -3,6 +3,9 @@
 from .base import (
     CommandResult,
     Committed,
+    ConfChange,
+    ConfChangeKind,
+    ConfChangeRefused,
     ConsensusCore,
     ConsensusError,
     Entry,
@@ -21,11 +24,16 @@ from .base import (
 )
 from .crdt import CRDT_MESSAGES, CrdtConfig, CrdtCore, CrdtUpdate, SyncReply, SyncRequest
 from .raft import RaftConfig, RaftCore
+from .raft_membership import Configuration
 
 __all__ = [
     "CRDT_MESSAGES",
     "CommandResult",
     "Committed",
+    "ConfChange",
+    "ConfChangeKind",
+    "ConfChangeRefused",
+    "Configuration",
     "ConsensusCore",
     "ConsensusError",
     "CrdtConfig",

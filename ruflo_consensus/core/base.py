@@ -27,6 +27,9 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = [
     "CommandResult",
     "Committed",
+    "ConfChange",
+    "ConfChangeKind",
+    "ConfChangeRefused",
     "ConsensusCore",
     "ConsensusError",
     "Entry",
@@ -85,6 +88,22 @@ class TransferRefused(ConsensusError):
     """A leadership transfer was refused (not leader, unknown target, target behind)."""
 
 
+class ConfChangeRefused(ConsensusError):
+    """A membership change was refused; nothing changed.
+
+    ``reason`` is a short counter key: ``"not-leader"`` (``leader`` is the hint),
+    ``"change-in-progress"``, ``"term-not-committed"``, ``"transfer-in-progress"``,
+    ``"unknown-node"``, ``"already-member"``, ``"no-voters"``, ``"learner-behind"``,
+    ``"bad-node"``, ``"bad-kind"`` or ``"too-many-uncommitted"``.
+    """
+
+    def __init__(self, reason: str, detail: str, leader: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.leader = leader
+
+
 class ProtocolError(ConsensusError):
     """A message was rejected (malformed, from an unknown node, inconsistent); state unchanged.
 
@@ -107,17 +126,45 @@ class Proposal:
     command: Any
 
 
+class ConfChangeKind(enum.StrEnum):
+    """The single-server membership changes a Raft leader can make."""
+
+    ADD_LEARNER = "add-learner"
+    PROMOTE_LEARNER = "promote-learner"
+    ADD_VOTER = "add-voter"
+    REMOVE_VOTER = "remove-voter"
+    REMOVE_LEARNER = "remove-learner"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    """A membership change as a log entry carries it: what changed, and the result.
+
+    ``kind``/``node`` say what the operator asked for; ``voters``/``learners`` are the
+    whole configuration after the change, so that every configuration entry stands on
+    its own (a node never has to replay earlier ones to know who votes).
+    """
+
+    kind: ConfChangeKind
+    node: NodeId
+    voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One position of a totally ordered log.
 
-    ``proposal`` is ``None`` for an entry the protocol itself needs (Raft's no-op at the
-    start of a term).
+    ``proposal`` is ``None`` for an entry the protocol itself needs: Raft's no-op at the
+    start of a term, or a membership change, which then rides in ``conf``. Drivers
+    apply only entries with a proposal; a ``conf`` entry changes the cluster, not the
+    state machine.
     """
 
     term: int
     index: int
     proposal: Proposal | None
+    conf: ConfChange | None = None
 
 
 @dataclass(frozen=True, slots=True)

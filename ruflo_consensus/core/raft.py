@@ -19,7 +19,12 @@ thesis that production implementations use:
   snapshot when the applied log passes ``snapshot_entries`` entries or ``snapshot_bytes``
   bytes (:attr:`~.base.Ready.snapshot_request`), drops the log up to it on
   :meth:`RaftCore.compact`, and sends a follower whose next entry is gone an
-  ``InstallSnapshot`` in chunks of ``snapshot_chunk_bytes``.
+  ``InstallSnapshot`` in chunks of ``snapshot_chunk_bytes``;
+- **membership changes one server at a time** (thesis §4.1, with the rule added after
+  the 2015 single-server bug): :meth:`RaftCore.propose_conf_change` adds or removes a
+  voter or a learner; a configuration takes effect when its entry is appended and rolls
+  back if it is truncated; a leader appends one only after committing an entry of its
+  term and while no other change is uncommitted (see :mod:`.raft_membership`).
 
 Time is ``tick()`` calls (``RaftConfig.tick_ms`` each); randomness is an injected
 ``random.Random``; messages and storage writes leave through :class:`~.base.Ready`.
@@ -38,6 +43,9 @@ import msgpack
 
 from .base import (
     Committed,
+    ConfChange,
+    ConfChangeKind,
+    ConfChangeRefused,
     Entry,
     HardState,
     Message,
@@ -54,6 +62,7 @@ from .base import (
     Snapshot,
     TransferRefused,
 )
+from .raft_membership import ConfigHistory, Configuration, apply_change, configuration_problem
 
 __all__ = [
     "AppendEntries",
@@ -88,6 +97,7 @@ class RaftConfig:
     snapshot_bytes: int = 64 << 20
     snapshot_chunk_bytes: int = 64 << 10
     max_snapshot_bytes: int = 1 << 30
+    max_learner_lag: int = 32
 
     def __post_init__(self) -> None:
         if self.tick_ms <= 0:
@@ -112,6 +122,8 @@ class RaftConfig:
             raise ValueError("snapshot_entries and snapshot_bytes must be >= 0 (0: off)")
         if self.snapshot_chunk_bytes < 1 or self.max_snapshot_bytes < 1:
             raise ValueError("snapshot_chunk_bytes and max_snapshot_bytes must be at least 1")
+        if self.max_learner_lag < 0:
+            raise ValueError("max_learner_lag must be >= 0")
 
     @property
     def election_ticks(self) -> int:
@@ -132,12 +144,18 @@ class RaftConfig:
     def lease_ticks(self) -> int:
         """How long a quorum's acknowledgement keeps a lease, on the leader's clock.
 
-        Followers refuse votes for ``election_ticks`` on *their* clocks after hearing the
-        leader; with clocks off by up to ±``lease_drift_bound`` the lease must end within
-        ``election_ticks · (1 − d) / (1 + d)`` of the leader's clock.
+        Followers refuse votes until ``election_ticks`` of *their* ticks have passed since
+        they heard the leader — but the first of those ticks may come right after the
+        heartbeat, so only ``election_ticks − 1`` whole tick intervals are guaranteed. The
+        lease is counted from the leader's tick before it sent the round, so it lasts at
+        most ``lease_ticks`` whole intervals of the leader's clock. With clocks off by up
+        to ±``lease_drift_bound`` (d) the lease must therefore end within
+        ``(election_ticks − 1) · (1 − d) / (1 + d)`` of the leader's ticks. (With
+        ``election_ticks`` in place of ``election_ticks − 1`` a lease could outlive the
+        followers' refusal by up to one tick at the drift bound.)
         """
         d = self.lease_drift_bound
-        return int(self.election_ticks * (1.0 - d) / (1.0 + d))
+        return int((self.election_ticks - 1) * (1.0 - d) / (1.0 + d))
 
 
 # --------------------------------------------------------------------------- messages
@@ -268,12 +286,17 @@ def entry_size(entry: Entry) -> int:
     """Bytes an entry takes on the wire (its msgpack encoding), for flow control."""
     p = entry.proposal
     if p is None:
-        return 8
+        c = entry.conf
+        if c is None:
+            return 8
+        return 24 + len(c.node) + sum(len(n) + 1 for n in c.voters + c.learners)
     try:
         return 16 + len(msgpack.packb([p.client, p.seq, p.command], use_bin_type=True))
     except (TypeError, ValueError, OverflowError):
         return 16 + len(repr(p.command))
 
+
+_KINDS = frozenset(k.value for k in ConfChangeKind)
 
 # --------------------------------------------------------------------------- progress
 
@@ -367,12 +390,21 @@ class _IncomingSnapshot:
 class RaftCore:
     """One Raft node's protocol state. See the module docstring for the protocol.
 
-    ``peers`` lists every voter including this node. On restart a node passes what storage
-    returned: ``hard_state``, ``snapshot`` (the latest one, or None) and ``entries`` (the
-    log after the snapshot — from ``snapshot.index + 1``, or from 1 without one —
-    contiguous); a fresh node passes none of them. With a snapshot the first ``Ready``
-    carries it in :attr:`~.base.Ready.snapshot` so that the driver restores its state
-    machine before applying the entries after it.
+    ``peers`` lists the cluster's bootstrap voters, this node included: the
+    configuration in effect before any configuration entry (every node of a cluster
+    passes the same list, on every restart). The configuration in effect is the one of
+    the latest configuration entry in the log, or the snapshot's, or else ``peers``.
+    A node started fresh to join a running cluster passes ``join=True`` (it need not
+    be in ``peers``): it starts with an empty log, never campaigns, and waits for the
+    leader, which adds it as a learner (:meth:`propose_conf_change`) and sends it the
+    log or a snapshot.
+
+    On restart a node passes what storage returned: ``hard_state``, ``snapshot`` (the
+    latest one, or None) and ``entries`` (the log after the snapshot — from
+    ``snapshot.index + 1``, or from 1 without one — contiguous); a fresh node passes none
+    of them. With a snapshot the first ``Ready`` carries it in
+    :attr:`~.base.Ready.snapshot` so that the driver restores its state machine before
+    applying the entries after it.
 
     ``self.log[0]`` is a sentinel standing for the snapshot point (index and term of the
     last compacted entry; ``(0, 0)`` without a snapshot); ``self.log[k]`` is the entry at
@@ -389,28 +421,29 @@ class RaftCore:
         entries: Sequence[Entry] = (),
         *,
         snapshot: Snapshot | None = None,
+        join: bool = False,
     ) -> None:
-        if node_id not in peers:
-            raise ValueError(f"{node_id!r} must be one of the peers {list(peers)!r}")
-        if len(set(peers)) != len(peers):
-            raise ValueError("peer ids must be unique")
+        if node_id not in peers and not join:
+            raise ValueError(
+                f"{node_id!r} must be one of the peers {list(peers)!r} (or pass join=True)"
+            )
+        problem = configuration_problem(tuple(peers), ())
+        if problem is not None:
+            raise ValueError(f"bad peers: {problem}")
         self.node_id = node_id
         self.config = config or RaftConfig()
-        self.peers: tuple[NodeId, ...] = tuple(peers)
-        self.others: tuple[NodeId, ...] = tuple(p for p in peers if p != node_id)
-        self.quorum = len(self.peers) // 2 + 1
         self.rng = rng
 
         base_index, base_term = 0, 0
+        base_conf = Configuration(tuple(peers))
         if snapshot is not None:
             if snapshot.index < 1 or snapshot.term < 1:
                 raise ValueError("a stored snapshot has index and term of at least 1")
-            if sorted(snapshot.voters) != sorted(self.peers) or snapshot.learners:
-                raise ValueError(
-                    f"the snapshot's membership {list(snapshot.voters)!r} is not the peers "
-                    f"{list(self.peers)!r} (membership changes are not supported yet)"
-                )
+            problem = configuration_problem(snapshot.voters, snapshot.learners)
+            if problem is not None:
+                raise ValueError(f"the snapshot's membership is invalid: {problem}")
             base_index, base_term = snapshot.index, snapshot.term
+            base_conf = Configuration(snapshot.voters, snapshot.learners)
         self._offset = base_index
         self.log: list[Entry] = [Entry(base_term, base_index, None)]
         for i, e in enumerate(entries, start=base_index + 1):
@@ -438,10 +471,24 @@ class RaftCore:
         self.randomized_timeout = self._random_timeout()
         self.votes: dict[NodeId, bool] = {}
         self.progress: dict[NodeId, _Progress] = {}
+        # membership: the configuration history of the log, and who we have heard of
+        self._history = ConfigHistory(base_conf)
+        self._history.scan(self.log)
+        self._known: set[NodeId] = set(peers) | self._history.nodes()
+        # a joining node votes and campaigns only once the cluster's own log or snapshot
+        # names it — never on the strength of the bootstrap list (it may be a wiped node)
+        self._joining = join and not (
+            (snapshot is not None and base_conf.is_member(node_id))
+            or any(c.is_member(node_id) for _, c in self._history.entries)
+        )
+        self.conf_refused: dict[str, int] = {}
+        """Refused :meth:`propose_conf_change` calls, per reason."""
+        self._set_configuration()
 
         self._msgs: list[Message] = []
         self._unstable_from: int | None = None
-        self._hs_dirty = False
+        self._hs_dirty = False  # term or vote changed: must be durable before we speak
+        self._commit_dirty = False  # only the commit index moved: written with the next write
         self._role_changes: list[RoleChange] = []
         self._dropped: list[tuple[Proposal, str]] = []
         self._pending_broadcast = False
@@ -462,6 +509,36 @@ class RaftCore:
         self.rejected: dict[str, int] = {}
 
     # ----------------------------------------------------------------- properties
+
+    @property
+    def configuration(self) -> Configuration:
+        """The configuration in effect (the latest one in the log, committed or not)."""
+        return self._history.current
+
+    @property
+    def voters(self) -> tuple[NodeId, ...]:
+        """The voters of the configuration in effect."""
+        return self._conf.voters
+
+    @property
+    def learners(self) -> tuple[NodeId, ...]:
+        """The learners of the configuration in effect (they get the log but never vote)."""
+        return self._conf.learners
+
+    @property
+    def peers(self) -> tuple[NodeId, ...]:
+        """The voters of the configuration in effect (an alias of :attr:`voters`)."""
+        return self._conf.voters
+
+    @property
+    def is_voter(self) -> bool:
+        """True when this node votes in the configuration in effect."""
+        return self._self_voter
+
+    @property
+    def conf_index(self) -> int:
+        """Index of the latest configuration entry (0: the bootstrap or snapshot one)."""
+        return self._history.current_index
 
     @property
     def role(self) -> Role:
@@ -528,8 +605,8 @@ class RaftCore:
         self.log.append(Entry(self._term, index, proposal))
         self._mark_unstable(index)
         self._pending_broadcast = True
-        if not self.others:
-            self._advance_commit()
+        if not self._other_voters:
+            self._commit_alone()
 
     def tick(self) -> None:
         """Advance the logical clock by one tick: elections, heartbeats, check-quorum."""
@@ -549,12 +626,21 @@ class RaftCore:
             if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
                 self.heartbeat_elapsed = 0
                 self._broadcast_heartbeat()
-        elif self.election_elapsed >= self.randomized_timeout:
+        elif self.election_elapsed >= self.randomized_timeout and self._self_voter:
             self._campaign(pre_vote=self.config.pre_vote)
 
     def step(self, m: Message) -> None:
         """Handle one message. Raises :class:`ProtocolError` (state unchanged) when invalid."""
         self._validate(m)
+        if isinstance(m, RequestVote):
+            if not self._conf.is_member(m.src):
+                # A removed server (or one we have not heard was added) asks for votes: it
+                # must not disrupt the cluster, nor move our term (thesis §4.2.3).
+                self._count("vote-from-non-member")
+                return
+            if self._joining:
+                self._count("vote-while-joining")  # we may have forgotten a vote we gave
+                return
         mterm: int = m.term  # type: ignore[attr-defined]
         if mterm > self._term:
             if isinstance(m, RequestVote) and not m.transfer:
@@ -591,7 +677,7 @@ class RaftCore:
         elif isinstance(m, VoteResponse):
             self._handle_vote_response(m)
         elif isinstance(m, TimeoutNow):
-            if self._role is Role.FOLLOWER and m.src == self._leader:
+            if self._role is Role.FOLLOWER and m.src == self._leader and self._self_voter:
                 self._campaign(pre_vote=False, transfer=True)
         elif isinstance(m, ReadIndexRequest):
             self._handle_read_request(m)
@@ -640,9 +726,12 @@ class RaftCore:
             persist.truncate_from = self._unstable_from
             persist.entries = self.log[self._unstable_from - self._offset :]
             self._unstable_from = None
-        if self._hs_dirty:
+        if self._hs_dirty or (self._commit_dirty and not persist.is_empty()):
+            # The commit index rides along with writes that happen anyway: Raft does not
+            # need it durable (a restarted node learns it again), so it never costs an
+            # fsync of its own.
             persist.hard_state = self.hard_state()
-            self._hs_dirty = False
+            self._hs_dirty = self._commit_dirty = False
         committed: list[Committed] = []
         request: int | None = None
         if self.applied < self.commit:
@@ -676,7 +765,11 @@ class RaftCore:
             raise ProtocolError(
                 "wrong-destination", f"message for {m.dst!r} reached {self.node_id!r}"
             )
-        if m.src not in self.peers or m.src == self.node_id:
+        if m.src == self.node_id or (
+            m.src not in self._known and not isinstance(m, AppendEntries | InstallSnapshot)
+        ):
+            # A leader we have not heard of is fine: it may be a voter whose addition we
+            # have not received yet; its term, not its name, says it may lead.
             self._count("unknown-sender")
             raise ProtocolError("unknown-sender", f"{m.src!r} is not a peer of {self.node_id!r}")
         if not isinstance(m, RAFT_MESSAGES):
@@ -693,6 +786,8 @@ class RaftCore:
                 if e.index != k or e.term > m.term or e.term < 1:
                     self._count("bad-field")
                     raise ProtocolError("bad-field", f"entry {k} is out of place")
+                if e.conf is not None:
+                    self._validate_conf_entry(e)
         elif isinstance(m, InstallSnapshot):
             self._validate_snapshot_chunk(m)
         elif isinstance(m, InstallSnapshotResponse) and (m.index < 0 or m.received < 0):
@@ -722,11 +817,9 @@ class RaftCore:
                 "snapshot-too-large",
                 f"{m.total} bytes is over max_snapshot_bytes={self.config.max_snapshot_bytes}",
             )
-        if sorted(m.voters) != sorted(self.peers) or m.learners:
-            self._reject(
-                "snapshot-membership",
-                f"snapshot voters {list(m.voters)!r} are not this cluster's {list(self.peers)!r}",
-            )
+        problem = configuration_problem(m.voters, m.learners)
+        if problem is not None:
+            self._reject("snapshot-membership", f"snapshot configuration: {problem}")
         if m.offset == 0 or m.term < self._term or m.index <= self.commit:
             return  # starts afresh, is stale (answered elsewhere), or is already covered
         inc = self._incoming
@@ -774,8 +867,10 @@ class RaftCore:
             return None
         if index > self.applied:
             raise ValueError(f"cannot snapshot at {index}: only {self.applied} entries applied")
-        snap = Snapshot(index, self.term_at(index), self.peers, (), bytes(data))
+        conf = self._history.at(index)
+        snap = Snapshot(index, self.term_at(index), conf.voters, conf.learners, bytes(data))
         self._drop_log_through(index, snap.term)
+        self._history.compact_to(index)
         self.snapshot = snap
         self._snapshot_to_save = snap
         return snap
@@ -831,14 +926,21 @@ class RaftCore:
         and term); otherwise the whole log goes. The next ``Ready`` asks the driver to
         store the snapshot (and truncate after it) and to restore its machine from it.
         """
+        conf = Configuration(snap.voters, snap.learners)
         if self.term_at(snap.index) == snap.term:
             self._drop_log_through(snap.index, snap.term)
+            self._history.compact_to(snap.index, conf)
         else:
             self.log = [Entry(snap.term, snap.index, None)]
             self._offset = snap.index
             self._asked_snapshot_at = snap.index
             self._applied_bytes = 0
             self._unstable_from = snap.index + 1  # storage: drop whatever follows
+            self._history = ConfigHistory(conf)
+        self._learn_nodes(conf.members)
+        if conf.is_member(self.node_id):
+            self._joining = False  # the snapshot's configuration names us
+        self._set_configuration()
         self.snapshot = snap
         self._snapshot_to_save = snap
         self._snapshot_to_restore = snap
@@ -849,7 +951,9 @@ class RaftCore:
     def _handle_snapshot_response(self, m: InstallSnapshotResponse) -> None:
         if self._role is not Role.LEADER:
             return
-        pr = self.progress[m.src]
+        pr = self._progress_of(m.src)
+        if pr is None:
+            return
         pr.recent_active = True
         if m.done:
             self._acknowledged(m.src, pr, m.index)
@@ -952,7 +1056,7 @@ class RaftCore:
             return
         last = self.last_index
         last_term = self.term_at(last)
-        for peer in self.others:
+        for peer in self._other_voters:
             self._send(
                 RequestVote(self.node_id, peer, vote_term, last, last_term, pre_vote, transfer)
             )
@@ -976,8 +1080,8 @@ class RaftCore:
         # A no-op entry of the new term lets the leader commit entries of earlier terms.
         self.log.append(Entry(self._term, last + 1, None))
         self._mark_unstable(last + 1)
-        if not self.others:
-            self._advance_commit()
+        if not self._other_voters:
+            self._commit_alone()
         for peer in self.others:
             self._send_append(peer, allow_empty=True)
 
@@ -1009,6 +1113,9 @@ class RaftCore:
             if self._role is not Role.PRE_CANDIDATE or m.term != self._term + 1:
                 return
         elif self._role is not Role.CANDIDATE or m.term != self._term:
+            return
+        if m.src not in self._other_voters:
+            self._count("vote-from-non-voter")  # only the voters of our configuration count
             return
         self.votes[m.src] = m.granted
         if self._tally() >= self.quorum:
@@ -1075,7 +1182,7 @@ class RaftCore:
         new_commit = min(m.commit, last_new)
         if new_commit > self.commit:
             self.commit = new_commit
-            self._hs_dirty = True
+            self._commit_dirty = True
         self._send(AppendResponse(self.node_id, m.src, self._term, True, last_new, 0, 0, m.round))
 
     def _conflict_hint(self, prev_index: int) -> tuple[int, int]:
@@ -1095,8 +1202,13 @@ class RaftCore:
                 if self.log[index - off].term == entry.term:
                     continue
                 del self.log[index - off :]
+                rolled_back = self._history.truncate_from(index)
+            else:
+                rolled_back = False
             self.log.extend(entries[k:])
             self._mark_unstable(index)
+            if self._history.scan(entries[k:]) or rolled_back:
+                self._on_log_configuration_changed()
             return
 
     def _acknowledged(self, peer: NodeId, pr: _Progress, index: int) -> bool:
@@ -1119,9 +1231,7 @@ class RaftCore:
         else:
             pr.free_to(index)
         if self._advance_commit():
-            self._on_commit_advanced()
-            for other in self.others:
-                self._send_append(other, allow_empty=True)
+            self._commit_advanced()
             return True
         if pr.match < self.last_index:
             self._send_append(peer, allow_empty=False)
@@ -1130,7 +1240,9 @@ class RaftCore:
     def _handle_append_response(self, m: AppendResponse) -> None:
         if self._role is not Role.LEADER:
             return
-        pr = self.progress[m.src]
+        pr = self._progress_of(m.src)
+        if pr is None:
+            return
         pr.recent_active = True
         if m.round > pr.acked_round:
             pr.acked_round = m.round
@@ -1239,20 +1351,28 @@ class RaftCore:
             )
 
     def _quorum_active(self) -> bool:
-        active = 1 + sum(1 for p in self.progress.values() if p.recent_active)
-        for p in self.progress.values():
+        """Did a majority of the voters (this node if it votes) answer since last asked?"""
+        progress = self.progress
+        active = int(self._self_voter)
+        active += sum(1 for v in self._other_voters if progress[v].recent_active)
+        for p in progress.values():
             p.recent_active = False
         return active >= self.quorum
 
     def _advance_commit(self) -> bool:
-        """Commit the highest index a majority holds, if it is from the current term."""
-        matches = sorted((p.match for p in self.progress.values()), reverse=True)
-        matches.insert(0, self.last_index)
+        """Commit the highest index a majority of the voters holds, if of the current term.
+
+        A leader that is not a voter (it is removing itself) does not count its own log.
+        """
+        progress = self.progress
+        matches = [progress[v].match for v in self._other_voters]
+        if self._self_voter:
+            matches.append(self.last_index)
         matches.sort(reverse=True)
         candidate = matches[self.quorum - 1]
         if candidate > self.commit and self.term_at(candidate) == self._term:
             self.commit = candidate
-            self._hs_dirty = True
+            self._commit_dirty = True
             return True
         return False
 
@@ -1287,7 +1407,8 @@ class RaftCore:
             self._reads_before_commit.append((ctx, origin, rid))
             return
         index = self.commit
-        if not self.others or (self.config.read_mode == "lease" and self.lease_valid()):
+        alone = not self._other_voters and self._self_voter
+        if alone or (self.config.read_mode == "lease" and self.lease_valid()):
             self._deliver_read(ctx, origin, rid, index)
             return
         self._pending_reads.append((self._round + 1, ctx, index, origin, rid))
@@ -1301,7 +1422,11 @@ class RaftCore:
         return sent is not None and self.ticks < sent + self.config.lease_ticks
 
     def _quorum_round(self) -> int:
-        rounds = [self._round, *(p.acked_round for p in self.progress.values())]
+        """The latest heartbeat round a majority of the voters has acknowledged."""
+        progress = self.progress
+        rounds = [progress[v].acked_round for v in self._other_voters]
+        if self._self_voter:
+            rounds.append(self._round)
         rounds.sort(reverse=True)
         return rounds[self.quorum - 1]
 
@@ -1356,7 +1481,7 @@ class RaftCore:
         """
         if self._role is not Role.LEADER:
             raise TransferRefused(f"{self.node_id} is not the leader")
-        if target not in self.progress:
+        if target not in self._other_voters:
             raise TransferRefused(f"{target!r} is not another voter of this cluster")
         pr = self.progress[target]
         if pr.match < self.last_index:
@@ -1366,6 +1491,165 @@ class RaftCore:
         self.transfer_target = target
         self._transfer_elapsed = 0
         self._send(TimeoutNow(self.node_id, target, self._term))
+
+    # ----------------------------------------------------------------- membership
+
+    def propose_conf_change(self, kind: ConfChangeKind | str, node: NodeId) -> int:
+        """Append a single-server membership change to the leader's log; return its index.
+
+        ``kind`` is a :class:`~.base.ConfChangeKind` (or its string value): add a learner,
+        promote a learner, add a voter directly, remove a voter, remove a learner. The new
+        configuration takes effect at once — on this node now, on each follower when the
+        entry reaches its log — and quorums from then on are counted in it. A leader that
+        removes itself keeps leading (without counting itself) until the change commits,
+        then hands leadership to its most caught-up voter and steps down.
+
+        Refused with :class:`~.base.ConfChangeRefused` (nothing changes) when this node is
+        not the leader, a leadership transfer is under way, another change is not yet
+        committed, no entry of this term is committed yet (the rule that closes the
+        single-server change bug), the change makes no sense for the configuration
+        (``unknown-node``, ``already-member``, ``no-voters``), or a learner to promote
+        trails by more than ``RaftConfig.max_learner_lag`` entries.
+        """
+        try:
+            change = self._check_conf_change(kind, node)
+        except ConfChangeRefused as exc:
+            self.conf_refused[exc.reason] = self.conf_refused.get(exc.reason, 0) + 1
+            raise
+        index = self.last_index + 1
+        self.log.append(Entry(self._term, index, None, change))
+        self._mark_unstable(index)
+        self._pending_broadcast = True
+        self._history.scan((self.log[-1],))
+        self._on_log_configuration_changed()
+        # removing a voter can shrink the quorum enough to commit what is already held
+        self._try_commit()
+        return index
+
+    def configuration_at(self, index: int) -> Configuration:
+        """The configuration in effect just after entry ``index`` (from the snapshot point on;
+        an earlier index gives the snapshot's configuration)."""
+        return self._history.at(index)
+
+    def _check_conf_change(self, kind: ConfChangeKind | str, node: NodeId) -> ConfChange:
+        """The change entry for ``kind`` of ``node``, or :class:`ConfChangeRefused`."""
+        if self._role is not Role.LEADER:
+            raise ConfChangeRefused(
+                "not-leader", f"{self.node_id} is not the leader", leader=self._leader
+            )
+        change = apply_change(self._conf, kind, node)
+        if self.transfer_target is not None:
+            raise ConfChangeRefused(
+                "transfer-in-progress", f"leadership is moving to {self.transfer_target}"
+            )
+        if self._conf_change_pending():
+            raise ConfChangeRefused(
+                "change-in-progress",
+                f"the change at index {self._history.current_index} is not committed yet "
+                f"(commit {self.commit})",
+            )
+        if self.term_at(self.commit) != self._term:
+            raise ConfChangeRefused(
+                "term-not-committed",
+                f"no entry of term {self._term} is committed yet (commit {self.commit})",
+            )
+        if self.last_index - self.commit >= self.config.max_uncommitted_entries:
+            raise ConfChangeRefused(
+                "too-many-uncommitted",
+                f"{self.config.max_uncommitted_entries} entries are already waiting to commit",
+            )
+        if change.kind is ConfChangeKind.PROMOTE_LEARNER:
+            pr = self.progress.get(change.node)
+            match = pr.match if pr is not None else 0
+            lag = self.last_index - match
+            if lag > self.config.max_learner_lag:
+                raise ConfChangeRefused(
+                    "learner-behind",
+                    f"{change.node} has {match} of {self.last_index} entries "
+                    f"(max_learner_lag={self.config.max_learner_lag})",
+                )
+        return change
+
+    def _conf_change_pending(self) -> bool:
+        """True while the latest configuration entry is not committed."""
+        return self._history.current_index > self.commit
+
+    def _validate_conf_entry(self, e: Entry) -> None:
+        """A configuration entry from the wire must be well formed (state unchanged if not)."""
+        c = e.conf
+        assert c is not None
+        problem = configuration_problem(c.voters, c.learners)
+        if e.proposal is not None:
+            problem = "an entry carries either a proposal or a configuration"
+        elif not isinstance(c.kind, ConfChangeKind | str) or c.kind not in _KINDS:
+            problem = f"unknown change kind {c.kind!r}"
+        if problem is not None:
+            self._reject("bad-field", f"configuration entry {e.index}: {problem}")
+
+    def _on_log_configuration_changed(self) -> None:
+        """A configuration entry was appended or truncated: the new one is in effect."""
+        conf = self._history.current
+        self._learn_nodes(conf.members)
+        if self._history.entries and conf.is_member(self.node_id):
+            self._joining = False  # a configuration entry names us
+        self._set_configuration()
+
+    def _learn_nodes(self, nodes: Sequence[NodeId]) -> None:
+        self._known.update(nodes)
+
+    def _set_configuration(self) -> None:
+        """Cache the configuration in effect; a leader tracks progress of its new members."""
+        conf = self._history.current
+        me = self.node_id
+        self._conf = conf
+        self._self_voter = me in conf.voters and not self._joining
+        self._other_voters: tuple[NodeId, ...] = tuple(v for v in conf.voters if v != me)
+        self.others: tuple[NodeId, ...] = tuple(n for n in conf.members if n != me)
+        self.quorum = conf.quorum
+        if self._role is Role.LEADER:
+            # a new member is probed from the configuration entry that adds it (the last
+            # one): the probe carries that entry, and a rejection backs off from there
+            nxt = max(1, self.last_index)
+            old = self.progress
+            self.progress = {
+                n: old[n] if n in old else _Progress(match=0, next=nxt) for n in self.others
+            }
+
+    def _progress_of(self, peer: NodeId) -> _Progress | None:
+        """The leader's progress record of ``peer`` (None, counted, once it left)."""
+        pr = self.progress.get(peer)
+        if pr is None:
+            self._count("non-member-response")
+        return pr
+
+    def _try_commit(self) -> None:
+        if self._advance_commit():
+            self._commit_advanced()
+
+    def _commit_alone(self) -> None:
+        """No other voter to wait for: what this node holds is committed."""
+        self._try_commit()
+
+    def _commit_advanced(self) -> None:
+        """The leader's commit moved: release reads, tell everyone, leave if removed."""
+        self._on_commit_advanced()
+        for other in self.others:
+            self._send_append(other, allow_empty=True)
+        self._leave_if_removed()
+
+    def _leave_if_removed(self) -> None:
+        """This leader's own removal is committed: hand over to a caught-up voter, step down.
+
+        It told the followers about the commit just before; a voter holding the whole
+        log gets ``TimeoutNow`` so the cluster need not wait an election timeout.
+        """
+        if self._self_voter or self._role is not Role.LEADER or self._conf_change_pending():
+            return
+        last = self.last_index
+        caught_up = [v for v in self._other_voters if self.progress[v].match >= last]
+        if caught_up:
+            self._send(TimeoutNow(self.node_id, caught_up[0], self._term))
+        self._become_follower(self._term, None)
 
     # ----------------------------------------------------------------- helpers
 

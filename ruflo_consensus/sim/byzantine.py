@@ -27,6 +27,7 @@ from ..core.pbft.messages import (
     COMMIT_CERT,
     PRE_PREPARE,
     PREPARE,
+    READ_REPLY,
     REPLY,
     REQUEST,
     STATE,
@@ -34,6 +35,8 @@ from ..core.pbft.messages import (
     Checkpoint,
     Payload,
     PrePrepare,
+    ReadReply,
+    ReadRequest,
     Reply,
     Request,
     State,
@@ -383,7 +386,7 @@ class Censor(Behaviour):
         items = []
         for env in frame.items:
             p = _payload(env)
-            if isinstance(p, Request) and self.adversary.is_victim(p.signer):
+            if isinstance(p, Request | ReadRequest) and self.adversary.is_victim(p.signer):
                 self.injected += 1  # (counts the requests it censored)
                 continue
             items.append(env)
@@ -404,6 +407,10 @@ class WrongReply(Behaviour):
                     p = _payload(env)
                     if isinstance(p, Reply):
                         env = seal(self.signer, REPLY, p.view, p.client, p.t, ["ok", "lie"])
+                        self.injected += 1
+                    elif isinstance(p, ReadReply):
+                        lie = ["ok", "lie"]
+                        env = seal(self.signer, READ_REPLY, p.view, p.client, p.t, p.seq, lie)
                         self.injected += 1
                     items.append(env)
                 frame = PbftFrame(frame.src, frame.dst, tuple(items))

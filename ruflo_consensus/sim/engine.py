@@ -359,8 +359,7 @@ class SimEngine:
             links = [(a, b) for a in side_a for b in side_b]
             if kind == "partition":
                 links += [(b, a) for a, b in links]
-            for link in links:
-                self.blocked[link] = self.blocked.get(link, 0) + 1
+            self.block_links(links)
             detail = links
             self.trace(f"nemesis {kind} {sorted(side_a)}|{sorted(side_b)}")
         elif kind in ("crash", "pause"):
@@ -403,12 +402,7 @@ class SimEngine:
         elif kind == "reorder":
             self.jitter_us = max(0, self.jitter_us - detail)
         elif kind in ("partition", "oneway"):
-            for link in detail:
-                left = self.blocked[link] - 1
-                if left:
-                    self.blocked[link] = left
-                else:
-                    del self.blocked[link]
+            self.unblock_links(detail)
         elif kind == "crash":
             node = self.nodes[detail]
             if not node.up:
@@ -421,6 +415,20 @@ class SimEngine:
             self.nodes[detail].rate = 1.0
         else:
             self.heal_backend_fault(kind, detail)
+
+    def block_links(self, links: list[tuple[int, int]]) -> None:
+        """Cut each directed link ``(from, to)`` (cuts nest: each needs its own unblock)."""
+        for link in links:
+            self.blocked[link] = self.blocked.get(link, 0) + 1
+
+    def unblock_links(self, links: list[tuple[int, int]]) -> None:
+        """Undo one :meth:`block_links` of these links."""
+        for link in links:
+            left = self.blocked[link] - 1
+            if left:
+                self.blocked[link] = left
+            else:
+                del self.blocked[link]
 
     def _heal_all(self) -> None:
         for record in list(self._active_faults):

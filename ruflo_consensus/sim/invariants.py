@@ -7,17 +7,41 @@ first violation with a report of what broke, where and when.
 - **election safety**: at most one leader per term;
 - **log matching**: two logs with an entry of the same index and term are identical up to it;
 - **leader completeness**: a leader's log holds every entry committed before its term;
-- **state machine safety**: no two nodes apply different entries at the same index.
+- **state machine safety**: no two nodes apply different entries at the same index;
+- **snapshot safety**: a snapshot at index *i* (taken, installed or restored after a
+  restart) holds exactly the state of applying entries 1..*i* — checked against a
+  reference replica that applies the agreed entries in order.
+
+A log is given as a list whose element 0 stands for its snapshot point (an entry with the
+snapshot's index and term, or ``(0, 0)`` without one) and element *k* is the entry at
+index ``log[0].index + k``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from ..core.base import Entry, NodeId
+from ..core.base import Entry, NodeId, Snapshot
 
-__all__ = ["InvariantViolation", "RaftInvariants"]
+__all__ = ["InvariantViolation", "RaftInvariants", "ReferenceReplica"]
+
+
+class ReferenceReplica(Protocol):
+    """What the snapshot check replays entries into (a :class:`SessionTable` fits)."""
+
+    def apply(self, client: str | None, seq: int, command: object) -> object:
+        """Apply one committed command."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The replica's state, byte-identical for identical histories."""
+        ...
+
+    def restore(self, data: bytes) -> None:
+        """Load a state made by :meth:`snapshot`."""
+        ...
 
 
 @dataclass
@@ -41,15 +65,30 @@ def _describe(entry: Entry | None) -> str:
 
 
 class RaftInvariants:
-    """Incremental checker of Raft's safety properties over a simulated cluster."""
+    """Incremental checker of Raft's safety properties over a simulated cluster.
 
-    NAMES = ("election-safety", "log-matching", "leader-completeness", "state-machine-safety")
+    ``reference`` builds a fresh replica (state machine behind its session table) for the
+    snapshot-safety check; without it snapshots are only checked for their term.
+    """
 
-    def __init__(self) -> None:
+    NAMES = (
+        "election-safety",
+        "log-matching",
+        "leader-completeness",
+        "state-machine-safety",
+        "snapshot-safety",
+    )
+    CHECKPOINT_EVERY = 32
+
+    def __init__(self, reference: Callable[[], ReferenceReplica] | None = None) -> None:
         self.leaders: dict[int, NodeId] = {}
         self.applied: list[Entry] = [Entry(0, 0, None)]
         self.applied_by: list[NodeId] = [""]
         self.checks: dict[str, int] = dict.fromkeys(self.NAMES, 0)
+        self._reference = reference
+        self._ref: ReferenceReplica | None = None
+        self._ref_at = 0
+        self._checkpoints: dict[int, bytes] = {}
 
     def on_leader(self, node: NodeId, term: int, log: Sequence[Entry], now: int) -> None:
         """A node became leader of ``term`` with ``log``: election safety + completeness."""
@@ -62,8 +101,17 @@ class RaftInvariants:
         self.leaders[term] = node
         self.checks["leader-completeness"] += 1
         known = len(self.applied) - 1
-        for i in range(1, known + 1):
-            mine = log[i] if i < len(log) else None
+        base = log[0].index
+        if 0 < base <= known and log[0].term != self.applied[base].term:
+            raise InvariantViolation(
+                "leader-completeness",
+                now,
+                f"{node} became leader of term {term} with a snapshot at index {base} of term "
+                f"{log[0].term}, but the committed entry there is {_describe(self.applied[base])}",
+            )
+        for i in range(base + 1, known + 1):
+            k = i - base
+            mine = log[k] if k < len(log) else None
             if mine is None or mine != self.applied[i]:
                 raise InvariantViolation(
                     "leader-completeness",
@@ -96,21 +144,99 @@ class RaftInvariants:
             )
 
     def check_logs(self, logs: dict[NodeId, list[Entry]], now: int) -> None:
-        """Log matching across every pair of nodes (crashed nodes' persisted logs included)."""
+        """Log matching across every pair of nodes (crashed nodes' persisted logs included).
+
+        Two logs are compared where both still hold entries: from the later of their
+        snapshot points (where only the terms can be compared) to the shorter end.
+        """
         self.checks["log-matching"] += 1
         names = list(logs)
         for a_pos, a in enumerate(names):
             la = logs[a]
+            base_a = la[0].index
             for b in names[a_pos + 1 :]:
                 lb = logs[b]
-                i = min(len(la), len(lb)) - 1
-                while i > 0 and la[i].term != lb[i].term:
+                base_b = lb[0].index
+                lo = max(base_a, base_b)
+                i = min(base_a + len(la), base_b + len(lb)) - 1
+                while i > lo and la[i - base_a].term != lb[i - base_b].term:
                     i -= 1
-                if i > 0 and la[: i + 1] != lb[: i + 1]:
-                    j = next(k for k in range(i + 1) if la[k] != lb[k])
-                    raise InvariantViolation(
-                        "log-matching",
-                        now,
-                        f"{a} and {b} agree on term {la[i].term} at index {i} but differ at "
-                        f"index {j}: {a} has {_describe(la[j])}, {b} has {_describe(lb[j])}",
-                    )
+                if i <= lo:
+                    continue
+                if la[lo - base_a].term == lb[lo - base_b].term and all(
+                    la[k - base_a] == lb[k - base_b] for k in range(lo + 1, i + 1)
+                ):
+                    continue
+                j = next(
+                    k
+                    for k in range(lo, i + 1)
+                    if (la[k - base_a].term != lb[k - base_b].term)
+                    or (k > lo and la[k - base_a] != lb[k - base_b])
+                )
+                raise InvariantViolation(
+                    "log-matching",
+                    now,
+                    f"{a} and {b} agree on term {la[i - base_a].term} at index {i} but differ "
+                    f"at index {j}: {a} has {_describe(la[j - base_a])}, "
+                    f"{b} has {_describe(lb[j - base_b])}",
+                )
+
+    def on_snapshot(self, node: NodeId, snapshot: Snapshot, how: str, now: int) -> None:
+        """``node`` took, installed or restored ``snapshot`` (``how`` says which).
+
+        Its index must be one the cluster applied, its term that entry's term, and its
+        data the reference replica's state after exactly the entries up to it.
+        """
+        self.checks["snapshot-safety"] += 1
+        i = snapshot.index
+        known = len(self.applied) - 1
+        where = f"{node} {how} a snapshot at index {i} (term {snapshot.term})"
+        if i > known:
+            raise InvariantViolation(
+                "snapshot-safety", now, f"{where}, but only {known} entries were ever applied"
+            )
+        if i > 0 and self.applied[i].term != snapshot.term:
+            raise InvariantViolation(
+                "snapshot-safety",
+                now,
+                f"{where}, but the entry applied there is {_describe(self.applied[i])}",
+            )
+        if self._reference is None:
+            return
+        expected = self._reference_state(i)
+        if snapshot.data != expected:
+            raise InvariantViolation(
+                "snapshot-safety",
+                now,
+                f"{where} whose state differs from applying entries 1..{i} in order "
+                f"({len(snapshot.data)} bytes, the replay gives {len(expected)}): it skipped "
+                "or repeated entries",
+            )
+
+    def _replay(self, replica: ReferenceReplica, start: int, end: int) -> None:
+        for e in self.applied[start + 1 : end + 1]:
+            p = e.proposal
+            if p is not None:
+                replica.apply(p.client, p.seq, p.command)
+
+    def _reference_state(self, index: int) -> bytes:
+        """The state after applying entries 1..``index`` (kept incrementally, with
+        checkpoints so that an index behind the reference is replayed from one)."""
+        assert self._reference is not None
+        if self._ref is None:
+            self._ref = self._reference()
+            self._checkpoints[0] = self._ref.snapshot()
+        every = self.CHECKPOINT_EVERY
+        if index >= self._ref_at:
+            while self._ref_at < index:
+                step = min(index, (self._ref_at // every + 1) * every)
+                self._replay(self._ref, self._ref_at, step)
+                self._ref_at = step
+                if step % every == 0:
+                    self._checkpoints[step] = self._ref.snapshot()
+            return self._ref.snapshot()
+        start = index // every * every
+        scratch = self._reference()
+        scratch.restore(self._checkpoints[start])
+        self._replay(scratch, start, index)
+        return scratch.snapshot()

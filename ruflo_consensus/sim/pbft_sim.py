@@ -41,7 +41,7 @@ from ..core.pbft import (
     quorum_size,
     sign_request,
 )
-from ..core.pbft.messages import Reply
+from ..core.pbft.messages import ReadReply, Reply
 from ..federation.canonical import canonical_bytes
 from ..statemachine import CommandRejected, KVStateMachine
 from ..topology import Topology
@@ -54,7 +54,13 @@ from .simulator import SimResult
 
 __all__ = ["SIM_PBFT_CONFIG", "PbftSimulation"]
 
-_REQ, _REPLY, _TIMEOUT, _NEXT = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 4)
+_REQ, _REPLY, _TIMEOUT, _NEXT, _READ_TIMEOUT = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 5)
+_FAST_READ_US = 30_000  # a fast read that has no q matching replies by then goes ordered
+
+
+def _kv_read_only(command: Any) -> bool:
+    return isinstance(command, dict) and command.get("op") == "get"
+
 
 SIM_PBFT_CONFIG = PbftConfig(
     checkpoint_interval=16,
@@ -83,6 +89,7 @@ class _Pending:
     env: Signed
     started: int
     attempt: int = 0
+    fast: bool = False
     votes: dict[bytes, list[str]] = field(default_factory=dict)
 
 
@@ -121,6 +128,12 @@ class PbftSimulation(SimEngine):
         self.pbft_config = pbft_config or SIM_PBFT_CONFIG
         super().__init__(config, topology or config.build_topology(), self.pbft_config.tick_ms)
         self.f, self.q = quorum_size(len(self.ids))
+        # The read-only fast path is linearizable only if writes, too, wait for q matching
+        # replies (f + 1 otherwise): see docs/pbft.md.
+        self.fast_reads = config.reads == "fast"
+        self.accept_at = self.q if self.fast_reads else self.f + 1
+        self.fast_reads_done = 0
+        self.fast_reads_fell_back = 0
         self.secret = f"ruflo-pbft-sim/{config.seed}".encode()
         self.signers = {i: Signer.derived(self.secret, i) for i in self.ids}
         self.keyring = Keyring({i: s.public_key for i, s in self.signers.items()})
@@ -165,6 +178,7 @@ class PbftSimulation(SimEngine):
         self.handle(_REPLY, lambda a, b: self._reply_arrives(a))
         self.handle(_TIMEOUT, lambda a, b: self._timeout(a, b))
         self.handle(_NEXT, lambda a, b: self._next_op(self.clients[a]))
+        self.handle(_READ_TIMEOUT, lambda a, b: self._read_timeout(a, b))
 
     # ------------------------------------------------------------------ nodes
 
@@ -178,6 +192,7 @@ class PbftSimulation(SimEngine):
             KVStateMachine(),
             self.pbft_config,
             rep.durable,
+            read_only=_kv_read_only if self.fast_reads else None,
         )
 
     def core_of(self, node: EngineNode) -> PbftCore | None:
@@ -327,9 +342,30 @@ class PbftSimulation(SimEngine):
             command = {"op": "cas", "key": key, "old": old, "new": token}
             op = Op(client.process, "invoke", "cas", key, [old, token])
         client.t += 1
+        self.history.append(op)
+        if self.fast_reads and _kv_read_only(command):
+            env = sign_request(client.signer, client.t, command, read_only=True)
+            client.pending = _Pending(op, command, client.t, env, self.now, fast=True)
+            for index in range(len(self.ids)):
+                if not self.lossy():
+                    frame = PbftFrame(client.name, self.ids[index], (env,))
+                    self.push(self.now + self.latency(), _REQ, index, frame)
+            self.push(self.now + _FAST_READ_US, _READ_TIMEOUT, client.index, client.t)
+            return
         env = sign_request(client.signer, client.t, command)
         client.pending = _Pending(op, command, client.t, env, self.now)
-        self.history.append(op)
+        self._send_request(client, broadcast=False)
+
+    def _read_timeout(self, index: int, t: int) -> None:
+        """No q matching fast-read replies in time: send the read through the log."""
+        client = self.clients[index]
+        p = client.pending
+        if p is None or p.t != t or not p.fast:
+            return
+        self.fast_reads_fell_back += 1
+        p.fast = False
+        p.votes.clear()
+        p.env = sign_request(client.signer, p.t, p.command)
         self._send_request(client, broadcast=False)
 
     def _send_request(self, client: _Client, broadcast: bool) -> None:
@@ -364,15 +400,22 @@ class PbftSimulation(SimEngine):
             except ProtocolError as exc:
                 self.client_rejected[exc.reason] = self.client_rejected.get(exc.reason, 0) + 1
                 continue
-            if not isinstance(reply, Reply) or reply.client != client.name or reply.t != p.t:
+            if type(reply) is ReadReply and p.fast:
+                key = msgpack.packb([reply.seq, reply.result], use_bin_type=True)
+            elif type(reply) is Reply and not p.fast:
+                key = msgpack.packb(reply.result, use_bin_type=True)
+            else:
                 continue
-            key = msgpack.packb(reply.result, use_bin_type=True)
+            if reply.client != client.name or reply.t != p.t:
+                continue
             voters = p.votes.setdefault(key, [])
             if reply.signer in voters:
                 continue
             voters.append(reply.signer)
-            client.view = max(client.view, reply.view) if len(voters) > self.f else client.view
-            if len(voters) == self.f + 1:
+            if len(voters) > self.f:
+                client.view = max(client.view, reply.view)
+            if len(voters) == self.accept_at:
+                self.fast_reads_done += p.fast
                 self._complete(client, decode_result(reply.result))
                 return
 
@@ -455,6 +498,11 @@ class PbftSimulation(SimEngine):
             "batches ordered": counters.get("batches", 0),
             "requests executed (honest)": counters.get("executed-requests", 0),
             "messages the adversary forged, altered or dropped": injected,
+            "fast reads (done / sent through the log)": (
+                f"{self.fast_reads_done} / {self.fast_reads_fell_back}"
+                if self.fast_reads
+                else "off"
+            ),
             "signatures": {
                 "made": stats.signs,
                 "verified": stats.verifications,

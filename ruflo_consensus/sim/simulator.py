@@ -8,16 +8,26 @@ wall clock, iterates a hash-ordered set, or uses a global random generator, so t
 config gives the same run — and the same trace hash — in any process.
 
 Events: node ticks (at each node's possibly drifting clock rate), message deliveries,
-client requests/replies/timeouts, nemesis faults and heals, and periodic invariant checks.
+client requests/replies/timeouts, disk fsyncs, nemesis faults and heals, and periodic
+invariant checks.
+
+Every node persists through the real storage code: a
+:class:`~ruflo_consensus.storage.FileStorage` on its own
+:class:`~ruflo_consensus.storage.SimDisk`. The driver writes each ``Ready``'s ``persist`` at
+once but fsyncs asynchronously (one fsync covers every write before it, after a simulated
+disk latency), and holds the ``Ready`` — its messages, applies and client replies — until
+the fsync that covers it completes, so nothing that depends on a write leaves before the
+write is durable. A crash in between loses what the disk had not synced.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..check.history import Op
 from ..core.base import (
@@ -27,10 +37,11 @@ from ..core.base import (
     Message,
     NodeId,
     NotLeader,
-    Persist,
     Proposal,
     ProposalDropped,
+    Ready,
     Role,
+    Snapshot,
     TransferRefused,
 )
 from ..core.raft import (
@@ -43,23 +54,62 @@ from ..core.raft import (
 )
 from ..federation.machine import FederationStateMachine
 from ..federation.workload import FederationWorkload, check_cross_replica
-from ..statemachine import CommandRejected, KVStateMachine, SessionTable, StateMachine
+from ..statemachine import (
+    CommandError,
+    CommandRejected,
+    KVStateMachine,
+    SessionTable,
+    StateMachine,
+)
+from ..storage import (
+    FileStorage,
+    SimDisk,
+    SimulatedCrash,
+    SnapshotError,
+    StorageError,
+    StorageIOError,
+    WritePoint,
+)
+from ..storage.base import CorruptLogError, StoredState
 from ..topology import Topology
 from .config import SimConfig
 from .engine import FIRST_BACKEND_KIND, EngineNode, SimEngine
 from .invariants import InvariantViolation, RaftInvariants
+from .membership import MembershipInvariants, MembershipNemesis
 
-__all__ = ["ClientReply", "ClientRequest", "CoreFactory", "SimResult", "SimStorage", "Simulation"]
+__all__ = ["ClientReply", "ClientRequest", "CoreFactory", "SimResult", "Simulation"]
 
-CoreFactory = Callable[
-    [NodeId, Sequence[NodeId], random.Random, RaftConfig, HardState | None, Sequence[Entry]],
-    ConsensusCore,
-]
+
+class CoreFactory(Protocol):
+    """Builds a node's core from what its storage returned (also on every restart)."""
+
+    def __call__(
+        self,
+        node_id: NodeId,
+        peers: Sequence[NodeId],
+        rng: random.Random,
+        config: RaftConfig,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        *,
+        snapshot: Snapshot | None = None,
+    ) -> ConsensusCore:
+        """Return the core for ``node_id``."""
+        ...
+
 
 # Raft simulation event kinds (the engine owns the shared ones)
-_CLIENT_REQ, _CLIENT_REPLY, _CLIENT_TIMEOUT, _CLIENT_NEXT, _CLIENT_RESEND = range(
-    FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 5
-)
+(
+    _CLIENT_REQ,
+    _CLIENT_REPLY,
+    _CLIENT_TIMEOUT,
+    _CLIENT_NEXT,
+    _CLIENT_RESEND,
+    _DISK_SYNC,
+    _DISK_RETRY,
+) = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 7)
+
+DISK_FAULTS = ("disk-lose", "disk-torn", "disk-read-error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +125,14 @@ class ClientRequest:
 
 @dataclass(frozen=True, slots=True)
 class ClientReply:
-    """A node's answer: ``ok`` with a result, or not the leader (with a hint)."""
+    """A node's answer: ``ok`` with a result, or not the leader (with a hint).
 
+    ``client`` is the session the request came from: a client that gave up and continues
+    under a new session numbers its requests from 1 again, so a late answer to the old
+    session must not be taken for an answer to the new one.
+    """
+
+    client: str
     client_index: int
     seq: int
     ok: bool
@@ -84,30 +140,48 @@ class ClientReply:
     leader: NodeId | None
 
 
-class SimStorage:
-    """A node's simulated durable state: hard state and log (index 0 is a sentinel)."""
+class _TornWrite:
+    """A storage fault hook that, once armed, tears the next WAL record at a random length."""
 
-    def __init__(self) -> None:
-        self.hard_state: HardState | None = None
-        self.log: list[Entry] = [Entry(0, 0, None)]
-        self.writes = 0
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.armed = False
 
-    def save(self, persist: Persist) -> None:
-        """Apply a :class:`Persist` as the core asked: truncate, append, store hard state."""
-        if persist.truncate_from is not None:
-            del self.log[persist.truncate_from :]
-        if persist.entries:
-            self.log.extend(persist.entries)
-        if persist.hard_state is not None:
-            self.hard_state = persist.hard_state
-        self.writes += 1
+    def reached(self, point: WritePoint) -> None:
+        """Nothing happens at the other write points."""
+
+    def tear(self, point: WritePoint, size: int) -> int | None:
+        """While armed, write only a random prefix of the next WAL record (then crash)."""
+        if not self.armed or point is not WritePoint.WAL_MID_RECORD:
+            return None
+        self.armed = False
+        return self.rng.randrange(size)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A ``Ready`` whose effects wait for the fsync of write number ``write`` (0: none)."""
+
+    ready: Ready
+    write: int
 
 
 @dataclass(slots=True)
 class _RaftNode:
     core: ConsensusCore | None
-    storage: SimStorage
+    disk: SimDisk
+    hook: _TornWrite
     table: SessionTable
+    storage: FileStorage | None = None
+    # the log as of the crash, for the invariants while the node is down ([0]: snapshot point)
+    last_log: list[Entry] = field(default_factory=lambda: [Entry(0, 0, None)])
+    applied: int = 0  # what the driver applied to `table` (the core may have handed out more)
+    held: deque[_Held] = field(default_factory=deque)
+    writes: int = 0  # writes issued since the storage was opened
+    synced: int = 0  # writes covered by a completed fsync
+    syncing: int = 0  # writes the fsync in flight covers (0: none in flight)
+    gen: int = 0  # bumped on every crash, so stale fsync completions are ignored
+    crash_mode: str = "process"
     waiting: dict[tuple[str, int], int] = field(default_factory=dict)
     # confirmed read points waiting for the state machine to catch up: (index, request)
     reads: list[tuple[int, ClientRequest]] = field(default_factory=list)
@@ -184,9 +258,11 @@ def default_core_factory(
     config: RaftConfig,
     hard_state: HardState | None,
     entries: Sequence[Entry],
+    *,
+    snapshot: Snapshot | None = None,
 ) -> ConsensusCore:
     """Build a :class:`RaftCore` (the simulator's default backend)."""
-    return RaftCore(node_id, peers, rng, config, hard_state, entries)
+    return RaftCore(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
 
 
 class Simulation(SimEngine):
@@ -205,37 +281,50 @@ class Simulation(SimEngine):
         raft_config: RaftConfig | None = None,
         topology: Topology | None = None,
     ) -> None:
+        faults = set(config.faults)
         self.raft_config = raft_config or RaftConfig(
             read_mode="lease" if config.reads == "lease" else "read-index",
             # the simulator knows how far it lets clocks drift: leases must assume as much
-            lease_drift_bound=min(0.9, config.max_drift if "drift" in config.faults else 0.0),
+            lease_drift_bound=min(
+                0.9, config.max_drift if faults & {"drift", "leader-slow"} else 0.0
+            ),
+            snapshot_entries=config.snapshot_entries,
+            snapshot_bytes=0,
+            snapshot_chunk_bytes=config.snapshot_chunk_bytes,
         )
         topology = topology or config.build_topology()
         super().__init__(config, topology, self.raft_config.tick_ms)
         self.core_factory = core_factory
         self.ops_end_us = max(0, self.end_us - int(min(1.0, config.duration_s / 4) * 1e6))
-        self.invariants = RaftInvariants()
         self.history: list[Op] = []
         self.leader_changes = 0
         self.fed_rejected: dict[str, int] = {}
         self.transfers_refused = 0
+        self.storage_stats: dict[str, int] = {}
         self.federation: FederationWorkload | None = None
         if config.workload == "federation":
             self.federation = FederationWorkload(
                 self.rng.getrandbits(32), peers=config.keys, node_ids=self.ids
             )
+        self.invariants = RaftInvariants(reference=lambda: SessionTable(self._new_machine()))
+        self.membership = MembershipNemesis(self)
+        self.membership_invariants = MembershipInvariants()
         self.raft: list[_RaftNode] = []
         for node in self.nodes:
-            rn = _RaftNode(None, SimStorage(), SessionTable(self._new_machine()))
+            rn = _RaftNode(None, SimDisk(), _TornWrite(self.rng), SessionTable(self._new_machine()))
             node.state = rn
             self.raft.append(rn)
-            rn.core = self._make_core(node)
+            stored = self._open_storage(node, rn)
+            assert stored is not None  # a fresh disk always opens
+            rn.core = self._make_core(node, stored)
         self.clients = [_Client(index=i, process=i, name=f"c{i}") for i in range(config.clients)]
         self.handle(_CLIENT_REQ, lambda a, b: self._client_request(a))
         self.handle(_CLIENT_REPLY, lambda a, b: self._client_reply(a))
         self.handle(_CLIENT_TIMEOUT, lambda a, b: self._client_timeout(a, b, resend=False))
         self.handle(_CLIENT_RESEND, lambda a, b: self._client_timeout(a, b, resend=True))
         self.handle(_CLIENT_NEXT, lambda a, b: self._next_op(self.clients[a]))
+        self.handle(_DISK_SYNC, lambda a, b: self._sync_done(a, b))
+        self.handle(_DISK_RETRY, lambda a, b: self._retry_restart(a))
 
     # ------------------------------------------------------------------ nodes
 
@@ -245,12 +334,61 @@ class Simulation(SimEngine):
             return self.federation.new_machine()
         return KVStateMachine()
 
-    def _make_core(self, node: EngineNode) -> ConsensusCore:
+    def _count(self, key: str, n: int = 1) -> None:
+        self.storage_stats[key] = self.storage_stats.get(key, 0) + n
+
+    def _make_core(self, node: EngineNode, stored: StoredState) -> ConsensusCore:
         rng = random.Random(self.rng.getrandbits(64))
-        st = self.raft[node.index].storage
         return self.core_factory(
-            node.id, self.ids, rng, self.raft_config, st.hard_state, st.log[1:]
+            node.id,
+            self.ids,
+            rng,
+            self.raft_config,
+            stored.hard_state,
+            stored.entries,
+            snapshot=stored.snapshot,
         )
+
+    def _open_storage(self, node: EngineNode, rn: _RaftNode) -> StoredState | None:
+        """Open the node's WAL on its disk (running recovery); None if the disk fails.
+
+        A read error leaves the node down and retries later: a node never starts from an
+        empty disk in place of one it cannot read (it could vote twice). A log or snapshot
+        the crash model cannot explain is a storage bug, reported as a violation.
+        """
+        try:
+            storage = FileStorage(
+                f"/{node.id}",
+                fs=rn.disk,
+                segment_bytes=self.config.wal_segment_bytes,
+                faults=rn.hook,
+            )
+            stored = storage.load()
+        except (StorageIOError, SimulatedCrash) as exc:
+            rn.disk.clear_faults()
+            self._count("opens failed")
+            self.trace(f"{node.id} disk open failed: {exc}")
+            return None
+        except (CorruptLogError, SnapshotError, StorageError) as exc:
+            raise InvariantViolation(
+                "storage-recovery", self.now, f"{node.id} cannot reopen its WAL: {exc}"
+            ) from None
+        rn.storage = storage
+        self._count("opens")
+        if storage.recovery.truncated:
+            self._count("torn tails cut", len(storage.recovery.truncated))
+        rn.writes = rn.synced = rn.syncing = 0
+        rn.applied = 0
+        return stored
+
+    def _log_of(self, rn: _RaftNode) -> list[Entry]:
+        """The node's log as the invariants take it: [snapshot point, entries…].
+
+        A running node's is its core's (everything it wrote, and proposals not yet
+        written); a crashed node's is the one it had when it crashed.
+        """
+        log = getattr(rn.core, "log", None) if rn.core is not None else None
+        return rn.last_log if log is None else log
 
     def core_of(self, node: EngineNode) -> ConsensusCore | None:
         """The node's Raft core (None while crashed)."""
@@ -265,19 +403,55 @@ class Simulation(SimEngine):
         self._client_request(item)
 
     def crash_node(self, node: EngineNode) -> None:
-        """Lose the core, the state machine and pending client waits; keep storage."""
+        """Lose the core, the state machine, the held Readies and pending client waits.
+
+        What the disk keeps depends on the crash: a process crash keeps every write (the
+        kernel still has them), a power cut (``disk-lose``) loses every unsynced byte, a
+        torn write (``disk-torn``) keeps a random prefix of them.
+        """
         rn = self.raft[node.index]
+        rn.last_log = list(self._log_of(rn))
         rn.core = None
         rn.waiting.clear()
         rn.reads.clear()
+        rn.held.clear()
+        rn.gen += 1
+        rn.syncing = 0
+        rn.storage = None
+        rn.hook.armed = False
+        mode, rn.crash_mode = rn.crash_mode, "process"
+        if mode != "process":
+            report = rn.disk.crash(self.rng if mode == "torn" else None)
+            lost = sum(report.lost.values())
+            self._count(f"crashes ({mode})")
+            self._count("unsynced bytes lost", lost)
+            self.trace(f"{node.id} power cut ({mode}): {lost} unsynced bytes lost")
 
     def restart_node(self, node: EngineNode) -> None:
-        """Rebuild the core from the persisted log and hard state."""
+        """Reopen the node's WAL (recovery), rebuild the core from snapshot + log."""
         rn = self.raft[node.index]
+        stored = self._open_storage(node, rn)
+        if stored is None:
+            node.up = False  # stays down; a later attempt may read the disk again
+            self.push(self.now + int(self.config.disk_retry_s * 1e6), _DISK_RETRY, node.index)
+            return
         rn.table = SessionTable(self._new_machine())
-        rn.core = self._make_core(node)
-        self.trace(f"{node.id} restart term {rn.core.term} log {len(rn.storage.log) - 1}")
+        rn.core = self._make_core(node, stored)
+        snap = stored.snapshot
+        self.trace(
+            f"{node.id} restart term {rn.core.term} snapshot {snap.index if snap else 0} "
+            f"log {getattr(rn.core, 'last_index', 0)}"
+        )
         self.process_ready(node)
+
+    def _retry_restart(self, index: int) -> None:
+        node = self.nodes[index]
+        if not node.up and self.now < self.end_us:
+            self._restart(node)
+
+    def _power_cut(self, node: EngineNode, mode: str) -> None:
+        self.raft[node.index].crash_mode = mode
+        self._crash(node)
 
     def on_start(self) -> None:
         """Start every client within the first 10 ms."""
@@ -285,35 +459,104 @@ class Simulation(SimEngine):
             self.push(int(self.rng.random() * 10_000), _CLIENT_NEXT, client.index)
 
     def on_check(self) -> None:
-        """Log matching across all nodes' persisted logs."""
+        """Log matching across all nodes' written logs; membership steps in each log."""
         self.invariants.check_logs(
-            {n.id: self.raft[n.index].storage.log for n in self.nodes}, self.now
+            {n.id: self._log_of(self.raft[n.index]) for n in self.nodes}, self.now
         )
+        self._check_membership()
+
+    def _check_membership(self) -> None:
+        logs = {}
+        for n in self.nodes:
+            rn = self.raft[n.index]
+            log = self._log_of(rn)
+            at = getattr(rn.core, "configuration_at", None)
+            logs[n.id] = (log, at(log[0].index) if at is not None else None)
+        self.membership_invariants.check_logs(logs, self.now)
+
+    # ------------------------------------------------------------------ the driver
 
     def process_ready(self, node: EngineNode) -> None:
-        """Persist, then send, then apply; route reads, role changes and drops."""
+        """Write the Ready's persist (fsync later), then hold it until that fsync is done."""
         rn = self.raft[node.index]
         core = rn.core
         assert core is not None
         if not core.has_ready():
             return
         rd = core.ready()
-        rn.storage.save(rd.persist)
+        self.membership_invariants.on_ready(node, core, rd, self.now)
+        wait = 0
+        if not rd.persist.is_empty():
+            storage = rn.storage
+            assert storage is not None
+            try:
+                storage.write(rd.persist)
+            except SimulatedCrash:
+                self._power_cut(node, "torn")
+                return
+            rn.writes += 1
+            wait = rn.writes
+            if not rn.syncing:
+                self._start_sync(node, rn)
         for rc in rd.role_changes:
             self.trace(f"{rc.node} role {rc.role} term {rc.term} leader {rc.leader}")
             if rc.role is Role.LEADER:
                 self.leader_changes += 1
-                self.invariants.on_leader(node.id, rc.term, rn.storage.log, self.now)
+                self.invariants.on_leader(node.id, rc.term, self._log_of(rn), self.now)
             else:
                 rn.waiting.clear()
+        rn.held.append(_Held(rd, wait))
+        self._release(node, rn)
+
+    def _start_sync(self, node: EngineNode, rn: _RaftNode) -> None:
+        rn.syncing = rn.writes
+        lo, hi = self.config.disk_sync_ms
+        delay = int(self.rng.uniform(lo, hi) * 1000) + 1
+        self.push(self.now + delay, _DISK_SYNC, node.index, rn.gen)
+
+    def _sync_done(self, index: int, gen: int) -> None:
+        node = self.nodes[index]
+        rn = self.raft[index]
+        if gen != rn.gen or rn.storage is None:
+            return  # the node crashed while this fsync was in flight
+        rn.storage.sync()
+        self._count("fsyncs")
+        rn.synced, rn.syncing = rn.syncing, 0
+        if rn.writes > rn.synced:
+            self._start_sync(node, rn)
+        self._release(node, rn)
+
+    def _release(self, node: EngineNode, rn: _RaftNode) -> None:
+        """Carry out, in order, every held Ready whose write is durable."""
+        if not node.up or node.paused:
+            return  # a stopped process sends nothing; it catches up when it resumes
+        while rn.held and rn.held[0].write <= rn.synced:
+            self._carry_out(node, rn, rn.held.popleft().ready)
+        core = rn.core
+        if core is not None and core.has_ready():
+            self.process_ready(node)
+
+    def _carry_out(self, node: EngineNode, rn: _RaftNode, rd: Ready) -> None:
+        """Send, restore, apply, answer reads; answer a snapshot request."""
         for m in rd.messages:
             self.send(m)
+        if rd.snapshot is not None:
+            self.invariants.on_snapshot(node.id, rd.snapshot, "restored", self.now)
+            try:
+                rn.table.restore(rd.snapshot.data)
+            except CommandError as exc:
+                raise InvariantViolation(
+                    "snapshot-safety", self.now, f"{node.id} cannot restore a snapshot: {exc}"
+                ) from None
+            rn.applied = rd.snapshot.index
+            self._count("snapshots restored")
         for c in rd.committed:
             self._apply(node, c.entry)
+            rn.applied = c.entry.index
         for rs in rd.reads:
             req = rs.ctx
             if rs.index < 0:
-                self._reply(node, req.client_index, req.seq, False, None)
+                self._reply(node, req.client, req.client_index, req.seq, False, None)
             else:
                 rn.reads.append((rs.index, req))
         if rn.reads:
@@ -322,23 +565,29 @@ class Simulation(SimEngine):
             if proposal.client is not None:
                 rn.waiting.pop((proposal.client, proposal.seq), None)
             self.trace(f"{node.id} dropped {proposal.client}#{proposal.seq}: {reason}")
+        if rd.snapshot_request is not None and rn.core is not None:
+            compact = getattr(rn.core, "compact", None)
+            if compact is not None and rd.snapshot_request == rn.applied:
+                snap = compact(rn.applied, rn.table.snapshot())
+                if snap is not None:
+                    self.invariants.on_snapshot(node.id, snap, "took", self.now)
+                    self._count("snapshots taken")
 
     def _serve_reads(self, node: EngineNode, rn: _RaftNode) -> None:
-        applied = getattr(rn.core, "applied", 0)
+        applied = rn.applied
         waiting = []
         for index, req in rn.reads:
             if index <= applied:
                 value = rn.table.machine.apply(req.command)
-                self._reply(node, req.client_index, req.seq, True, value)
+                self._reply(node, req.client, req.client_index, req.seq, True, value)
             else:
                 waiting.append((index, req))
         rn.reads = waiting
 
-    def backend_fault(self, kind: str) -> Any:
-        """``transfer``: the leader is asked to hand over to a random other node."""
-        if kind != "transfer":
-            return None
-        leaders = [
+    # ------------------------------------------------------------------ faults
+
+    def _leaders(self) -> list[EngineNode]:
+        return [
             n
             for n in self.nodes
             if n.up
@@ -346,6 +595,81 @@ class Simulation(SimEngine):
             and self.raft[n.index].core is not None
             and self.raft[n.index].core.role is Role.LEADER  # type: ignore[union-attr]
         ]
+
+    def _crash_candidate(self) -> EngineNode | None:
+        """A node the nemesis may take down, keeping at most a minority down or armed."""
+        down = sum(1 for x in self.nodes if not x.up or x.paused or self.raft[x.index].hook.armed)
+        candidates = [
+            x for x in self.nodes if x.up and not x.paused and not self.raft[x.index].hook.armed
+        ]
+        if down >= self._max_down or not candidates:
+            return None
+        return candidates[self.rng.randrange(len(candidates))]
+
+    def backend_fault(self, kind: str) -> Any:
+        """Raft's faults: leader transfers, disk faults, and a slow, isolated leader.
+
+        ``transfer``: the leader is asked to hand over to a random other node.
+        ``disk-lose``: a node loses power; every write it had not fsynced is lost.
+        ``disk-torn``: a node loses power in the middle of its next WAL write.
+        ``disk-read-error``: a node loses power and its disk fails to read on restart.
+        ``leader-slow``: the leader's clock runs slow by the drift bound, everyone else's
+        fast by it, and the leader is cut off from the others (what leases must survive).
+        """
+        if kind == "transfer":
+            return self._transfer()
+        if kind in ("disk-lose", "disk-read-error"):
+            node = self._crash_candidate()
+            if node is None:
+                return None
+            if kind == "disk-read-error":
+                self.raft[node.index].disk.fail_next_read()
+            self._power_cut(node, "lose")
+            return node.index
+        if kind == "disk-torn":
+            node = self._crash_candidate()
+            if node is None:
+                return None
+            self.raft[node.index].hook.armed = True
+            self.trace(f"{node.id} next WAL write will tear")
+            return node.index
+        if kind == "leader-slow":
+            return self._slow_leader()
+        if kind == "membership":
+            return self.membership.inject()
+        return None
+
+    def heal_backend_fault(self, kind: str, detail: Any) -> None:
+        """Restart a node a disk fault took down; give the slowed leader its clock back."""
+        if kind in DISK_FAULTS:
+            node = self.nodes[detail]
+            self.raft[detail].hook.armed = False
+            if not node.up:
+                self._restart(node)
+        elif kind == "leader-slow":
+            self.unblock_links(detail)
+            for n in self.nodes:
+                n.rate = 1.0
+        elif kind == "membership":
+            self.membership.heal(detail)
+
+    def _slow_leader(self) -> Any:
+        leaders = self._leaders()
+        if not leaders:
+            return None
+        core_of = self.raft
+        leader = max(leaders, key=lambda n: core_of[n.index].core.term)  # type: ignore[union-attr]
+        d = self.config.max_drift
+        for n in self.nodes:
+            n.rate = 1.0 - d if n is leader else 1.0 + d
+        links = [(leader.index, o.index) for o in self.nodes if o is not leader]
+        links += [(b, a) for a, b in links]
+        self.block_links(links)
+        self.trace(f"nemesis leader-slow {leader.id} rate {1.0 - d:.4f}, isolated")
+        return links
+
+    def _transfer(self) -> Any:
+        leaders = self._leaders()
         if not leaders or len(self.nodes) < 2:
             return None
         leader = leaders[0]
@@ -374,14 +698,16 @@ class Simulation(SimEngine):
         if p.client is not None:
             client_index = rn.waiting.pop((p.client, p.seq), None)
             if client_index is not None:
-                self._reply(node, client_index, p.seq, True, result)
+                self._reply(node, p.client, client_index, p.seq, True, result)
 
-    def _reply(self, node: EngineNode, client_index: int, seq: int, ok: bool, result: Any) -> None:
+    def _reply(
+        self, node: EngineNode, client: str, client_index: int, seq: int, ok: bool, result: Any
+    ) -> None:
         core = self.raft[node.index].core
         leader = core.leader if core is not None else None
         if self.lossy():
             return
-        reply = ClientReply(client_index, seq, ok, result, leader)
+        reply = ClientReply(client, client_index, seq, ok, result, leader)
         self.push(self.now + self.latency(), _CLIENT_REPLY, reply)
 
     # ------------------------------------------------------------------ clients
@@ -446,18 +772,18 @@ class Simulation(SimEngine):
         last = rn.table.sessions.get(req.client)
         if last is not None and req.seq <= last[0]:
             if req.seq == last[0]:
-                self._reply(node, req.client_index, req.seq, True, last[1])
+                self._reply(node, req.client, req.client_index, req.seq, True, last[1])
             return
         if self.config.reads != "log" and _is_read(req.command):
             try:
                 core.read_index(req)  # type: ignore[attr-defined]
             except NotLeader:
-                self._reply(node, req.client_index, req.seq, False, None)
+                self._reply(node, req.client, req.client_index, req.seq, False, None)
                 return
             self.process_ready(node)
             return
         if core.role is not Role.LEADER:
-            self._reply(node, req.client_index, req.seq, False, None)
+            self._reply(node, req.client, req.client_index, req.seq, False, None)
             return
         key = (req.client, req.seq)
         if key in rn.waiting:
@@ -465,7 +791,7 @@ class Simulation(SimEngine):
         try:
             core.propose(Proposal(req.client, req.seq, req.command))
         except (NotLeader, ProposalDropped):
-            self._reply(node, req.client_index, req.seq, False, None)
+            self._reply(node, req.client, req.client_index, req.seq, False, None)
             return
         rn.waiting[key] = req.client_index
         self.process_ready(node)
@@ -473,7 +799,7 @@ class Simulation(SimEngine):
     def _client_reply(self, reply: ClientReply) -> None:
         client = self.clients[reply.client_index]
         p = client.pending
-        if p is None or p.seq != reply.seq:
+        if p is None or p.seq != reply.seq or reply.client != client.name:
             return
         if not reply.ok:
             hint = self.by_id.get(reply.leader) if reply.leader is not None else None
@@ -554,12 +880,11 @@ class Simulation(SimEngine):
         # replicas at the same log position must hold byte-identical state
         by_commit: dict[int, set[bytes]] = {}
         for (_, rn), snap in zip(live, snapshots, strict=True):
-            applied = getattr(rn.core, "applied", -1)
-            by_commit.setdefault(applied, set()).add(snap)
+            by_commit.setdefault(rn.applied, set()).add(snap)
         for applied, snaps in sorted(by_commit.items()):
             if len(snaps) > 1:
                 violations.append(f"replicas that applied {applied} entries hold different states")
-        leader_state = max(live, key=lambda x: getattr(x[1].core, "applied", -1))[1]
+        leader_state = max(live, key=lambda x: x[1].applied)[1]
         fed = leader_state.table.machine
         assert isinstance(fed, FederationStateMachine)
         decided = [p for p in fed.proposals.proposals.values() if p.status.value != "pending"]
@@ -598,6 +923,9 @@ class Simulation(SimEngine):
                 self.history.append(Op(op.process, "info", op.f, op.key, op.value))
         cores = [rn.core for rn in self.raft if rn.core is not None]
         properties, property_violations = self._final_properties(violation is None)
+        properties["storage"] = dict(sorted(self.storage_stats.items()))
+        if self.membership.stats:
+            properties["membership"] = dict(sorted(self.membership.stats.items()))
         return SimResult(
             properties=properties,
             property_violations=property_violations,
@@ -606,7 +934,7 @@ class Simulation(SimEngine):
             history=self.history,
             violation=violation,
             recent_events=list(self.recent),
-            invariant_checks=dict(self.invariants.checks),
+            invariant_checks=self.invariants.checks | self.membership_invariants.checks,
             faults=dict(sorted(self.fault_counts.items())),
             leader_changes=self.leader_changes,
             terms=max((c.term for c in cores), default=0),

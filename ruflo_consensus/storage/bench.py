@@ -1,9 +1,10 @@
 """How long writing and reopening a large WAL takes, and how much memory reopening uses.
 
 :func:`bench_reopen` writes ``entries`` entries in ``save()`` batches of ``batch`` (each
-with a hard state, as a Raft follower's Ready would carry), closes the storage, then opens
-the directory again and calls ``load()`` — in a fresh Python process, so that the peak
-RSS it reports belongs to the reopen alone and not to the writing that came before.
+with a hard state, as a Raft follower's Ready would carry), with a snapshot every
+``snapshot_every`` entries if asked, closes the storage, then opens the directory again
+and calls ``load()`` — in a fresh Python process, so that the peak RSS it reports belongs
+to the reopen alone and not to the writing that came before.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.base import Entry, HardState, Persist, Proposal
+from ..core.base import Entry, HardState, Persist, Proposal, Snapshot
 from .file import FileStorage
 
 __all__ = ["bench_reopen", "main", "measure_reopen"]
@@ -50,11 +51,13 @@ def measure_reopen(directory: str | Path, trace: bool = False) -> dict[str, Any]
     storage = FileStorage(directory)
     state = storage.load()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    snap_index = state.snapshot.index if state.snapshot is not None else 0
     out: dict[str, Any] = {
         "reopen_seconds": seconds,
         "reopen_cpu_seconds": cpu,
         "entries_loaded": len(state.entries),
-        "last_index": state.entries[-1].index if state.entries else 0,
+        "snapshot_index": snap_index,
+        "last_index": state.entries[-1].index if state.entries else snap_index,
         "records": storage.recovery.records,
         "segments": storage.recovery.segments,
         "baseline_rss_bytes": baseline,
@@ -102,13 +105,19 @@ def bench_reopen(
     segment_bytes: int = 64 << 20,
     trace: bool = True,
     in_process: bool = False,
+    snapshot_every: int = 0,
+    snapshot_bytes: int = 1 << 20,
 ) -> dict[str, Any]:
     """Write ``entries`` entries to a new WAL in ``directory``, then reopen and load it.
 
     Each entry's command is ``{"op": "put", "key": f"k{i}", "value": "v"}`` from client
-    ``"c1"``. ``directory`` must be missing or empty. The reopen runs in a fresh Python
-    process unless ``in_process`` (then the peak RSS also counts the writing); with
-    ``trace`` a second fresh process repeats it under tracemalloc.
+    ``"c1"``. ``directory`` must be missing or empty. With ``snapshot_every`` a snapshot
+    of ``snapshot_bytes`` bytes is saved each time the log passes another multiple of it
+    (at the end of the batch that crosses it), as a Raft node answering its core's
+    snapshot requests would; reopening then returns only the entries after the last one.
+    The reopen runs in a fresh Python process unless ``in_process`` (then the peak RSS
+    also counts the writing); with ``trace`` a second fresh process repeats it under
+    tracemalloc.
 
     Returns a JSON-ready dict: ``write_seconds`` (time inside ``save()`` only),
     ``reopen_seconds``,
@@ -118,11 +127,17 @@ def bench_reopen(
     """
     if entries < 1 or batch < 1:
         raise ValueError("entries and batch must be positive")
+    if snapshot_every < 0 or snapshot_bytes < 0:
+        raise ValueError("snapshot_every and snapshot_bytes must not be negative")
     path = Path(directory)
     if path.exists() and any(path.iterdir()):
         raise ValueError(f"{path} is not empty")
     storage = FileStorage(path, fsync=fsync, segment_bytes=segment_bytes)
     write_seconds = 0.0
+    snapshot_seconds = 0.0
+    snapshots = 0
+    last_snapshot = 0
+    blob = bytes(range(256)) * (snapshot_bytes // 256) + bytes(snapshot_bytes % 256)
     index = 1
     while index <= entries:
         n = min(batch, entries - index + 1)
@@ -137,6 +152,13 @@ def bench_reopen(
         storage.save(persist)  # only save() is timed, not building the entries
         write_seconds += time.perf_counter() - start
         index += n
+        last = index - 1
+        if snapshot_every and last // snapshot_every > last_snapshot // snapshot_every:
+            start = time.perf_counter()
+            storage.save_snapshot(Snapshot(last, 1, ("n1", "n2", "n3"), (), blob))
+            snapshot_seconds += time.perf_counter() - start
+            snapshots += 1
+            last_snapshot = last
     storage.close()
     file_bytes = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
@@ -146,8 +168,12 @@ def bench_reopen(
     else:
         reopen = _measure_in_child(str(path), trace=False)
         traced = _measure_in_child(str(path), trace=True) if trace else {}
-    if reopen["entries_loaded"] != entries or reopen["last_index"] != entries:
-        raise AssertionError(f"reopen loaded {reopen['entries_loaded']} of {entries} entries")
+    expected = entries - last_snapshot
+    if reopen["entries_loaded"] != expected or reopen["last_index"] != entries:
+        raise AssertionError(
+            f"reopen loaded {reopen['entries_loaded']} entries up to {reopen['last_index']}, "
+            f"expected {expected} up to {entries}"
+        )
     result: dict[str, Any] = {
         "benchmark": "storage-reopen",
         "entries": entries,
@@ -155,6 +181,10 @@ def bench_reopen(
         "fsync": fsync,
         "segment_bytes": segment_bytes,
         "write_seconds": write_seconds,
+        "snapshot_every": snapshot_every,
+        "snapshots": snapshots,
+        "snapshot_bytes": snapshot_bytes if snapshots else 0,
+        "snapshot_seconds": snapshot_seconds,
         "file_bytes": file_bytes,
         **reopen,
         "reopen_rss_growth_bytes": reopen["reopen_peak_rss_bytes"] - reopen["baseline_rss_bytes"],
@@ -188,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segment-bytes", type=int, default=64 << 20)
     parser.add_argument("--no-fsync", action="store_true", help="skip fsync while writing")
     parser.add_argument("--no-trace", action="store_true", help="skip the tracemalloc rerun")
+    parser.add_argument("--snapshot-every", type=int, default=0)
+    parser.add_argument("--snapshot-bytes", type=int, default=1 << 20)
     args = parser.parse_args(argv)
     result = bench_reopen(
         args.directory,
@@ -196,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         fsync=not args.no_fsync,
         segment_bytes=args.segment_bytes,
         trace=not args.no_trace,
+        snapshot_every=args.snapshot_every,
+        snapshot_bytes=args.snapshot_bytes,
     )
     print(json.dumps(result, indent=2))
     return 0

@@ -139,6 +139,10 @@ class SimDisk:
         """Make the next ``times`` file fsyncs raise ``OSError(EIO)``."""
         self._fail["sync"] = self._fail.get("sync", 0) + times
 
+    def clear_faults(self) -> None:
+        """Forget every ``fail_next_*`` that has not fired yet."""
+        self._fail.clear()
+
     def _maybe_fail(self, op: str, path: str) -> None:
         left = self._fail.get(op, 0)
         if left > 0:

@@ -11,8 +11,9 @@ The CRC is zlib's CRC-32 (IEEE polynomial, the one in the standard library), not
 it covers the length and type too, so a flipped length or type is caught like a flipped
 payload byte.
 
-Payloads (msgpack arrays; an entry is ``[term, client, seq, command]``, or ``[term]`` when
-it has no proposal, its index implied by its position in the record):
+Payloads (msgpack arrays; an entry is ``[term, client, seq, command]``, ``[term]`` when
+it has no proposal, or ``[term, [kind, node, voters, learners]]`` for a Raft membership
+change, its index implied by its position in the record):
 
 ====================  ===============================================================
 SEGMENT_HEAD (1)      ``[seq, hard_state, marker, last_index, state]`` — first record of
@@ -44,7 +45,7 @@ from typing import Any
 
 import msgpack
 
-from ..core.base import Entry, HardState, Proposal, Snapshot
+from ..core.base import ConfChange, ConfChangeKind, Entry, HardState, Proposal, Snapshot
 from .fs import ReadFile
 
 __all__ = [
@@ -199,8 +200,30 @@ def encode_entries(truncate_from: int | None, entries: list[Entry]) -> list[Any]
     append = items.append
     for e in entries:
         p = e.proposal
-        append([e.term] if p is None else [e.term, p.client, p.seq, p.command])
+        if p is not None:
+            append([e.term, p.client, p.seq, p.command])
+        elif e.conf is None:
+            append([e.term])
+        else:
+            append([e.term, _encode_conf(e.conf)])
     return [truncate_from, first, items]
+
+
+def _encode_conf(c: ConfChange) -> list[Any]:
+    return [c.kind.value, c.node, list(c.voters), list(c.learners)]
+
+
+def _decode_conf(obj: Any) -> ConfChange:
+    if (
+        not isinstance(obj, list)
+        or len(obj) != 4
+        or not isinstance(obj[1], str)
+        or not isinstance(obj[2], list)
+        or not isinstance(obj[3], list)
+        or not all(isinstance(v, str) for v in obj[2] + obj[3])
+    ):
+        raise ValueError("configuration is not [kind, node, voters, learners]")
+    return ConfChange(ConfChangeKind(obj[0]), obj[1], tuple(obj[2]), tuple(obj[3]))
 
 
 def decode_entries(obj: Any) -> tuple[int | None, int, list[Entry]]:
@@ -255,6 +278,8 @@ def _entries_from_items(items: Iterator[Any], first: int, count: int) -> list[En
             item = next(items)
             if len(item) == 1:
                 append(Entry(item[0], index, None))
+            elif len(item) == 2:
+                append(Entry(item[0], index, None, _decode_conf(item[1])))
             else:
                 term, client, seq, command = item
                 if client is not None:
@@ -263,7 +288,7 @@ def _entries_from_items(items: Iterator[Any], first: int, count: int) -> list[En
             index += 1
     except (TypeError, ValueError) as exc:
         raise Malformed(
-            f"entry {index} is not [term] or [term, client, seq, command]: {exc}"
+            f"entry {index} is not [term], [term, conf] or [term, client, seq, command]: {exc}"
         ) from None
     return out
 

@@ -38,6 +38,8 @@ __all__ = [
     "NEW_VIEW",
     "PREPARE",
     "PRE_PREPARE",
+    "READ",
+    "READ_REPLY",
     "REPLY",
     "REQUEST",
     "STATE",
@@ -50,6 +52,8 @@ __all__ = [
     "PbftFrame",
     "PrePrepare",
     "PreparedCert",
+    "ReadReply",
+    "ReadRequest",
     "Reply",
     "Request",
     "Signed",
@@ -66,6 +70,7 @@ __all__ = [
 
 REQUEST, PRE_PREPARE, PREPARE, COMMIT, REPLY, CHECKPOINT = 1, 2, 3, 4, 5, 6
 VIEW_CHANGE, NEW_VIEW, STATUS, FETCH_STATE, STATE, COMMIT_CERT = 7, 8, 9, 10, 11, 12
+READ, READ_REPLY = 13, 14
 KIND_NAMES = {
     REQUEST: "request",
     PRE_PREPARE: "pre-prepare",
@@ -79,6 +84,8 @@ KIND_NAMES = {
     FETCH_STATE: "fetch-state",
     STATE: "state",
     COMMIT_CERT: "commit-cert",
+    READ: "read",
+    READ_REPLY: "read-reply",
 }
 
 MAX_BODY = 4 << 20
@@ -235,8 +242,31 @@ class CommitCert:
     commits: tuple[Signed, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """The read-only fast path: client ``signer`` asks every replica to run ``op`` now."""
+
+    signer: str
+    t: int
+    op: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReply:
+    """A replica's answer to a fast read: ``result`` in its state after executing ``seq``."""
+
+    signer: str
+    view: int
+    client: str
+    t: int
+    seq: int
+    result: Any
+
+
 Payload = (
     Request
+    | ReadRequest
+    | ReadReply
     | PrePrepare
     | Vote
     | Reply
@@ -300,9 +330,12 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
-def sign_request(signer: Signer, t: int, op: Any) -> Signed:
-    """A client's signed request ``op`` with timestamp ``t`` (raises on a non-canonical op)."""
-    return seal(signer, REQUEST, t, normalize(op))
+def sign_request(signer: Signer, t: int, op: Any, read_only: bool = False) -> Signed:
+    """A client's signed request ``op`` with timestamp ``t`` (raises on a non-canonical op).
+
+    ``read_only=True`` makes a READ for the fast path instead of an ordered REQUEST.
+    """
+    return seal(signer, READ if read_only else REQUEST, t, normalize(op))
 
 
 # ------------------------------------------------------------------ opening
@@ -416,6 +449,22 @@ def _parse(kind: int, signer: str, f: list[Any], body: bytes) -> Payload:
         if type(f[1]) is not bytes:
             raise _bad("a snapshot is bytes")
         return State(signer, _int(f[0], "seq", 1), f[1], _envs(f[2], "checkpoint proof"))
+    if kind == READ:
+        _arity(f, 2, "read")
+        return ReadRequest(signer, _int(f[0], "timestamp", 1), f[1])
+    if kind == READ_REPLY:
+        _arity(f, 5, "read-reply")
+        result = f[4]
+        if type(result) is not list or not result or result[0] not in ("ok", "rejected"):
+            raise _bad("a reply result is ['ok', value] or ['rejected', code, message]")
+        return ReadReply(
+            signer,
+            _int(f[0], "view"),
+            _name(f[1], "client"),
+            _int(f[2], "t", 1),
+            _int(f[3], "seq"),
+            result,
+        )
     if kind == COMMIT_CERT:
         _arity(f, 3, "commit-cert")
         return CommitCert(signer, _int(f[0], "seq", 1), _env(f[1]), _envs(f[2], "commits"))
@@ -509,7 +558,7 @@ def open_envelope(env: Signed, keyring: Keyring) -> Payload:
     if type(env) is not Signed or type(env.sig) is not bytes or len(env.sig) != SIG_LEN:
         raise ProtocolError("malformed", "an envelope is (body, 64-byte signature)")
     payload = decode_body(env.body)
-    if type(payload) is Request:
+    if type(payload) is Request or type(payload) is ReadRequest:
         key = keyring.client_key(payload.signer)
         if key is None:
             raise ProtocolError("unknown-client", f"no key for client {payload.signer!r:.40}")
@@ -540,6 +589,8 @@ _KIND_OF: dict[type, int] = {
     FetchState: FETCH_STATE,
     State: STATE,
     CommitCert: COMMIT_CERT,
+    ReadRequest: READ,
+    ReadReply: READ_REPLY,
 }
 
 

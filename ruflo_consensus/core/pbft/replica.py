@@ -36,7 +36,7 @@ invalid raises :class:`~ruflo_consensus.core.base.ProtocolError`, is counted in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,7 @@ from .messages import (
     NEW_VIEW,
     PRE_PREPARE,
     PREPARE,
+    READ_REPLY,
     REPLY,
     STATE,
     STATUS,
@@ -76,6 +77,7 @@ from .messages import (
     PbftFrame,
     PreparedCert,
     PrePrepare,
+    ReadRequest,
     Request,
     Signed,
     State,
@@ -208,7 +210,9 @@ class PbftCore:
     ``replicas[v % n]``); ``signer`` holds this replica's key; ``keyring`` the public keys
     of every replica and client; ``machine`` the state machine it executes into (wrapped in
     a :class:`SessionTable`). ``durable`` is the last ``persist.state`` this replica wrote,
-    to restart from after a crash.
+    to restart from after a crash. ``read_only`` says which commands the read-only fast path
+    may run without ordering (None: no fast path, every READ is rejected); it must only
+    accept commands that change nothing.
     """
 
     def __init__(
@@ -220,6 +224,7 @@ class PbftCore:
         machine: StateMachine,
         config: PbftConfig | None = None,
         durable: bytes | None = None,
+        read_only: Callable[[Any], bool] | None = None,
     ) -> None:
         if node_id not in replicas:
             raise ValueError(f"{node_id} is not one of the replicas")
@@ -238,6 +243,7 @@ class PbftCore:
         self.keyring = keyring
         self.config = config or PbftConfig()
         self.table = SessionTable(machine)
+        self.read_only = read_only
         self.rejected: dict[str, int] = {}
         self.counters: dict[str, int] = {
             "view-changes": 0,
@@ -541,6 +547,8 @@ class PbftCore:
             self._on_pre_prepare(payload, env)  # type: ignore[arg-type]
         elif kind is Request:
             self._on_request(payload, env)  # type: ignore[arg-type]
+        elif kind is ReadRequest:
+            self._on_read(payload)  # type: ignore[arg-type]
         elif kind is Checkpoint:
             self._on_checkpoint(payload, env)  # type: ignore[arg-type]
         elif kind is Status:
@@ -579,6 +587,23 @@ class PbftCore:
             self._try_batch()
         else:
             self._send(self._primary(self.view), env)
+
+    def _on_read(self, req: ReadRequest) -> None:
+        """The read-only fast path: run the command on the executed state now, and answer.
+
+        The reply names the sequence number the state is at; a client accepts a result once
+        ``q`` replicas sent the same result *at the same sequence number* (and, for this to
+        be linearizable, accepts writes only on ``q`` matching replies too).
+        """
+        if self.read_only is None or not self.read_only(req.op):
+            raise ProtocolError("not-read-only", "this command may not take the fast path")
+        try:
+            result = self.table.machine.apply(req.op)
+        except CommandError as exc:
+            result = CommandRejected(exc.code, exc.message)
+        wire = _encode_result(result)
+        env = seal(self.signer, READ_REPLY, self.view, req.signer, req.t, self._last_exec, wire)
+        self._send(req.signer, env)
 
     def _try_batch(self) -> None:
         """Primary: order waiting requests, at most ``max_inflight`` batches ahead."""
@@ -881,7 +906,12 @@ class PbftCore:
         self._send(fs.signer, self._state_env)
 
     def _on_state(self, st: State) -> None:
-        if st.seq <= self._last_exec and not (self._fetch is not None and self._fetch[0] == st.seq):
+        target = self._fetch[0] if self._fetch is not None else None
+        if st.seq <= self._last_exec and st.seq != target:
+            return  # nothing we lack (unless it repairs our state at the stable checkpoint)
+        if st.seq < self._h or (target is not None and st.seq < target):
+            # A late answer to an older fetch: everything up to h is collected, so a state
+            # before it could never be executed forward; keep fetching the one we need.
             return
         digest = state_digest(st.snapshot)
         self._check_proof(st.seq, digest, st.proof)
@@ -894,10 +924,9 @@ class PbftCore:
         self._fetch = None
         if st.seq > self._h:
             self._stabilize(st.seq, digest, st.proof)
-        else:
+        else:  # st.seq == h: the stable checkpoint's own state
             self._stable_snapshot = st.snapshot
             self._state_env = None
-        self._fetch = None
         self._transfers.append((st.seq, digest))
         self.counters["state-transfers"] += 1
         for client, (t, _, _) in list(self._waiting.items()):
