@@ -156,7 +156,11 @@ async def test_rejected_commands_and_timeouts_are_typed(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         nodes = await start_nodes(nursery, spec, ["n1"])  # no quorum: nothing can commit
         with pytest.raises(SubmitTimeout):
-            await nodes["n1"].submit(put("a", "1"), timeout=0.5)
+            await nodes["n1"].submit(put("a", "1"), timeout=0.5)  # exact (a cancel scope)
+        start = trio.current_time()
+        with trio.fail_after(PATIENCE), pytest.raises(SubmitTimeout):
+            await nodes["n1"].submit(put("a", "2"), timeout=3.5)  # checked by the sweeper
+        assert trio.current_time() - start >= 3.5
         nodes.update(await start_nodes(nursery, spec, ["n2", "n3"]))
         leader = await wait_leader(nodes)
         result = await leader.submit({"op": "put", "key": "a"})  # no value

@@ -44,6 +44,7 @@ relay lowers: a frame that inconsistent knowledge sends round in circles dies ou
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 from collections import Counter
@@ -111,6 +112,7 @@ KIND_LINK_STATE = 3  # payload: [down neighbour, ...] — flooded to every node
 BROADCAST = "*"  # the destination of a flooded frame
 
 _OK, _NOT_LEADER, _RETRY = 0, 1, 2
+_TIMED_OUT = object()  # what _drive returns when a submit's deadline passed
 _LEADER_MESSAGES = (AppendEntries, InstallSnapshot)  # sent before the leader's own fsync
 
 CoreFactory = Callable[
@@ -310,6 +312,7 @@ class Node:
         self.tick_s = spec.raft.tick_ms / 1000
         # how long a waiting client waits before it re-checks who leads and re-sends
         self._retry_s = max(0.2, 2 * spec.raft.election_timeout_max_ms / 1000)
+        self._sweep_s = self._retry_s / 2  # how often the sweeper pokes every waiter
         self.role_changes: list[RoleChange] = []
         self._wake_event = trio.Event()
         self._role_event = trio.Event()
@@ -363,7 +366,7 @@ class Node:
         """Poke every waiting client now and then: lost forwards are re-sent, lost read
         confirmations asked again (a waiter otherwise sleeps until it is resolved)."""
         while True:
-            await trio.sleep(self._retry_s / 2)
+            await trio.sleep(self._sweep_s)
             for w in self._waiters.values():
                 w.poke()
             for r in self._readers.values():
@@ -739,8 +742,9 @@ class Node:
         changes are exactly-once (each call holds a session lane ``(client, seq)``). A
         command the state machine rejects returns a :class:`CommandRejected`. Raises
         :class:`SubmitTimeout` when no answer comes in ``timeout`` seconds (default: the
-        spec's ``submit_timeout_s``). At most ``max_sessions`` submits are in flight per
-        node; more wait for a free lane (back-pressure).
+        spec's ``submit_timeout_s``; a long timeout fires up to one election timeout late,
+        when the node's sweeper next wakes the waiter). At most ``max_sessions`` submits
+        are in flight per node; more wait for a free lane (back-pressure).
         """
         limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
         try:
@@ -766,40 +770,60 @@ class Node:
         if w is None:
             w = self._waiters[key] = _Waiter()
         try:
-            # a bare cancel scope: trio.fail_after's context-manager wrapper is a visible
-            # share of a leader's CPU at thousands of submits per second
-            with trio.CancelScope(deadline=trio.current_time() + timeout):
-                attempt: tuple[Any, ...] = ()
-                last_send = -1e9
-                while not w.done:
-                    core = self.core
-                    now = trio.current_time()
-                    if core.role is Role.LEADER:
-                        if owner and attempt != ("lead", core.term):
-                            try:
-                                core.propose(Proposal(client, seq, command))
-                                attempt = ("lead", core.term)
-                                self._wake()
-                            except NotLeader:
-                                pass
-                            except ProposalDropped:
-                                await trio.sleep(self.tick_s * 5)
-                                continue
-                    elif not forward:
-                        raise NotLeaderError(core.leader)
-                    elif core.leader is not None:
-                        target = ("fwd", core.term, core.leader)
-                        if attempt != target or now - last_send > self._retry_s:
-                            attempt, last_send = target, now
-                            self._send_envelope(
-                                core.leader, KIND_FORWARD, _pack([client, seq, command])
-                            )
-                    await w.wait()
-                return w.result
+            if timeout < 5 * self._sweep_s:  # a short timeout: exact, with a cancel scope
+                with trio.CancelScope(deadline=trio.current_time() + timeout):
+                    return await self._drive(w, owner, client, seq, command, math.inf, forward)
+            else:
+                # A long one (the usual 30 s) is checked whenever the waiter wakes, which
+                # the sweeper makes happen every _sweep_s: a cancel scope per submit is a
+                # tenth of a busy leader's CPU. The timeout fires up to _sweep_s late.
+                deadline = trio.current_time() + timeout
+                result = await self._drive(w, owner, client, seq, command, deadline, forward)
+                if result is not _TIMED_OUT:
+                    return result
             raise SubmitTimeout(f"no result for {client}#{seq} within {timeout} s")
         finally:
             if owner:
                 self._waiters.pop(key, None)
+
+    async def _drive(
+        self,
+        w: _Waiter,
+        owner: bool,
+        client: str,
+        seq: int,
+        command: Any,
+        deadline: float,
+        forward: bool,
+    ) -> Any:
+        """Propose (as leader) or forward until ``w`` resolves; ``_TIMED_OUT`` at ``deadline``."""
+        attempt: tuple[Any, ...] = ()
+        last_send = -1e9
+        while not w.done:
+            core = self.core
+            now = trio.current_time()
+            if now >= deadline:
+                return _TIMED_OUT
+            if core.role is Role.LEADER:
+                if owner and attempt != ("lead", core.term):
+                    try:
+                        core.propose(Proposal(client, seq, command))
+                        attempt = ("lead", core.term)
+                        self._wake()
+                    except NotLeader:
+                        pass
+                    except ProposalDropped:
+                        await trio.sleep(self.tick_s * 5)
+                        continue
+            elif not forward:
+                raise NotLeaderError(core.leader)
+            elif core.leader is not None:
+                target = ("fwd", core.term, core.leader)
+                if attempt != target or now - last_send > self._retry_s:
+                    attempt, last_send = target, now
+                    self._send_envelope(core.leader, KIND_FORWARD, _pack([client, seq, command]))
+            await w.wait()
+        return w.result
 
     async def read(self, query: Any, *, timeout: float | None = None) -> Any:
         """A linearizable read: ``query`` runs on this node's machine once it has applied
