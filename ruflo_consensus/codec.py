@@ -234,117 +234,90 @@ def _fields(raw: list[Any], n: int, name: str, optional: int = 0) -> list[Any]:
     return raw
 
 
-def _opt(f: list[Any], i: int, check: Callable[[Any, str], Any], name: str, default: Any) -> Any:
-    return check(f[i], name) if len(f) > i else default
+def _entries(v: Any, name: str) -> tuple[Entry, ...]:
+    if not isinstance(v, list):
+        raise FieldError(f"{name} must be a list")
+    return tuple(_dec_entry(e) for e in v)
 
 
-def _dec_rv(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 4, "RequestVote", optional=1)
-    return RequestVote(
-        src,
-        dst,
-        _int(f[0], "term"),
-        _int(f[1], "last_index"),
-        _int(f[2], "last_term"),
-        _bool(f[3], "pre_vote"),
-        _opt(f, 4, _bool, "transfer", False),
-    )
+def _read_point(v: Any, name: str) -> int:
+    return _int(v, name, minimum=-1)  # -1: the leader refused
 
 
-def _dec_vr(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 3, "VoteResponse")
-    return VoteResponse(
-        src, dst, _int(f[0], "term"), _bool(f[1], "granted"), _bool(f[2], "pre_vote")
-    )
+_Check = Callable[[Any, str], Any]
 
 
-def _dec_ae(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 5, "AppendEntries", optional=1)
-    if not isinstance(f[3], list):
-        raise FieldError("entries must be a list")
-    entries = tuple(_dec_entry(e) for e in f[3])
-    return AppendEntries(
-        src,
-        dst,
-        _int(f[0], "term"),
-        _int(f[1], "prev_index"),
-        _int(f[2], "prev_term"),
-        entries,
-        _int(f[4], "commit"),
-        _opt(f, 5, _int, "round", 0),
-    )
+def _decoder(
+    cls: type[Message],
+    required: tuple[tuple[str, _Check], ...],
+    optional: tuple[tuple[str, _Check, Any], ...] = (),
+) -> Callable[[str, str, list[Any]], Message]:
+    """A decoder of ``cls``: its fields checked in order, then the optional trailing ones.
 
+    Older peers do not send the optional fields; a missing one takes its default.
+    """
+    name, n = cls.__name__, len(required)
+    checks = required + tuple((field, check) for field, check, _ in optional)
+    defaults = tuple(default for _, _, default in optional)
 
-def _dec_ar(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 5, "AppendResponse", optional=1)
-    return AppendResponse(
-        src,
-        dst,
-        _int(f[0], "term"),
-        _bool(f[1], "success"),
-        _int(f[2], "index"),
-        _int(f[3], "hint_index"),
-        _int(f[4], "hint_term"),
-        _opt(f, 5, _int, "round", 0),
-    )
+    def decode(src: str, dst: str, f: list[Any]) -> Message:
+        f = _fields(f, n, name, optional=len(defaults))
+        values = [check(v, field) for (field, check), v in zip(checks, f, strict=False)]
+        return cls(src, dst, *values, *defaults[len(f) - n :])
 
-
-def _dec_tn(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 1, "TimeoutNow")
-    return TimeoutNow(src, dst, _int(f[0], "term"))
-
-
-def _dec_rir(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 2, "ReadIndexRequest")
-    return ReadIndexRequest(src, dst, _int(f[0], "term"), _int(f[1], "ctx"))
-
-
-def _dec_rirs(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 3, "ReadIndexResponse")
-    return ReadIndexResponse(
-        src, dst, _int(f[0], "term"), _int(f[1], "ctx"), _int(f[2], "index", minimum=-1)
-    )
-
-
-def _dec_is(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 9, "InstallSnapshot")
-    return InstallSnapshot(
-        src,
-        dst,
-        _int(f[0], "term"),
-        _int(f[1], "index"),
-        _int(f[2], "snap_term"),
-        _node_ids(f[3], "voters"),
-        _node_ids(f[4], "learners"),
-        _int(f[5], "offset"),
-        _int(f[6], "total"),
-        _bytes(f[7], "data"),
-        _bool(f[8], "done"),
-    )
-
-
-def _dec_isr(src: str, dst: str, f: list[Any]) -> Message:
-    f = _fields(f, 4, "InstallSnapshotResponse")
-    return InstallSnapshotResponse(
-        src,
-        dst,
-        _int(f[0], "term"),
-        _int(f[1], "index"),
-        _int(f[2], "received"),
-        _bool(f[3], "done"),
-    )
+    return decode
 
 
 _DECODERS: dict[int, Callable[[str, str, list[Any]], Message]] = {
-    1: _dec_rv,
-    2: _dec_vr,
-    3: _dec_ae,
-    4: _dec_ar,
-    5: _dec_tn,
-    6: _dec_rir,
-    7: _dec_rirs,
-    8: _dec_is,
-    9: _dec_isr,
+    1: _decoder(
+        RequestVote,
+        (("term", _int), ("last_index", _int), ("last_term", _int), ("pre_vote", _bool)),
+        (("transfer", _bool, False),),
+    ),
+    2: _decoder(VoteResponse, (("term", _int), ("granted", _bool), ("pre_vote", _bool))),
+    3: _decoder(
+        AppendEntries,
+        (
+            ("term", _int),
+            ("prev_index", _int),
+            ("prev_term", _int),
+            ("entries", _entries),
+            ("commit", _int),
+        ),
+        (("round", _int, 0),),
+    ),
+    4: _decoder(
+        AppendResponse,
+        (
+            ("term", _int),
+            ("success", _bool),
+            ("index", _int),
+            ("hint_index", _int),
+            ("hint_term", _int),
+        ),
+        (("round", _int, 0),),
+    ),
+    5: _decoder(TimeoutNow, (("term", _int),)),
+    6: _decoder(ReadIndexRequest, (("term", _int), ("ctx", _int))),
+    7: _decoder(ReadIndexResponse, (("term", _int), ("ctx", _int), ("index", _read_point))),
+    8: _decoder(
+        InstallSnapshot,
+        (
+            ("term", _int),
+            ("index", _int),
+            ("snap_term", _int),
+            ("voters", _node_ids),
+            ("learners", _node_ids),
+            ("offset", _int),
+            ("total", _int),
+            ("data", _bytes),
+            ("done", _bool),
+        ),
+    ),
+    9: _decoder(
+        InstallSnapshotResponse,
+        (("term", _int), ("index", _int), ("received", _int), ("done", _bool)),
+    ),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +44,29 @@ class _TimedCrdtSimulation(CrdtSimulation):
         self.update_messages += 1
 
 
+def _per_seed(
+    label: str,
+    seeds: int,
+    run_seed: Callable[[int], dict[str, Any]],
+    console: Console | None,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Run seeds ``0 .. seeds-1`` one after another under a progress bar; their rows."""
+    rows: list[dict[str, Any]] = []
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console or Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task("bench", total=seeds)
+        for seed in range(seeds):
+            rows.append(run_seed(seed))
+            bar.update(task, advance=1)
+    return rows
+
+
+def _machine() -> dict[str, str]:
+    """Where a benchmark ran (goes with every result)."""
+    return {"python": platform.python_version(), "machine": platform.machine()}
+
+
 def _raw_pycrdt_seconds(captured: list[tuple[int, bytes]], nodes: int) -> float:
     """Apply the same update bytes, in the same order, to bare pycrdt documents."""
     docs: list[Doc[Any]] = [Doc() for _ in range(nodes)]
@@ -62,31 +86,22 @@ def run_bench_crdt(
     validation, causal buffering, merge, re-gossip and persistence; then the very same
     update bytes are applied in the same order to bare ``pycrdt.Doc`` objects.
     """
-    rows: list[dict[str, Any]] = []
-    columns = (
-        TextColumn("[bold]bench sim crdt"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console or Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task("bench", total=seeds)
-        for seed in range(seeds):
-            sim = _TimedCrdtSimulation(base.with_seed(seed))
-            result = sim.run()
-            raw = _raw_pycrdt_seconds(sim.captured, len(sim.nodes))
-            merged = sum(v for k, v in result.properties["updates merged"].items() if k != "local")
-            rows.append(
-                {
-                    "seed": seed,
-                    "update_messages": sim.update_messages,
-                    "updates_merged_new": merged,
-                    "core_seconds": sim.update_seconds,
-                    "raw_pycrdt_seconds": raw,
-                    "wall_seconds": result.wall_seconds,
-                }
-            )
-            bar.update(task, advance=1)
+
+    def run_seed(seed: int) -> dict[str, Any]:
+        sim = _TimedCrdtSimulation(base.with_seed(seed))
+        result = sim.run()
+        raw = _raw_pycrdt_seconds(sim.captured, len(sim.nodes))
+        merged = sum(v for k, v in result.properties["updates merged"].items() if k != "local")
+        return {
+            "seed": seed,
+            "update_messages": sim.update_messages,
+            "updates_merged_new": merged,
+            "core_seconds": sim.update_seconds,
+            "raw_pycrdt_seconds": raw,
+            "wall_seconds": result.wall_seconds,
+        }
+
+    rows = _per_seed("bench sim crdt", seeds, run_seed, console, progress)
     msgs = sum(r["update_messages"] for r in rows)
     core = sum(r["core_seconds"] for r in rows)
     raw = sum(r["raw_pycrdt_seconds"] for r in rows)
@@ -103,8 +118,7 @@ def run_bench_crdt(
         "updates_per_second": msgs / core if core else 0.0,
         "raw_pycrdt_updates_per_second": msgs / raw if raw else 0.0,
         "overhead_ratio": core / raw if raw else 0.0,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **_machine(),
         "rows": rows,
     }
 
@@ -170,38 +184,29 @@ def run_bench_pbft(
     from .pbft_sim import PbftSimulation
 
     raft_base = replace(base, backend="raft", reads="log", byzantine=None)
-    rows: list[dict[str, Any]] = []
-    columns = (
-        TextColumn("[bold]bench sim pbft vs raft"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console or Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task("bench", total=seeds)
-        for seed in range(seeds):
-            pbft = PbftSimulation(base.with_seed(seed))
-            pr = pbft.run()
-            raft = Simulation(raft_base.with_seed(seed))
-            rr = raft.run()
-            sig = pr.properties["signatures"]
-            rows.append(
-                {
-                    "seed": seed,
-                    "pbft_committed": sum(len(b) for b in pbft.executed_batches.values()),
-                    "pbft_wall_seconds": pr.wall_seconds,
-                    "pbft_messages": pr.messages_delivered,
-                    "pbft_ops_ok": sum(1 for op in pr.history if op.type == "ok"),
-                    "raft_committed": _raft_committed(raft),
-                    "raft_wall_seconds": rr.wall_seconds,
-                    "raft_messages": rr.messages_delivered,
-                    "raft_ops_ok": sum(1 for op in rr.history if op.type == "ok"),
-                    "signs": sig["made"],
-                    "verifications": sig["verified"],
-                    "verify_cache_hits": sig["cache hits"],
-                }
-            )
-            bar.update(task, advance=1)
+
+    def run_seed(seed: int) -> dict[str, Any]:
+        pbft = PbftSimulation(base.with_seed(seed))
+        pr = pbft.run()
+        raft = Simulation(raft_base.with_seed(seed))
+        rr = raft.run()
+        sig = pr.properties["signatures"]
+        return {
+            "seed": seed,
+            "pbft_committed": sum(len(b) for b in pbft.executed_batches.values()),
+            "pbft_wall_seconds": pr.wall_seconds,
+            "pbft_messages": pr.messages_delivered,
+            "pbft_ops_ok": sum(1 for op in pr.history if op.type == "ok"),
+            "raft_committed": _raft_committed(raft),
+            "raft_wall_seconds": rr.wall_seconds,
+            "raft_messages": rr.messages_delivered,
+            "raft_ops_ok": sum(1 for op in rr.history if op.type == "ok"),
+            "signs": sig["made"],
+            "verifications": sig["verified"],
+            "verify_cache_hits": sig["cache hits"],
+        }
+
+    rows = _per_seed("bench sim pbft vs raft", seeds, run_seed, console, progress)
     sign_us, verify_us = _ed25519_costs()
 
     def total(key: str) -> Any:
@@ -231,8 +236,7 @@ def run_bench_pbft(
         "verifications": total("verifications"),
         "verify_cache_hit_rate": total("verify_cache_hits") / lookups if lookups else 0.0,
         "crypto_share_of_pbft_wall": crypto_s / pbft_wall if pbft_wall else 0.0,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **_machine(),
         "rows": rows,
     }
 
@@ -293,29 +297,20 @@ def run_bench_sim(
         return run_bench_crdt(base, seeds, console, progress)
     if base.backend == "pbft":
         return run_bench_pbft(base, seeds, console, progress)
-    rows: list[dict[str, Any]] = []
-    columns = (
-        TextColumn("[bold]bench sim"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console or Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task("bench", total=seeds)
-        for seed in range(seeds):
-            result = Simulation(base.with_seed(seed)).run()
-            rows.append(
-                {
-                    "seed": seed,
-                    "messages": result.messages_delivered,
-                    "events": result.events,
-                    "sim_seconds": result.sim_seconds,
-                    "wall_seconds": result.wall_seconds,
-                    "messages_per_second": result.messages_delivered / result.wall_seconds,
-                    "ops_completed": sum(1 for op in result.history if op.type != "invoke"),
-                }
-            )
-            bar.update(task, advance=1)
+
+    def run_seed(seed: int) -> dict[str, Any]:
+        result = Simulation(base.with_seed(seed)).run()
+        return {
+            "seed": seed,
+            "messages": result.messages_delivered,
+            "events": result.events,
+            "sim_seconds": result.sim_seconds,
+            "wall_seconds": result.wall_seconds,
+            "messages_per_second": result.messages_delivered / result.wall_seconds,
+            "ops_completed": sum(1 for op in result.history if op.type != "invoke"),
+        }
+
+    rows = _per_seed("bench sim", seeds, run_seed, console, progress)
     total_msgs = sum(r["messages"] for r in rows)
     total_wall = sum(r["wall_seconds"] for r in rows)
     return {
@@ -330,8 +325,7 @@ def run_bench_sim(
         "messages_per_second": total_msgs / total_wall if total_wall else 0.0,
         "median_messages_per_second": statistics.median(r["messages_per_second"] for r in rows),
         "sim_seconds_per_wall_second": sum(r["sim_seconds"] for r in rows) / total_wall,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **_machine(),
         "rows": rows,
     }
 

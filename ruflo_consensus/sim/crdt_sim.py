@@ -38,12 +38,12 @@ from ..crdt_machines import CrdtKV, HlcTimestamp
 from ..statemachine import CommandRejected
 from ..topology import Topology
 from .config import SimConfig
-from .engine import FIRST_BACKEND_KIND, EngineNode, SimEngine
-from .simulator import SimResult
+from .engine import FIRST_BACKEND_KIND, EngineNode, SimResult
+from .kv_workload import ClientSimEngine, KVClient, PendingOp
 
 __all__ = ["CrdtSimulation"]
 
-_REQ, _REPLY, _TIMEOUT, _NEXT, _PROBE = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 5)
+_REQ, _REPLY, _PROBE = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 3)
 _PROBE_US = 10_000
 
 
@@ -70,15 +70,9 @@ class _Reply:
     record: int
 
 
-@dataclass(slots=True)
-class _Client:
-    index: int
-    process: int
-    name: str
-    node: int
-    seq: int = 0
-    counter: int = 0
-    pending: tuple[int, dict[str, Any], Op, int] | None = None  # seq, command, op, started
+@dataclass(slots=True, kw_only=True)
+class _Client(KVClient[PendingOp]):
+    node: int  # the replica the client is pinned to
 
 
 def _crdt_trace(m: Message) -> str:
@@ -91,7 +85,7 @@ def _crdt_trace(m: Message) -> str:
     return type(m).__name__
 
 
-class CrdtSimulation(SimEngine):
+class CrdtSimulation(ClientSimEngine[_Client]):
     """One deterministic run of CRDT replicas under a workload and a nemesis.
 
     ``crdt_config`` lets tests switch anti-entropy off to prove the checks can fail.
@@ -110,8 +104,9 @@ class CrdtSimulation(SimEngine):
             self.replicas[node.index].core = self._make_core(node)
         # clients stop with the nemesis, so convergence is measured on a quiet system
         self.ops_end_us = self.faults_end_us
-        self.clients = [_Client(i, i, f"c{i}", i % len(self.nodes)) for i in range(config.clients)]
-        self.history: list[Op] = []
+        self.clients = [
+            _Client(i, i, f"c{i}", node=i % len(self.nodes)) for i in range(config.clients)
+        ]
         self.writes: list[dict[str, Any]] = []
         self.reads: list[ClientRead] = []
         self.last_write_us = 0
@@ -119,8 +114,6 @@ class CrdtSimulation(SimEngine):
         self.probes = 0
         self.handle(_REQ, lambda a, b: self._request(a))
         self.handle(_REPLY, lambda a, b: self._reply_arrived(a))
-        self.handle(_TIMEOUT, lambda a, b: self._timeout(a, b))
-        self.handle(_NEXT, lambda a, b: self._next_op(self.clients[a]))
         self.handle(_PROBE, lambda a, b: self._probe())
 
     # ------------------------------------------------------------------ nodes
@@ -139,8 +132,7 @@ class CrdtSimulation(SimEngine):
 
     def on_start(self) -> None:
         """Start the clients and the convergence probe."""
-        for client in self.clients:
-            self.push(int(self.rng.random() * 10_000), _NEXT, client.index)
+        super().on_start()
         self.push(self.faults_end_us + _PROBE_US, _PROBE)
 
     def core_of(self, node: EngineNode) -> CrdtCore | None:
@@ -185,9 +177,8 @@ class CrdtSimulation(SimEngine):
 
     # ------------------------------------------------------------------ clients
 
-    def _next_op(self, client: _Client) -> None:
-        if self.now >= self.ops_end_us or client.pending is not None:
-            return
+    def choose_command(self, client: _Client) -> tuple[dict[str, Any], Op]:
+        """The CRDT mix: 40 % ``put``, 20 % ``incr`` (by 1 to 4), 40 % ``read``."""
         rng = self.rng
         key = f"k{rng.randrange(self.config.keys)}"
         roll = rng.random()
@@ -195,35 +186,38 @@ class CrdtSimulation(SimEngine):
         if roll < 0.4:
             value = f"{client.process}.{client.counter}"
             command: dict[str, Any] = {"op": "put", "key": key, "value": value}
-            op = Op(client.process, "invoke", "put", key, value)
-        elif roll < 0.6:
+            return command, Op(client.process, "invoke", "put", key, value)
+        if roll < 0.6:
             amount = rng.randrange(1, 5)
             command = {"op": "incr", "key": key, "amount": amount}
-            op = Op(client.process, "invoke", "incr", key, amount)
-        else:
-            command = {"op": "read", "key": key}
-            op = Op(client.process, "invoke", "read", key, None)
-        client.seq += 1
-        client.pending = (client.seq, command, op, self.now)
-        self.history.append(op)
-        self._send_request(client)
+            return command, Op(client.process, "invoke", "incr", key, amount)
+        return {"op": "read", "key": key}, Op(client.process, "invoke", "read", key, None)
 
-    def _send_request(self, client: _Client) -> None:
-        assert client.pending is not None
-        seq, command, _, _ = client.pending
-        if not self.lossy():
-            self.push(
-                self.now + self.latency(), _REQ, _Request(client.index, client.name, seq, command)
-            )
-        self.push(self.now + int(self.config.client_timeout_ms * 1000), _TIMEOUT, client.index, seq)
+    def start_op(self, client: _Client, command: dict[str, Any], op: Op) -> None:
+        """Send the command to the client's own replica."""
+        client.pending = PendingOp(op, command, client.seq, self.now)
+        self.retry(client)
+
+    def retry(self, client: _Client) -> None:
+        """Same replica, same (client, seq): a command is answered once."""
+        p = client.pending
+        assert p is not None
+        self.push_lossy(_REQ, _Request(client.index, client.name, p.seq, p.command))
+        self.arm_timeout(client)
+
+    def trace_op(self, client: _Client, done: Op) -> None:
+        """CRDT runs keep client completions out of the trace (messages say enough)."""
+
+    def new_session(self, client: _Client) -> None:
+        """A new identity; its values go on numbering from where the old one stopped."""
+        counter = client.counter
+        super().new_session(client)
+        client.counter = counter
 
     def _request(self, req: _Request) -> None:
         client = self.clients[req.client]
         node = self.nodes[client.node]
-        if not node.up:
-            return
-        if node.paused:
-            node.inbox.append((_REQ, req))
+        if not self.accepts(node, _REQ, req):
             return
         rep = self.replicas[node.index]
         assert rep.core is not None
@@ -258,48 +252,28 @@ class CrdtSimulation(SimEngine):
                 }
             )
         index = next((c.index for c in self.clients if c.name == p.client), None)
-        if index is None or self.lossy():
-            return
-        self.push(self.now + self.latency(), _REPLY, _Reply(index, p.seq, value, record))
+        if index is not None:
+            self.push_lossy(_REPLY, _Reply(index, p.seq, value, record))
 
     def _reply_arrived(self, reply: _Reply) -> None:
         client = self.clients[reply.client]
-        if client.pending is None or client.pending[0] != reply.seq:
+        if client.pending is None or client.pending.seq != reply.seq:
             return
-        _, _, op, _ = client.pending
-        result = reply.result
         if reply.record >= 0:
             self.writes[reply.record]["acknowledged"] = True
-        if isinstance(result, CommandRejected):
-            done = Op(op.process, "fail", op.f, op.key, op.value)
-        elif op.f == "read":
-            ts = result.get("ts") if isinstance(result, dict) else None
-            stamp = HlcTimestamp.from_wire(ts) if ts is not None else None
-            value = result.get("value") if isinstance(result, dict) else None
-            self.reads.append(ClientRead(client.name, op.key, stamp, value, self.ids[client.node]))
-            done = Op(op.process, "ok", "read", op.key, value)
-        else:
-            done = Op(op.process, "ok", op.f, op.key, op.value)
-        self.history.append(done)
-        client.pending = None
-        self.push(
-            self.now + int(self.rng.random() * self.config.think_ms * 1000), _NEXT, client.index
-        )
+        self.complete(client, reply.result)
 
-    def _timeout(self, index: int, seq: int) -> None:
-        client = self.clients[index]
-        if client.pending is None or client.pending[0] != seq:
-            return
-        _, _, op, started = client.pending
-        if self.now - started >= int(self.config.client_give_up_ms * 1000):
-            self.history.append(Op(op.process, "info", op.f, op.key, op.value))
-            client.pending = None
-            client.process += len(self.clients)
-            client.name = f"c{client.index}g{client.process // len(self.clients)}"
-            client.seq = 0
-            self.push(self.now + 1000, _NEXT, client.index)
-            return
-        self._send_request(client)  # same replica, same (client, seq): answered once
+    def outcome(self, client: _Client, result: Any) -> Op:
+        """A read returns the value and is kept, with its version, for the session checks."""
+        assert client.pending is not None
+        op = client.pending.op
+        if op.f != "read" or isinstance(result, CommandRejected):
+            return super().outcome(client, result)
+        ts = result.get("ts") if isinstance(result, dict) else None
+        stamp = HlcTimestamp.from_wire(ts) if ts is not None else None
+        value = result.get("value") if isinstance(result, dict) else None
+        self.reads.append(ClientRead(client.name, op.key, stamp, value, self.ids[client.node]))
+        return Op(op.process, "ok", "read", op.key, value)
 
     # ------------------------------------------------------------------ convergence
 
@@ -347,10 +321,7 @@ class CrdtSimulation(SimEngine):
         """Run to the end, then check convergence, acknowledged writes and session reads."""
         started = time.perf_counter()
         self.run_loop()
-        for client in self.clients:
-            if client.pending is not None:
-                op = client.pending[2]
-                self.history.append(Op(op.process, "info", op.f, op.key, op.value))
+        self.close_history()
         values, svs, fps = self._snapshot()
         report = converged(values, svs, fps)
         violations: list[str] = []
@@ -384,28 +355,18 @@ class CrdtSimulation(SimEngine):
             "writes acknowledged": sum(1 for w in self.writes if w["acknowledged"]),
             "updates merged": merged,
         }
-        return SimResult(
-            config=self.config,
-            trace_hash=self.trace_hash(),
+        return self.result(
+            started,
             history=self.history,
             violation=None,
-            recent_events=list(self.recent),
             invariant_checks={
                 "convergence": self.probes + 1,
                 "acknowledged-writes": len(acks),
                 "monotonic-reads": len(self.reads),
             },
-            faults=dict(sorted(self.fault_counts.items())),
             leader_changes=0,
             terms=0,
-            messages_delivered=self.delivered,
-            messages_dropped=self.dropped,
-            messages_duplicated=self.duplicated,
-            messages_relayed=self.relayed,
-            events=self.events,
-            sim_seconds=self.now / 1e6,
-            wall_seconds=time.perf_counter() - started,
-            rejected=dict(sorted(self.rejected.items())),
+            rejected=self.rejected,
             commit_index=0,
             properties=properties,
             property_violations=violations,

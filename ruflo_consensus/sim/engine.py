@@ -16,21 +16,50 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import log
 from typing import Any
 
+from ..check.history import Op
 from ..core.base import ConsensusCore, Message, NodeId, ProtocolError
 from ..topology import Topology, build_topology
 from .config import SimConfig
+from .invariants import InvariantViolation
 
-__all__ = ["EngineNode", "SimEngine"]
+__all__ = ["EngineNode", "SimEngine", "SimResult"]
 
 # event kinds shared by every backend; backends number theirs from FIRST_BACKEND_KIND
 DELIVER, TICK, NEMESIS, HEAL, CHECK, STOP_FAULTS = range(6)
 FIRST_BACKEND_KIND = 16
+
+
+@dataclass
+class SimResult:
+    """What a run produced; :mod:`ruflo_consensus.sim.report` turns it into a report."""
+
+    config: SimConfig
+    trace_hash: str
+    history: list[Op]
+    violation: InvariantViolation | None
+    recent_events: list[str]
+    invariant_checks: dict[str, int]
+    faults: dict[str, int]
+    leader_changes: int
+    terms: int
+    messages_delivered: int
+    messages_dropped: int
+    messages_duplicated: int
+    messages_relayed: int
+    events: int
+    sim_seconds: float
+    wall_seconds: float
+    rejected: dict[str, int]
+    commit_index: int
+    properties: dict[str, Any] = field(default_factory=dict)
+    property_violations: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -222,6 +251,28 @@ class SimEngine:
             self.dropped += 1
             return True
         return False
+
+    def push_lossy(self, kind: int, a: Any = None, b: Any = None) -> None:
+        """Schedule an event one link latency from now, unless the link loses it.
+
+        What travels between clients and nodes goes this way: one loss draw, then (if it
+        got through) one latency draw.
+        """
+        if not self.lossy():
+            self.push(self.now + self.latency(), kind, a, b)
+
+    def accepts(self, node: EngineNode, kind: int, item: Any) -> bool:
+        """Whether ``node`` can take a client event now; a paused node queues it.
+
+        A crashed node loses it. A paused one keeps it in its inbox and hands it to
+        :meth:`on_queued` when it resumes.
+        """
+        if not node.up:
+            return False
+        if node.paused:
+            node.inbox.append((kind, item))
+            return False
+        return True
 
     def count_fault(self, kind: str) -> None:
         """Count an injected fault by kind."""
@@ -439,6 +490,48 @@ class SimEngine:
         self.push(self.now + int(self.config.invariant_interval_s * 1e6), CHECK)
 
     # ------------------------------------------------------------------ run
+
+    def result(
+        self,
+        started: float,
+        *,
+        history: list[Op],
+        violation: InvariantViolation | None,
+        invariant_checks: dict[str, int],
+        leader_changes: int,
+        terms: int,
+        rejected: dict[str, int],
+        commit_index: int,
+        properties: dict[str, Any],
+        property_violations: list[str] | None = None,
+    ) -> SimResult:
+        """The run's :class:`SimResult`: the backend's figures plus the engine's own.
+
+        ``started`` is the ``time.perf_counter()`` at the start of the run. Call once, at
+        the end: it takes the trace hash.
+        """
+        return SimResult(
+            config=self.config,
+            trace_hash=self.trace_hash(),
+            history=history,
+            violation=violation,
+            recent_events=list(self.recent),
+            invariant_checks=invariant_checks,
+            faults=dict(sorted(self.fault_counts.items())),
+            leader_changes=leader_changes,
+            terms=terms,
+            messages_delivered=self.delivered,
+            messages_dropped=self.dropped,
+            messages_duplicated=self.duplicated,
+            messages_relayed=self.relayed,
+            events=self.events,
+            sim_seconds=self.now / 1e6,
+            wall_seconds=time.perf_counter() - started,
+            rejected=dict(sorted(rejected.items())),
+            commit_index=commit_index,
+            properties=properties,
+            property_violations=property_violations or [],
+        )
 
     def run_loop(self) -> None:
         """Run events until the configured end; backend exceptions propagate."""

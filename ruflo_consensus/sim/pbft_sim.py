@@ -43,18 +43,18 @@ from ..core.pbft import (
 )
 from ..core.pbft.messages import ReadReply, Reply
 from ..federation.canonical import canonical_bytes
-from ..statemachine import CommandRejected, KVStateMachine
+from ..statemachine import KVStateMachine
 from ..topology import Topology
 from .byzantine import Adversary, Behaviour, make_behaviour
 from .config import SimConfig
-from .engine import FIRST_BACKEND_KIND, EngineNode, SimEngine
+from .engine import FIRST_BACKEND_KIND, EngineNode, SimResult
 from .invariants import InvariantViolation
+from .kv_workload import ClientSimEngine, KVClient, PendingOp
 from .pbft_invariants import Batch, PbftInvariants
-from .simulator import SimResult
 
 __all__ = ["SIM_PBFT_CONFIG", "PbftSimulation"]
 
-_REQ, _REPLY, _TIMEOUT, _NEXT, _READ_TIMEOUT = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 5)
+_REQ, _REPLY, _READ_TIMEOUT = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 3)
 _FAST_READ_US = 30_000  # a fast read that has no q matching replies by then goes ordered
 
 
@@ -81,29 +81,19 @@ class _Replica:
     behaviour: Behaviour | None = None
 
 
-@dataclass(slots=True)
-class _Pending:
-    op: Op
-    command: dict[str, Any]
-    t: int
+@dataclass(slots=True, kw_only=True)
+class _Pending(PendingOp):
+    """``seq`` is the request's timestamp ``t``; ``votes``: the replicas per reply result."""
+
     env: Signed
-    started: int
-    attempt: int = 0
     fast: bool = False
     votes: dict[bytes, list[str]] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class _Client:
-    index: int
-    process: int
-    name: str
+@dataclass(slots=True, kw_only=True)
+class _Client(KVClient[_Pending]):
     signer: Signer
-    t: int = 0
-    view: int = 0
-    counter: int = 0
-    pending: _Pending | None = None
-    last_seen: dict[str, str] = field(default_factory=dict)
+    view: int = 0  # the view the client believes in (its primary: view mod n)
 
 
 def _pbft_trace(m: Message) -> str:
@@ -113,7 +103,7 @@ def _pbft_trace(m: Message) -> str:
     return type(m).__name__
 
 
-class PbftSimulation(SimEngine):
+class PbftSimulation(ClientSimEngine[_Client]):
     """One deterministic run of a PBFT cluster with Byzantine replicas, clients and a nemesis.
 
     ``pbft_config`` replaces the replicas' settings (default :data:`SIM_PBFT_CONFIG`).
@@ -141,7 +131,6 @@ class PbftSimulation(SimEngine):
         byzantine = sorted(self.rng.sample(range(len(self.ids)), count))
         self.byzantine = {self.ids[i]: "" for i in byzantine}
         self.honest = [i for i in self.ids if i not in self.byzantine]
-        self.clients: list[_Client] = []
         self.adversary = Adversary(
             {i: self.signers[i] for i in self.byzantine},
             tuple(self.ids),
@@ -164,11 +153,10 @@ class PbftSimulation(SimEngine):
                 )
             rep.core = self._make_core(node)
         self.invariants = PbftInvariants(set(self.honest))
-        self.history: list[Op] = []
         self.by_name: dict[str, _Client] = {}
         for i in range(config.clients):
-            self._new_identity(i, i, f"c{i}")
-        self.ops_end_us = max(0, self.end_us - int(min(1.0, config.duration_s / 4) * 1e6))
+            self.clients.append(_Client(i, i, f"c{i}", signer=self._signer_for(f"c{i}")))
+            self.by_name[f"c{i}"] = self.clients[i]
         self.views_installed: set[int] = set()
         self.client_rejected: dict[str, int] = {}
         # counters of honest cores that crashed (a restarted core counts from zero)
@@ -176,8 +164,6 @@ class PbftSimulation(SimEngine):
         self.core_counters: dict[str, int] = {}
         self.handle(_REQ, lambda a, b: self._request_arrives(a, b))
         self.handle(_REPLY, lambda a, b: self._reply_arrives(a))
-        self.handle(_TIMEOUT, lambda a, b: self._timeout(a, b))
-        self.handle(_NEXT, lambda a, b: self._next_op(self.clients[a]))
         self.handle(_READ_TIMEOUT, lambda a, b: self._read_timeout(a, b))
 
     # ------------------------------------------------------------------ nodes
@@ -298,74 +284,47 @@ class PbftSimulation(SimEngine):
     def _route(self, m: Message) -> None:
         if m.dst in self.by_id:
             self.send(m)
-        elif isinstance(m, PbftFrame) and not self.lossy():
-            self.push(self.now + self.latency(), _REPLY, m)
+        elif isinstance(m, PbftFrame):
+            self.push_lossy(_REPLY, m)
 
     # ------------------------------------------------------------------ clients
 
-    def _new_identity(self, index: int, process: int, name: str) -> None:
+    def _signer_for(self, name: str) -> Signer:
+        """A client identity's key (derived from the seed), registered with the replicas."""
         signer = Signer.derived(self.secret, name)
         self.keyring.register_client(name, signer.public_key)
-        old = self.clients[index] if index < len(self.clients) else None
-        client = _Client(index, process, name, signer, view=old.view if old else 0)
-        if old is None:
-            self.clients.append(client)
-        else:
-            self.by_name.pop(old.name, None)
-            self.clients[index] = client
-        self.by_name[name] = client
+        return signer
 
-    def on_start(self) -> None:
-        """Start every client within the first 10 ms."""
-        for client in self.clients:
-            self.push(int(self.rng.random() * 10_000), _NEXT, client.index)
+    def new_session(self, client: _Client) -> None:
+        """A new identity comes with a new key; it keeps the view the old one believed in."""
+        self.by_name.pop(client.name, None)
+        super().new_session(client)
+        client.signer = self._signer_for(client.name)
+        self.by_name[client.name] = client
 
-    def _next_op(self, client: _Client) -> None:
-        if self.now >= self.ops_end_us or client.pending is not None:
-            return
-        rng = self.rng
-        key = f"k{rng.randrange(self.config.keys)}"
-        roll = rng.random()
-        client.counter += 1
-        token = f"{client.process}.{client.counter}"
-        if roll < 0.35:
-            command: dict[str, Any] = {"op": "get", "key": key}
-            op = Op(client.process, "invoke", "get", key, None)
-        elif roll < 0.6:
-            command = {"op": "put", "key": key, "value": token}
-            op = Op(client.process, "invoke", "put", key, token)
-        elif roll < 0.85:
-            command = {"op": "append", "key": key, "value": token + ";"}
-            op = Op(client.process, "invoke", "append", key, token + ";")
-        else:
-            old = client.last_seen.get(key, "")
-            command = {"op": "cas", "key": key, "old": old, "new": token}
-            op = Op(client.process, "invoke", "cas", key, [old, token])
-        client.t += 1
-        self.history.append(op)
+    def start_op(self, client: _Client, command: dict[str, Any], op: Op) -> None:
+        """Sign the request and send it to the primary (a fast read: to every replica)."""
         if self.fast_reads and _kv_read_only(command):
-            env = sign_request(client.signer, client.t, command, read_only=True)
-            client.pending = _Pending(op, command, client.t, env, self.now, fast=True)
+            env = sign_request(client.signer, client.seq, command, read_only=True)
+            client.pending = _Pending(op, command, client.seq, self.now, env=env, fast=True)
             for index in range(len(self.ids)):
-                if not self.lossy():
-                    frame = PbftFrame(client.name, self.ids[index], (env,))
-                    self.push(self.now + self.latency(), _REQ, index, frame)
-            self.push(self.now + _FAST_READ_US, _READ_TIMEOUT, client.index, client.t)
+                self.push_lossy(_REQ, index, PbftFrame(client.name, self.ids[index], (env,)))
+            self.push(self.now + _FAST_READ_US, _READ_TIMEOUT, client.index, client.seq)
             return
-        env = sign_request(client.signer, client.t, command)
-        client.pending = _Pending(op, command, client.t, env, self.now)
+        env = sign_request(client.signer, client.seq, command)
+        client.pending = _Pending(op, command, client.seq, self.now, env=env)
         self._send_request(client, broadcast=False)
 
     def _read_timeout(self, index: int, t: int) -> None:
         """No q matching fast-read replies in time: send the read through the log."""
         client = self.clients[index]
         p = client.pending
-        if p is None or p.t != t or not p.fast:
+        if p is None or p.seq != t or not p.fast:
             return
         self.fast_reads_fell_back += 1
         p.fast = False
         p.votes.clear()
-        p.env = sign_request(client.signer, p.t, p.command)
+        p.env = sign_request(client.signer, p.seq, p.command)
         self._send_request(client, broadcast=False)
 
     def _send_request(self, client: _Client, broadcast: bool) -> None:
@@ -373,18 +332,12 @@ class PbftSimulation(SimEngine):
         assert p is not None
         targets = range(len(self.ids)) if broadcast else [client.view % len(self.ids)]
         for index in targets:
-            if not self.lossy():
-                frame = PbftFrame(client.name, self.ids[index], (p.env,))
-                self.push(self.now + self.latency(), _REQ, index, frame)
-        timeout = int(self.config.client_timeout_ms * 1000)
-        self.push(self.now + timeout, _TIMEOUT, client.index, (p.t, p.attempt))
+            self.push_lossy(_REQ, index, PbftFrame(client.name, self.ids[index], (p.env,)))
+        self.arm_timeout(client)
 
     def _request_arrives(self, index: int, frame: PbftFrame) -> None:
         node = self.nodes[index]
-        if not node.up:
-            return
-        if node.paused:
-            node.inbox.append((_REQ, (index, frame)))
+        if not self.accepts(node, _REQ, (index, frame)):
             return
         self.trace(f"{frame.src}>{node.id} req")
         self.on_message(node, frame)
@@ -406,7 +359,7 @@ class PbftSimulation(SimEngine):
                 key = msgpack.packb(reply.result, use_bin_type=True)
             else:
                 continue
-            if reply.client != client.name or reply.t != p.t:
+            if reply.client != client.name or reply.t != p.seq:
                 continue
             voters = p.votes.setdefault(key, [])
             if reply.signer in voters:
@@ -416,44 +369,13 @@ class PbftSimulation(SimEngine):
                 client.view = max(client.view, reply.view)
             if len(voters) == self.accept_at:
                 self.fast_reads_done += p.fast
-                self._complete(client, decode_result(reply.result))
+                self.complete(client, decode_result(reply.result))
                 return
 
-    def _complete(self, client: _Client, result: Any) -> None:
-        p = client.pending
-        assert p is not None
-        op = p.op
-        if isinstance(result, CommandRejected):
-            done = Op(op.process, "fail", op.f, op.key, op.value)
-        elif op.f == "get":
-            client.last_seen[op.key] = result
-            done = Op(op.process, "ok", "get", op.key, result)
-        elif op.f == "cas":
-            done = Op(op.process, "ok" if result is True else "fail", "cas", op.key, op.value)
-            if result is True:
-                client.last_seen[op.key] = op.value[1]
-        else:
-            done = Op(op.process, "ok", op.f, op.key, op.value)
-        self.history.append(done)
-        self.trace(f"{client.name} {done.type} {op.f} {p.t}")
-        client.pending = None
-        think = int(self.rng.random() * self.config.think_ms * 1000)
-        self.push(self.now + think, _NEXT, client.index)
-
-    def _timeout(self, index: int, attempt_id: tuple[int, int]) -> None:
-        client = self.clients[index]
-        p = client.pending
-        if p is None or (p.t, p.attempt) != attempt_id:
-            return
-        if self.now - p.started >= int(self.config.client_give_up_ms * 1000):
-            op = p.op
-            self.history.append(Op(op.process, "info", op.f, op.key, op.value))
-            self.trace(f"{client.name} info {op.f} {p.t}")
-            process = client.process + len(self.clients)
-            self._new_identity(index, process, f"c{index}g{process // len(self.clients)}")
-            self.push(self.now + 1000, _NEXT, index)
-            return
-        p.attempt += 1
+    def retry(self, client: _Client) -> None:
+        """No f + 1 matching replies in time: broadcast, so backups suspect the primary."""
+        assert client.pending is not None
+        client.pending.attempt += 1
         self._send_request(client, broadcast=True)
 
     # ------------------------------------------------------------------ run
@@ -475,10 +397,7 @@ class PbftSimulation(SimEngine):
             self.invariants.check_liveness(alive, self.end_us - grace, self.now)
         except InvariantViolation as exc:
             violation = exc
-        for client in self.clients:
-            if client.pending is not None:
-                op = client.pending.op
-                self.history.append(Op(op.process, "info", op.f, op.key, op.value))
+        self.close_history()
         honest_cores = [
             rep.core for rep in self.reps if rep.core is not None and rep.behaviour is None
         ]
@@ -510,24 +429,14 @@ class PbftSimulation(SimEngine):
                 "failed": stats.failures,
             },
         }
-        return SimResult(
-            config=self.config,
-            trace_hash=self.trace_hash(),
+        return self.result(
+            started,
             history=self.history,
             violation=violation,
-            recent_events=list(self.recent),
             invariant_checks=dict(self.invariants.checks),
-            faults=dict(sorted(self.fault_counts.items())),
             leader_changes=len(self.views_installed),
             terms=max((c.view for c in honest_cores), default=0),
-            messages_delivered=self.delivered,
-            messages_dropped=self.dropped,
-            messages_duplicated=self.duplicated,
-            messages_relayed=self.relayed,
-            events=self.events,
-            sim_seconds=self.now / 1e6,
-            wall_seconds=time.perf_counter() - started,
-            rejected=dict(sorted(rejected.items())),
+            rejected=rejected,
             commit_index=max((c.last_executed for c in honest_cores), default=0),
             properties=properties,
         )

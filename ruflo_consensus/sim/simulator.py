@@ -73,8 +73,9 @@ from ..storage import (
 from ..storage.base import CorruptLogError, StoredState
 from ..topology import Topology
 from .config import SimConfig
-from .engine import FIRST_BACKEND_KIND, EngineNode, SimEngine
+from .engine import FIRST_BACKEND_KIND, EngineNode, SimResult
 from .invariants import InvariantViolation, RaftInvariants
+from .kv_workload import ClientSimEngine, KVClient, PendingOp
 from .membership import MembershipInvariants, MembershipNemesis
 
 __all__ = ["ClientReply", "ClientRequest", "CoreFactory", "SimResult", "Simulation"]
@@ -98,16 +99,14 @@ class CoreFactory(Protocol):
         ...
 
 
-# Raft simulation event kinds (the engine owns the shared ones)
+# Raft simulation event kinds (the engine and the clients own the shared ones)
 (
     _CLIENT_REQ,
     _CLIENT_REPLY,
-    _CLIENT_TIMEOUT,
-    _CLIENT_NEXT,
     _CLIENT_RESEND,
     _DISK_SYNC,
     _DISK_RETRY,
-) = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 7)
+) = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 5)
 
 DISK_FAULTS = ("disk-lose", "disk-torn", "disk-read-error")
 
@@ -187,52 +186,14 @@ class _RaftNode:
     reads: list[tuple[int, ClientRequest]] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _Pending:
-    op: Op
-    command: dict[str, Any]
-    seq: int
-    started: int
-    attempt: int
-    target: int
+@dataclass(slots=True, kw_only=True)
+class _Pending(PendingOp):
+    target: int  # the node the request goes to
 
 
-@dataclass(slots=True)
-class _Client:
-    index: int
-    process: int
-    name: str
-    seq: int = 0
-    pending: _Pending | None = None
+@dataclass(slots=True, kw_only=True)
+class _Client(KVClient[_Pending]):
     leader_guess: int | None = None
-    counter: int = 0
-    last_seen: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class SimResult:
-    """What a run produced; :mod:`ruflo_consensus.sim.report` turns it into a report."""
-
-    config: SimConfig
-    trace_hash: str
-    history: list[Op]
-    violation: InvariantViolation | None
-    recent_events: list[str]
-    invariant_checks: dict[str, int]
-    faults: dict[str, int]
-    leader_changes: int
-    terms: int
-    messages_delivered: int
-    messages_dropped: int
-    messages_duplicated: int
-    messages_relayed: int
-    events: int
-    sim_seconds: float
-    wall_seconds: float
-    rejected: dict[str, int]
-    commit_index: int
-    properties: dict[str, Any] = field(default_factory=dict)
-    property_violations: list[str] = field(default_factory=list)
 
 
 def _is_read(command: Any) -> bool:
@@ -265,7 +226,7 @@ def default_core_factory(
     return RaftCore(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
 
 
-class Simulation(SimEngine):
+class Simulation(ClientSimEngine[_Client]):
     """One deterministic run of a Raft cluster under a workload and a nemesis.
 
     ``core_factory`` builds each node's core (on start and on every restart from its
@@ -295,8 +256,6 @@ class Simulation(SimEngine):
         topology = topology or config.build_topology()
         super().__init__(config, topology, self.raft_config.tick_ms)
         self.core_factory = core_factory
-        self.ops_end_us = max(0, self.end_us - int(min(1.0, config.duration_s / 4) * 1e6))
-        self.history: list[Op] = []
         self.leader_changes = 0
         self.fed_rejected: dict[str, int] = {}
         self.transfers_refused = 0
@@ -320,9 +279,7 @@ class Simulation(SimEngine):
         self.clients = [_Client(index=i, process=i, name=f"c{i}") for i in range(config.clients)]
         self.handle(_CLIENT_REQ, lambda a, b: self._client_request(a))
         self.handle(_CLIENT_REPLY, lambda a, b: self._client_reply(a))
-        self.handle(_CLIENT_TIMEOUT, lambda a, b: self._client_timeout(a, b, resend=False))
-        self.handle(_CLIENT_RESEND, lambda a, b: self._client_timeout(a, b, resend=True))
-        self.handle(_CLIENT_NEXT, lambda a, b: self._next_op(self.clients[a]))
+        self.handle(_CLIENT_RESEND, lambda a, b: self._resend(a, b))
         self.handle(_DISK_SYNC, lambda a, b: self._sync_done(a, b))
         self.handle(_DISK_RETRY, lambda a, b: self._retry_restart(a))
 
@@ -452,11 +409,6 @@ class Simulation(SimEngine):
     def _power_cut(self, node: EngineNode, mode: str) -> None:
         self.raft[node.index].crash_mode = mode
         self._crash(node)
-
-    def on_start(self) -> None:
-        """Start every client within the first 10 ms."""
-        for client in self.clients:
-            self.push(int(self.rng.random() * 10_000), _CLIENT_NEXT, client.index)
 
     def on_check(self) -> None:
         """Log matching across all nodes' written logs; membership steps in each log."""
@@ -705,65 +657,35 @@ class Simulation(SimEngine):
     ) -> None:
         core = self.raft[node.index].core
         leader = core.leader if core is not None else None
-        if self.lossy():
-            return
-        reply = ClientReply(client, client_index, seq, ok, result, leader)
-        self.push(self.now + self.latency(), _CLIENT_REPLY, reply)
+        self.push_lossy(_CLIENT_REPLY, ClientReply(client, client_index, seq, ok, result, leader))
 
     # ------------------------------------------------------------------ clients
 
-    def _next_op(self, client: _Client) -> None:
-        if self.now >= self.ops_end_us or client.pending is not None:
-            return
-        rng = self.rng
+    def choose_command(self, client: _Client) -> tuple[dict[str, Any], Op]:
+        """A federation command under ``--workload federation``, else the KV mix."""
         if self.federation is not None:
             fed_cmd = self.federation.next_command()
-            self._start_op(client, fed_cmd, Op(client.process, "invoke", "fed", fed_cmd["op"]))
-            return
-        key = f"k{rng.randrange(self.config.keys)}"
-        roll = rng.random()
-        client.counter += 1
-        token = f"{client.process}.{client.counter}"
-        command: dict[str, Any]
-        if roll < 0.35:
-            command = {"op": "get", "key": key}
-            op = Op(client.process, "invoke", "get", key, None)
-        elif roll < 0.6:
-            command = {"op": "put", "key": key, "value": token}
-            op = Op(client.process, "invoke", "put", key, token)
-        elif roll < 0.85:
-            command = {"op": "append", "key": key, "value": token + ";"}
-            op = Op(client.process, "invoke", "append", key, token + ";")
-        else:
-            old = client.last_seen.get(key, "")
-            command = {"op": "cas", "key": key, "old": old, "new": token}
-            op = Op(client.process, "invoke", "cas", key, [old, token])
-        self._start_op(client, command, op)
+            return fed_cmd, Op(client.process, "invoke", "fed", fed_cmd["op"])
+        return super().choose_command(client)
 
-    def _start_op(self, client: _Client, command: dict[str, Any], op: Op) -> None:
-        client.seq += 1
+    def start_op(self, client: _Client, command: dict[str, Any], op: Op) -> None:
+        """Send to the node the client believes leads (a random one if it has no idea)."""
         target = client.leader_guess
         if target is None:
             target = self.rng.randrange(len(self.nodes))
-        client.pending = _Pending(op, command, client.seq, self.now, 0, target)
-        self.history.append(op)
+        client.pending = _Pending(op, command, client.seq, self.now, target=target)
         self._send_request(client)
 
     def _send_request(self, client: _Client) -> None:
         p = client.pending
         assert p is not None
         req = ClientRequest(client.name, client.index, p.seq, p.command, self.ids[p.target])
-        if not self.lossy():
-            self.push(self.now + self.latency(), _CLIENT_REQ, req)
-        timeout = int(self.config.client_timeout_ms * 1000)
-        self.push(self.now + timeout, _CLIENT_TIMEOUT, client.index, (p.seq, p.attempt))
+        self.push_lossy(_CLIENT_REQ, req)
+        self.arm_timeout(client)
 
     def _client_request(self, req: ClientRequest) -> None:
         node = self.nodes[self.by_id[req.node]]
-        if not node.up:
-            return
-        if node.paused:
-            node.inbox.append((_CLIENT_REQ, req))
+        if not self.accepts(node, _CLIENT_REQ, req):
             return
         rn = self.raft[node.index]
         core = rn.core
@@ -814,59 +736,32 @@ class Simulation(SimEngine):
             self.push(self.now + delay, _CLIENT_RESEND, client.index, (p.seq, p.attempt))
             return
         client.leader_guess = p.target
-        op = p.op
-        result = reply.result
+        self.complete(client, reply.result)
+
+    def outcome(self, client: _Client, result: Any) -> Op:
+        """A federation command is ok unless rejected (counted by code); KV as usual."""
+        assert client.pending is not None
+        op = client.pending.op
+        if op.f != "fed":
+            return super().outcome(client, result)
         if isinstance(result, CommandRejected):
-            done = Op(op.process, "fail", op.f, op.key, op.value)
-            if op.f == "fed":
-                self.fed_rejected[result.code] = self.fed_rejected.get(result.code, 0) + 1
-        elif op.f == "fed":
-            done = Op(op.process, "ok", op.f, op.key, None)
-        elif op.f == "get":
-            client.last_seen[op.key] = result
-            done = Op(op.process, "ok", "get", op.key, result)
-        elif op.f == "cas":
-            done = Op(op.process, "ok" if result is True else "fail", "cas", op.key, op.value)
-            if result is True:
-                client.last_seen[op.key] = op.value[1]
-        else:
-            done = Op(op.process, "ok", op.f, op.key, op.value)
-        self.history.append(done)
-        self.trace(f"{client.name} {done.type} {op.f} {p.seq}")
-        client.pending = None
-        think = int(self.rng.random() * self.config.think_ms * 1000)
-        self.push(self.now + think, _CLIENT_NEXT, client.index)
+            self.fed_rejected[result.code] = self.fed_rejected.get(result.code, 0) + 1
+            return Op(op.process, "fail", op.f, op.key, op.value)
+        return Op(op.process, "ok", op.f, op.key, None)
 
-    def _client_timeout(self, index: int, attempt_id: tuple[int, int], resend: bool) -> None:
-        client = self.clients[index]
-        seq, attempt = attempt_id
-        p = client.pending
-        if p is None or p.seq != seq or p.attempt != attempt:
-            return
-        if not resend:
-            if self.now - p.started >= int(self.config.client_give_up_ms * 1000):
-                self._give_up(client)
-                return
-            p.attempt += 1
-            p.target = (p.target + 1) % len(self.nodes)
-            client.leader_guess = None
-        self._send_request(client)
-
-    def _give_up(self, client: _Client) -> None:
+    def retry(self, client: _Client) -> None:
+        """No answer in time: try the next node, with no idea who leads."""
         p = client.pending
         assert p is not None
-        op = p.op
-        self.history.append(Op(op.process, "info", op.f, op.key, op.value))
-        self.trace(f"{client.name} info {op.f} {p.seq}")
-        # Like a crashed Jepsen process: a new process and client identity take over.
-        # A fresh session id, so the old session's sequence numbers cannot collide.
-        client.process += len(self.clients)
-        client.name = f"c{client.index}g{client.process // len(self.clients)}"
-        client.pending = None
-        client.seq = 0
-        client.counter = 0
-        client.last_seen.clear()
-        self.push(self.now + 1000, _CLIENT_NEXT, client.index)
+        p.attempt += 1
+        p.target = (p.target + 1) % len(self.nodes)
+        client.leader_guess = None
+        self._send_request(client)
+
+    def _resend(self, index: int, attempt_id: tuple[int, int]) -> None:
+        client = self.waiting(index, attempt_id)
+        if client is not None:
+            self._send_request(client)
 
     # ------------------------------------------------------------------ properties
 
@@ -917,34 +812,21 @@ class Simulation(SimEngine):
             self.on_check()
         except InvariantViolation as exc:
             violation = exc
-        for client in self.clients:
-            if client.pending is not None:
-                op = client.pending.op
-                self.history.append(Op(op.process, "info", op.f, op.key, op.value))
+        self.close_history()
         cores = [rn.core for rn in self.raft if rn.core is not None]
         properties, property_violations = self._final_properties(violation is None)
         properties["storage"] = dict(sorted(self.storage_stats.items()))
         if self.membership.stats:
             properties["membership"] = dict(sorted(self.membership.stats.items()))
-        return SimResult(
-            properties=properties,
-            property_violations=property_violations,
-            config=self.config,
-            trace_hash=self.trace_hash(),
+        return self.result(
+            started,
             history=self.history,
             violation=violation,
-            recent_events=list(self.recent),
             invariant_checks=self.invariants.checks | self.membership_invariants.checks,
-            faults=dict(sorted(self.fault_counts.items())),
             leader_changes=self.leader_changes,
             terms=max((c.term for c in cores), default=0),
-            messages_delivered=self.delivered,
-            messages_dropped=self.dropped,
-            messages_duplicated=self.duplicated,
-            messages_relayed=self.relayed,
-            events=self.events,
-            sim_seconds=self.now / 1e6,
-            wall_seconds=time.perf_counter() - started,
-            rejected=dict(sorted(self.rejected.items())),
+            rejected=self.rejected,
             commit_index=max((getattr(c, "commit", 0) for c in cores), default=0),
+            properties=properties,
+            property_violations=property_violations,
         )
