@@ -13,11 +13,12 @@ import msgpack
 import pytest
 import trio
 
-from ruflo_consensus.core.base import Role, TransferRefused
+from ruflo_consensus.core.base import Persist, Role, TransferRefused
 from ruflo_consensus.core.raft import RaftCore
 from ruflo_consensus.runtime import BlockingNode, Node, NodeError, SubmitTimeout, open_node
 from ruflo_consensus.runtime.node import default_core_factory
 from ruflo_consensus.statemachine import CommandRejected, KVStateMachine
+from ruflo_consensus.storage import FileStorage
 
 from .runtime_helpers import (
     PATIENCE,
@@ -251,3 +252,74 @@ def test_embedding_doc_example_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "trio: a = 1" in proc.stdout
     assert "asyncio: counter = 3" in proc.stdout
+
+
+class _GatedStorage(FileStorage):
+    """A file WAL whose saves of new entries can be held back (a slow fsync, on demand)."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.blocked = threading.Event()
+
+    def save(self, persist: Persist) -> None:
+        if persist.entries and not self.gate.is_set():
+            self.blocked.set()
+            self.gate.wait(2 * PATIENCE)
+        super().save(persist)
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+async def test_nothing_acts_on_an_entry_before_the_leaders_fsync(
+    tmp_path: Path, parallel: bool
+) -> None:
+    """While the leader's fsync of an entry hangs, followers may already hold the entry
+    (parallel_leader_append) but nobody commits, applies or acknowledges it."""
+    # elections far slower than the window, so that the followers keep their leader while
+    # its fsync hangs (a hung leader sends no heartbeats)
+    raft = {"election_timeout_min_ms": 2000, "election_timeout_max_ms": 3000}
+    runtime = {"parallel_leader_append": parallel}
+    spec = local_spec(tmp_path, "mesh", 3, raft=raft, runtime=runtime)
+    storages = {}
+    for n in spec.ids:
+        data_dir = spec.data_dir(n)
+        assert data_dir is not None
+        storages[n] = _GatedStorage(str(data_dir))
+    async with trio.open_nursery() as nursery:
+        options = {n: {"storage": storages[n]} for n in spec.ids}
+        nodes = await start_nodes(nursery, spec, options=options)
+        leader = await wait_leader(nodes)
+        await leader.submit(put("warm", "up"))
+        followers = [n for n in nodes.values() if n is not leader]
+        for f in followers:
+            await f.wait_applied(leader.applied, timeout=PATIENCE)
+        index = leader.core.last_index + 1  # type: ignore[attr-defined]
+        term = leader.core.term
+        acked: list[Any] = []
+
+        async def write() -> None:
+            acked.append(await leader.submit(put("x", "1")))
+
+        gate = storages[leader.node_id].gate
+        gate.clear()
+        try:
+            nursery.start_soon(write)
+            await trio.to_thread.run_sync(storages[leader.node_id].blocked.wait, PATIENCE)
+            if parallel:  # the followers got the entry while the leader's fsync runs
+                await wait_until(
+                    lambda: all(f.core.last_index >= index for f in followers)  # type: ignore[attr-defined]
+                )
+            await trio.sleep(0.3)  # the tick task runs on: nothing may act on the commit
+            for f in followers:
+                assert f.core.term == term and f.leader == leader.node_id
+                assert f.core.commit < index and f.applied < index  # type: ignore[attr-defined]
+                assert parallel or f.core.last_index < index  # type: ignore[attr-defined]
+            assert not acked and leader.applied < index
+        finally:
+            gate.set()
+        await wait_until(lambda: bool(acked))
+        for f in followers:
+            await f.wait_applied(index, timeout=PATIENCE)
+            assert await f.read(get("x")) == "1"
+        nursery.cancel_scope.cancel()
