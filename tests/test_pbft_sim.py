@@ -43,6 +43,10 @@ def test_same_seed_gives_the_same_trace_hash_in_this_process_and_another() -> No
     a = PbftSimulation(SWEEP.with_seed(5)).run()
     b = PbftSimulation(SWEEP.with_seed(5)).run()
     assert a.trace_hash == b.trace_hash and a.history == b.history
+    # the second run in this process reports the same signature work as the first (the
+    # verification cache does not carry over from one run to the next)
+    assert a.properties["signatures"] == b.properties["signatures"]
+    assert a.properties["signatures"]["verified"] > 0
     out = subprocess.run(
         [sys.executable, "-c", REPLAY_SNIPPET, "5"],
         capture_output=True,

@@ -36,6 +36,7 @@ from ..core.pbft import (
     Signed,
     Signer,
     auth_stats,
+    clear_verify_cache,
     decode_result,
     open_envelope,
     quorum_size,
@@ -385,6 +386,7 @@ class PbftSimulation(ClientSimEngine[_Client]):
         started = time.perf_counter()
         stats = auth_stats()
         stats.reset()
+        clear_verify_cache()  # this run's counters must not depend on earlier runs
         violation: InvariantViolation | None = None
         try:
             self.run_loop()

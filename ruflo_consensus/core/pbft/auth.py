@@ -37,6 +37,7 @@ __all__ = [
     "Keyring",
     "Signer",
     "auth_stats",
+    "clear_verify_cache",
     "derive_signing_key",
     "unsafe_skip_signature_checks_for_tests",
     "verify",
@@ -170,6 +171,16 @@ def verify(public_key: bytes, body: bytes, signature: bytes) -> bool:
         _verified.clear()
     _verified[key] = ok
     return ok
+
+
+def clear_verify_cache() -> None:
+    """Forget every cached verification result (the next checks pay full price again).
+
+    Results are a pure function of their inputs, so clearing never changes a verdict; the
+    simulator clears at the start of each run so that a run's counters, and a benchmark's
+    cost, do not depend on what ran before it in the same process.
+    """
+    _verified.clear()
 
 
 @contextmanager
