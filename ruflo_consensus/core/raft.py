@@ -626,16 +626,20 @@ class RaftCore:
             if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
                 self.heartbeat_elapsed = 0
                 self._broadcast_heartbeat()
-        elif self.election_elapsed >= self.randomized_timeout and self._self_voter:
+        elif self.election_elapsed >= self.randomized_timeout and self._may_campaign():
             self._campaign(pre_vote=self.config.pre_vote)
 
     def step(self, m: Message) -> None:
         """Handle one message. Raises :class:`ProtocolError` (state unchanged) when invalid."""
         self._validate(m)
         if isinstance(m, RequestVote):
-            if not self._conf.is_member(m.src):
-                # A removed server (or one we have not heard was added) asks for votes: it
-                # must not disrupt the cluster, nor move our term (thesis §4.2.3).
+            if not self._conf.is_member(m.src) and not m.transfer and self._hears_leader():
+                # A removed server (or one we have not heard was added) asks for votes
+                # while we have a live leader: it must not disrupt the cluster, nor move
+                # our term (thesis §4.2.3). Without a live leader we answer on the merits
+                # of its log: it may be a voter whose addition has not reached us, and the
+                # cluster may need our vote for it (votes count only in the candidate's
+                # configuration, so answering never costs safety).
                 self._count("vote-from-non-member")
                 return
             if self._joining:
@@ -677,7 +681,7 @@ class RaftCore:
         elif isinstance(m, VoteResponse):
             self._handle_vote_response(m)
         elif isinstance(m, TimeoutNow):
-            if self._role is Role.FOLLOWER and m.src == self._leader and self._self_voter:
+            if self._role is Role.FOLLOWER and m.src == self._leader and self._may_campaign():
                 self._campaign(pre_vote=False, transfer=True)
         elif isinstance(m, ReadIndexRequest):
             self._handle_read_request(m)
@@ -766,10 +770,12 @@ class RaftCore:
                 "wrong-destination", f"message for {m.dst!r} reached {self.node_id!r}"
             )
         if m.src == self.node_id or (
-            m.src not in self._known and not isinstance(m, AppendEntries | InstallSnapshot)
+            m.src not in self._known
+            and not isinstance(m, AppendEntries | InstallSnapshot | RequestVote)
         ):
-            # A leader we have not heard of is fine: it may be a voter whose addition we
-            # have not received yet; its term, not its name, says it may lead.
+            # A leader or candidate we have not heard of is fine: it may be a voter whose
+            # addition we have not received yet; its term and its log, not its name, say
+            # whether it may lead.
             self._count("unknown-sender")
             raise ProtocolError("unknown-sender", f"{m.src!r} is not a peer of {self.node_id!r}")
         if not isinstance(m, RAFT_MESSAGES):
@@ -1062,7 +1068,33 @@ class RaftCore:
             )
 
     def _tally(self) -> int:
-        return sum(1 for granted in self.votes.values() if granted)
+        """Granted votes of voters of the configuration in effect (ours only if we are one)."""
+        voters = self._conf.voters
+        return sum(1 for node, granted in self.votes.items() if granted and node in voters)
+
+    def _hears_leader(self) -> bool:
+        """True while this node leads, or heard from a leader within an election timeout."""
+        if self._role is Role.LEADER:
+            return True
+        return self._leader is not None and self.election_elapsed < self.config.election_ticks
+
+    def _may_campaign(self) -> bool:
+        """A voter of the configuration in effect may campaign — and, while that
+        configuration is not committed yet, so may a voter of the committed one before it.
+
+        The second case is a leader that appended its own removal and lost its quorum
+        before the change committed: it may be the only node that holds the change, and
+        the others (still counting it as a voter) may need its vote, which it refuses to
+        anyone with a shorter log. Unless it can stand, no leader is ever elected again.
+        It counts votes in the configuration in effect, which leaves itself out, so the
+        usual majority overlap of one-server changes keeps elections safe; once it leads
+        and the change commits, it steps down as any self-removed leader does.
+        """
+        if self._self_voter:
+            return True
+        if self._joining or not self._conf_change_pending():
+            return False
+        return self.node_id in self._history.at(self.commit).voters
 
     def _won_election(self, pre_vote: bool) -> None:
         if pre_vote:
@@ -1498,7 +1530,8 @@ class RaftCore:
         """Append a single-server membership change to the leader's log; return its index.
 
         ``kind`` is a :class:`~.base.ConfChangeKind` (or its string value): add a learner,
-        promote a learner, add a voter directly, remove a voter, remove a learner. The new
+        promote a learner, remove a voter, remove a learner (``add-voter`` is always
+        refused: a node becomes a voter by way of a learner). The new
         configuration takes effect at once — on this node now, on each follower when the
         entry reaches its log — and quorums from then on are counted in it. A leader that
         removes itself keeps leading (without counting itself) until the change commits,
@@ -1508,8 +1541,9 @@ class RaftCore:
         not the leader, a leadership transfer is under way, another change is not yet
         committed, no entry of this term is committed yet (the rule that closes the
         single-server change bug), the change makes no sense for the configuration
-        (``unknown-node``, ``already-member``, ``no-voters``), or a learner to promote
-        trails by more than ``RaftConfig.max_learner_lag`` entries.
+        (``unknown-node``, ``already-member``, ``no-voters``), a new node is to become a
+        voter without first catching up as a learner (``learner-first``), or a learner to
+        promote trails by more than ``RaftConfig.max_learner_lag`` entries.
         """
         try:
             change = self._check_conf_change(kind, node)
@@ -1558,14 +1592,28 @@ class RaftCore:
                 "too-many-uncommitted",
                 f"{self.config.max_uncommitted_entries} entries are already waiting to commit",
             )
+        if change.kind is ConfChangeKind.ADD_VOTER:
+            # A voter that joins with an empty log counts toward every quorum at once, and a
+            # joining node votes only once the cluster's log names it: if the leader is lost
+            # before the new voter gets that entry, no quorum can ever form again. A new
+            # node therefore comes in as a learner and is promoted once it has caught up.
+            raise ConfChangeRefused(
+                "learner-first",
+                f"add {change.node} as a learner (add-learner), then promote it once it has "
+                "caught up (promote-learner)",
+            )
         if change.kind is ConfChangeKind.PROMOTE_LEARNER:
             pr = self.progress.get(change.node)
             match = pr.match if pr is not None else 0
             lag = self.last_index - match
-            if lag > self.config.max_learner_lag:
+            # it must hold the configuration entry that names it, or it would refuse votes
+            # as a joining node while counting toward every quorum (see learner-first)
+            named = self._history.current_index or self.snapshot_index
+            if lag > self.config.max_learner_lag or match < named:
                 raise ConfChangeRefused(
                     "learner-behind",
-                    f"{change.node} has {match} of {self.last_index} entries "
+                    f"{change.node} has {match} of {self.last_index} entries; it needs entry "
+                    f"{named}, which names it "
                     f"(max_learner_lag={self.config.max_learner_lag})",
                 )
         return change
