@@ -146,6 +146,7 @@ def test_crash_while_recovery_truncates_a_torn_tail(kind: str, tmp_path: Path) -
     disk = make_disk(kind, tmp_path)
     s = disk.open()
     s.save(Persist(entries=entries(1, 5, 1)))
+    s.close()
     s = disk.open(faults=FaultPlan(WritePoint.WAL_MID_RECORD, 1, 7))
     with pytest.raises(SimulatedCrash):
         s.save(Persist(entries=entries(6, 5, 1)))

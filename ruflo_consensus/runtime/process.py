@@ -17,6 +17,7 @@ import trio
 
 from ..identity import IdentityError
 from ..statemachine import KVStateMachine, RegisterStateMachine, StateMachine
+from ..storage import StorageError
 from .embed import build_node
 from .node import NodeError
 from .spec import SpecError, load_spec
@@ -57,12 +58,15 @@ def run_node_process(spec_path: str | Path, node_id: str, machine: str = "kv") -
         return 2
     try:
         trio.run(_serve, str(spec_path), node_id, machine)
-    except (SpecError, IdentityError, NodeError) as exc:
+    except (SpecError, IdentityError, NodeError, StorageError) as exc:
         print(f"ruflo-consensus node: error: {exc}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
-        if all(isinstance(e, SpecError | IdentityError | NodeError | OSError) for e in leaves):
+        if all(
+            isinstance(e, SpecError | IdentityError | NodeError | StorageError | OSError)
+            for e in leaves
+        ):
             for e in leaves:
                 print(f"ruflo-consensus node: error: {e}", file=sys.stderr)
             return 2

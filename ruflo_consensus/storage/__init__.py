@@ -21,6 +21,7 @@ from .base import (
     StorageClosedError,
     StorageError,
     StorageIOError,
+    StorageLockedError,
     StoredState,
 )
 from .bench import bench_reopen
@@ -51,6 +52,7 @@ __all__ = [
     "StorageClosedError",
     "StorageError",
     "StorageIOError",
+    "StorageLockedError",
     "StoredState",
     "WritePoint",
     "bench_reopen",

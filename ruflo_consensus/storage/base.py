@@ -87,6 +87,22 @@ class StorageIOError(StorageError):
         self.cause = cause
 
 
+class StorageLockedError(StorageError):
+    """Another open :class:`~ruflo_consensus.storage.file.FileStorage` holds the directory.
+
+    Two writers on one WAL would interleave records and corrupt it, so a second open —
+    from another process, or from this one before the first was closed — is refused.
+    ``directory`` is the directory; ``holder`` what the lock file says about its holder
+    (``"pid 1234"``), or ``""`` when it says nothing readable.
+    """
+
+    def __init__(self, directory: str, holder: str) -> None:
+        who = f" by {holder}" if holder else ""
+        super().__init__(f"{directory}: storage is locked{who} (is another node running on it?)")
+        self.directory = directory
+        self.holder = holder
+
+
 class StorageClosedError(StorageError):
     """The storage was closed, crashed, or failed a write; open it again to go on."""
 

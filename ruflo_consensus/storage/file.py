@@ -46,7 +46,7 @@ from .base import (
     StoredState,
 )
 from .faults import FaultHook, SimulatedCrash, WritePoint
-from .fs import AppendFile, FileSystem, OsFileSystem
+from .fs import AppendFile, DirLock, FileSystem, NoLock, OsFileSystem
 from .wal import (
     Malformed,
     RecordType,
@@ -338,11 +338,15 @@ class FileStorage:
         self.recovery = RecoveryReport()
         """What opening found and repaired."""
         self._recovered: StoredState | None = None
+        self._lock: DirLock = NoLock()
         try:
             with _gc_paused():
                 self._recovered = self._open()
         except SimulatedCrash:
             self._abandon("crashed during recovery")
+            raise
+        except BaseException:
+            self._lock.release()
             raise
 
     # ------------------------------------------------------------------ helpers
@@ -369,12 +373,14 @@ class FileStorage:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+        self._lock.release()  # as the dead process's would be
 
     # ------------------------------------------------------------------ open / recovery
 
     def _open(self) -> StoredState:
         fs, directory = self._fs, self.directory
         self._io(directory, "mkdir", lambda: fs.makedirs(directory))
+        self._lock = self._io(directory, "lock", lambda: fs.lock(directory))
         names = self._io(directory, "listdir", lambda: fs.listdir(directory))
         removed_any = False
         for name in sorted(names):
@@ -663,11 +669,14 @@ class FileStorage:
             and (self._unsynced or self._compact_after_sync is not None)
         ):
             self.sync()
-        if self._file is not None:
-            file, self._file = self._file, None
-            self._io(self.directory, "close", file.close)
-        self._closed = True
-        self._recovered = None
+        try:
+            if self._file is not None:
+                file, self._file = self._file, None
+                self._io(self.directory, "close", file.close)
+        finally:
+            self._closed = True
+            self._recovered = None
+            self._lock.release()
 
     # ------------------------------------------------------------------ writing
 

@@ -12,8 +12,16 @@ Paths are plain strings; every method may raise ``OSError``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Protocol
+
+try:
+    import fcntl
+
+    _HAVE_FLOCK = True
+except ImportError:  # pragma: no cover - not POSIX: directories are not locked
+    _HAVE_FLOCK = False
 
 __all__ = ["AppendFile", "FileSystem", "OsFileSystem", "ReadFile"]
 
@@ -92,6 +100,72 @@ class FileSystem(Protocol):
     def sync_dir(self, path: str) -> None:
         """Make creations, removals and renames in directory ``path`` durable."""
         ...
+
+    def lock(self, path: str) -> DirLock:
+        """Take the exclusive lock of directory ``path`` for one writer.
+
+        Raises :class:`~ruflo_consensus.storage.base.StorageLockedError` when another
+        holder has it; the lock is released by :meth:`DirLock.release` or when the
+        holder's process dies.
+        """
+        ...
+
+
+class DirLock(Protocol):
+    """A held directory lock (see :meth:`FileSystem.lock`)."""
+
+    def release(self) -> None:
+        """Give the lock up; a second call does nothing."""
+        ...
+
+
+class NoLock:
+    """The lock of a file system with a single user (a simulated disk): always free."""
+
+    def release(self) -> None:
+        """Nothing to release."""
+
+
+LOCK_NAME = "LOCK"
+"""The lock file :class:`OsFileSystem` keeps in a storage directory."""
+
+
+class _FlockLock:
+    """``flock(LOCK_EX | LOCK_NB)`` on ``<directory>/LOCK``, which names the holder's pid.
+
+    flock locks belong to the open file, so a second open in the same process conflicts
+    too, and the kernel drops the lock when the process dies (SIGKILL included): a stale
+    lock file never keeps a restarted node out.
+    """
+
+    def __init__(self, directory: str) -> None:
+        from .base import StorageLockedError
+
+        path = os.path.join(directory, LOCK_NAME)
+        self._fd: int | None = os.open(
+            path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644
+        )
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode("utf-8", "replace").strip()
+            self.release()
+            raise StorageLockedError(directory, holder) from None
+        except BaseException:
+            self.release()
+            raise
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Close the lock file, which drops the lock."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:  # a storage dropped without close() unlocks, as a file closes
+        self.release()
 
 
 class _OsReadFile:
@@ -214,6 +288,12 @@ class OsFileSystem:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def lock(self, path: str) -> DirLock:
+        """flock ``<path>/LOCK`` (see :class:`FileSystem.lock`); no lock without fcntl."""
+        if not _HAVE_FLOCK:  # pragma: no cover - not POSIX
+            return NoLock()
+        return _FlockLock(path)
 
     def drop_unsynced(self) -> dict[str, int]:
         """Test helper: truncate every tracked file to its last fsynced length.

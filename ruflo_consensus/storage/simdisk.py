@@ -27,7 +27,7 @@ import posixpath
 import random
 from dataclasses import dataclass, field
 
-from .fs import AppendFile, ReadFile
+from .fs import AppendFile, DirLock, NoLock, ReadFile
 
 __all__ = ["CrashReport", "SimDisk"]
 
@@ -280,3 +280,8 @@ class SimDisk:
         for p, inode in self._live.items():
             if in_dir(p):
                 self._durable[p] = inode
+
+    def lock(self, path: str) -> DirLock:
+        """No lock: a simulated disk belongs to one simulated node, and a node's restart
+        after a crash reopens its storage without closing the old one."""
+        return NoLock()
