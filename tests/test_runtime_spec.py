@@ -46,3 +46,18 @@ def test_runtime_commands_do_not_import_the_simulator() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     ).stdout.splitlines()
     assert out == ["[]", "crdt 2.0 True"]
+
+
+def test_a_raft_node_and_the_kv_client_do_not_load_pycrdt() -> None:
+    """pycrdt is the CRDT backend's: the runtime's node and client never import it, and
+    ``ruflo_consensus.core`` still hands out the CRDT names when asked."""
+    probe = (
+        "import sys; import ruflo_consensus.runtime.node, ruflo_consensus.runtime.client; "
+        "print('pycrdt' in sys.modules); "
+        "from ruflo_consensus.core import CrdtCore; "
+        "print('pycrdt' in sys.modules, CrdtCore.__module__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out == ["False", "True ruflo_consensus.core.crdt"]
