@@ -31,6 +31,13 @@ def test_the_same_spec_drives_the_simulator(capsys: pytest.CaptureFixture[str]) 
     assert '"status": "pass"' in capsys.readouterr().out
 
 
+def _fresh_interpreter(code: str) -> list[str]:
+    """The lines ``code`` prints in a new Python process (nothing imported yet)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+
+
 def test_runtime_commands_do_not_import_the_simulator() -> None:
     """``kv``/``cluster``/``node`` parse without ``ruflo_consensus.sim``; ``simulate`` loads it."""
     probe = (
@@ -42,10 +49,7 @@ def test_runtime_commands_do_not_import_the_simulator() -> None:
         "a = p.parse_args(['simulate', '--backend', 'crdt', '--duration', '2']); "
         "print(a.backend, a.duration, 'ruflo_consensus.sim.config' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.splitlines()
-    assert out == ["[]", "crdt 2.0 True"]
+    assert _fresh_interpreter(probe) == ["[]", "crdt 2.0 True"]
 
 
 def test_a_raft_node_and_the_kv_client_do_not_load_pycrdt() -> None:
@@ -57,7 +61,4 @@ def test_a_raft_node_and_the_kv_client_do_not_load_pycrdt() -> None:
         "from ruflo_consensus.core import CrdtCore; "
         "print('pycrdt' in sys.modules, CrdtCore.__module__)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.splitlines()
-    assert out == ["False", "True ruflo_consensus.core.crdt"]
+    assert _fresh_interpreter(probe) == ["False", "True ruflo_consensus.core.crdt"]
