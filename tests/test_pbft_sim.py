@@ -1,5 +1,6 @@
 """PBFT in the simulator: sweeps with f Byzantine replicas and network faults, replay, and
-proof that the checks fail when PBFT's assumptions are broken (f + 1 liars, no signatures)."""
+proof that the checks fail when PBFT's assumptions are broken (f + 1 liars, no signatures,
+fast reads next to writes accepted on f + 1 replies)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,30 @@ import subprocess
 import sys
 from collections import Counter
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from ruflo_consensus.cli import main
-from ruflo_consensus.core.pbft import unsafe_skip_signature_checks_for_tests
-from ruflo_consensus.sim import SimConfig, run_simulation, run_sweep
+from ruflo_consensus.core.base import Message
+from ruflo_consensus.core.pbft import (
+    PbftFrame,
+    Signed,
+    seal,
+    unsafe_skip_signature_checks_for_tests,
+)
+from ruflo_consensus.core.pbft.messages import (
+    COMMIT,
+    READ_REPLY,
+    PrePrepare,
+    ReadReply,
+    ReadRequest,
+    Status,
+    Vote,
+)
+from ruflo_consensus.sim import SimConfig, byzantine, pbft_sim, run_simulation, run_sweep
+from ruflo_consensus.sim import config as sim_config
+from ruflo_consensus.sim.byzantine import Behaviour, _payload
 from ruflo_consensus.sim.config import BYZANTINE_BEHAVIOURS, ENGINE_FAULTS
 from ruflo_consensus.sim.pbft_sim import PbftSimulation
 
@@ -116,11 +135,13 @@ def test_a_sweep_with_the_read_only_fast_path_stays_linearizable() -> None:
     assert "--reads fast" in base.with_seed(0).replay_command()
 
 
-def _first_failure_replays(base: SimConfig, seeds: range) -> None:
+def _first_failure_replays(
+    base: SimConfig, seeds: range, violation: str = "agreement violated"
+) -> None:
     result = run_sweep(base, seeds, processes=2, progress=False)
     assert result.failures, "breaking PBFT's assumptions must not pass the sweep"
     first = result.failures[0]
-    assert any(v.startswith("agreement violated") for v in first.violations), first.violations
+    assert any(v.startswith(violation) for v in first.violations), first.violations
     assert f"--seed {first.seed}" in first.replay and "--backend pbft" in first.replay
     again = run_simulation(base.with_seed(first.seed))
     assert again.status == "fail"
@@ -153,6 +174,108 @@ def test_without_signature_checks_one_forger_breaks_agreement_and_the_seed_repla
     honest = run_simulation(base.with_seed(seed))
     assert honest.status == "pass", honest.violations
     assert honest.rejected_messages.get("bad-signature", 0) > 0
+
+
+class _StaleReads(Behaviour):
+    """The fast path's adversary (tests only): makes two honest replicas lag, then lies.
+
+    As primary it sends each pre-prepare to two honest replicas only and its own commits to
+    one, so that one honest replica executes a batch while the other two wait (for a status
+    round) at the sequence number before it. It answers fast reads from the state it had at
+    the sequence number honest replicas last reported in STATUS (the most reported one), and
+    names that number: a reply that matches the lagging replicas' ones exactly.
+    """
+
+    name = "stale-reads"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        honest = list(self.adversary.honest)
+        self.rng.shuffle(honest)
+        self.favourite, self.starved = honest[0], honest[-1]
+        self.states: dict[int, dict[str, str]] = {}  # its own KV data after each seq
+        self.reads: dict[tuple[str, int], Any] = {}
+        self.executed: dict[str, int] = {}  # what each peer last said it executed
+
+    def incoming(self, frame: PbftFrame) -> PbftFrame | None:
+        for env in frame.items:
+            p = _payload(env)
+            if isinstance(p, ReadRequest):
+                self.reads[(p.signer, p.t)] = p.op
+            elif isinstance(p, Status):
+                self.executed[p.signer] = p.executed
+        return frame
+
+    def outgoing(self, frames: list[Message]) -> list[Message]:
+        core = self.core()
+        if core is not None:
+            data = core.table.machine.data  # type: ignore[attr-defined]  (a KVStateMachine)
+            self.states.setdefault(core.last_executed, dict(data))
+            for seq in [s for s in self.states if s < core.last_executed - 64]:
+                del self.states[seq]
+        out: list[Message] = []
+        for frame in frames:
+            if not isinstance(frame, PbftFrame):
+                out.append(frame)
+                continue
+            items = [e for e in (self._rewrite(frame.dst, env) for env in frame.items) if e]
+            if items:
+                out.append(PbftFrame(frame.src, frame.dst, tuple(items)))
+        return out
+
+    def _rewrite(self, dst: str, env: Signed) -> Signed | None:
+        p = _payload(env)
+        mine = p is not None and p.signer == self.node_id
+        if mine and isinstance(p, PrePrepare) and p.requests and dst == self.starved:
+            self.injected += 1
+            return None
+        if mine and isinstance(p, Vote) and p.kind == COMMIT and dst != self.favourite:
+            self.injected += 1
+            return None
+        if mine and isinstance(p, ReadReply):
+            return self._stale(p) or env
+        return env
+
+    def _stale(self, p: ReadReply) -> Signed | None:
+        op = self.reads.pop((p.client, p.t), None)
+        behind = Counter(s for s in self.executed.values() if s < p.seq and s in self.states)
+        if op is None or not behind:
+            return None
+        seq = max(s for s, k in behind.items() if k == max(behind.values()))
+        self.injected += 1
+        value = self.states[seq].get(op["key"], "")
+        return seal(self.signer, READ_REPLY, p.view, p.client, p.t, seq, ["ok", value])
+
+
+class _WritesOnFPlus1(PbftSimulation):
+    """Clients that break the fast path's first condition: a write (or a read sent through
+    the log) is accepted on f + 1 matching replies; fast reads still wait for q."""
+
+    def _reply_arrives(self, frame: PbftFrame) -> None:
+        client = self.by_name.get(frame.dst)
+        fast = client is not None and client.pending is not None and client.pending.fast
+        self.accept_at = self.q if fast else self.f + 1
+        super()._reply_arrives(frame)
+
+
+def test_fast_reads_next_to_writes_accepted_on_f_plus_1_replies_are_not_linearizable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/pbft.md's first condition of the fast path, broken in the clients only: the
+    sweep finds a stale fast read after an acknowledged write, and its seed replays it."""
+    monkeypatch.setitem(byzantine.BEHAVIOURS, _StaleReads.name, _StaleReads)
+    monkeypatch.setitem(sim_config.BYZANTINE_DESCRIPTIONS, _StaleReads.name, "(tests only)")
+    # one key: every read is of the key the last write wrote
+    base = replace(SWEEP, reads="fast", keys=1, behaviours=(_StaleReads.name,))
+    seeds = range(20)
+    # the same adversary cannot break clients that keep both conditions
+    tame = run_sweep(base, seeds, processes=2, progress=False)
+    assert [(x.seed, x.violations) for x in tame.failures] == []
+    assert all(x.linearizable is True for x in tame.summaries)
+    lies = "messages the adversary forged, altered or dropped"
+    assert all(x.properties[lies] > 0 for x in tame.summaries)
+    monkeypatch.setattr(pbft_sim, "PbftSimulation", _WritesOnFPlus1)  # what run_simulation runs
+    _first_failure_replays(base, seeds, "linearizability: the client history is not linearizable")
 
 
 PBFT_ARGS = [
