@@ -14,8 +14,11 @@ hands a single-server change (``add-learner``, ``promote-learner``, ``remove-vot
 * on a **follower** it is forwarded to the leader in a signed envelope (kind
   :data:`KIND_CHANGE`, payload ``[rid, kind, node]``), answered with kind
   :data:`KIND_CHANGE_REPLY` (``[rid, status, body]``). A forward that gets no answer is
-  sent again with the same ``rid``; the leader remembers the outcome of recent requests
-  per ``(sender, rid)``, so a re-sent request is not applied twice.
+  sent again with the same ``rid``; the leader ignores a re-send while it still serves
+  the request and remembers the outcome of recent ones per ``(sender, rid)``, so a
+  re-sent request is not made twice (by the same leader: after a leader change the new
+  leader may answer a re-send with e.g. ``already-member`` when the first one went
+  through).
 """
 
 from __future__ import annotations
@@ -199,9 +202,12 @@ class MembershipAdmin:
             if node.core.role is not Role.LEADER:
                 reply = [rid, _NOT_LEADER, node.core.leader]
             else:
-                limit = 4 * node._retry_s
-                with trio.move_on_after(limit):
-                    deadline = trio.current_time() + limit
+                # transient refusals are retried for a few election timeouts; once the
+                # entry is proposed we wait for it as long as a submit would (re-sends
+                # of this request meanwhile are ignored: it is busy), so that a slow
+                # commit is never proposed a second time and refused as already made
+                deadline = trio.current_time() + 4 * node._retry_s
+                with trio.move_on_after(node.spec.runtime.submit_timeout_s):
                     try:
                         conf = await self._change_here(kind, target, deadline)
                         reply = [rid, _OK, conf]
