@@ -20,11 +20,11 @@ from ruflo_consensus.runtime import (
     ClientError,
     ClusterClient,
     Node,
+    NotMemberError,
     SpecError,
     load_spec,
     write_local_spec,
 )
-from ruflo_consensus.runtime.node import NotMemberError
 from ruflo_consensus.statemachine import KVStateMachine
 
 from .runtime_helpers import (

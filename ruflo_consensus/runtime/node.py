@@ -39,6 +39,12 @@ announcement (kind 3, destination ``*``) when one of its links changes and every
 ``link_state_s`` seconds. An announcement older than three periods is forgotten. Every
 frame carries a hop budget (the number of nodes) outside its signature, which each
 relay lowers: a frame that inconsistent knowledge sends round in circles dies out.
+
+**Membership.** The core starts with the spec's bootstrap voters as ``peers`` and, on a
+spare (``join = true``), ``join=True``; every node of the spec is linked and relays
+whether or not it is a member. :meth:`Node.change_membership` makes single-server
+changes through the leader (:mod:`.membership`); a node outside the configuration keeps
+running and relaying but refuses submits and reads with :class:`NotMemberError`.
 """
 
 from __future__ import annotations
