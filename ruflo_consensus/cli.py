@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runtime_commands(sub: Any, bsub: Any) -> None:
-    """keygen, node, cluster up/status/down, kv put/get/cas and bench cluster."""
+    """keygen, node, cluster up/status/down/add/remove, kv put/get/cas and bench cluster."""
     kg = sub.add_parser("keygen", help="write an Ed25519 key file (mode 0600) and its manifest")
     kg.add_argument("--id", required=True, help="the node id")
     kg.add_argument("--out", default=None, help="key file path (default keys/ID.key)")
@@ -332,15 +332,23 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     up = csub.add_parser("up", help="start every node (logs in RUN_DIR/logs)")
     st = csub.add_parser("status", help="roles, terms, commit indexes and link health")
     down = csub.add_parser("down", help="stop the nodes 'cluster up' started")
-    for c in (up, st, down):
+    add = csub.add_parser(
+        "add", help="add a node of the spec: as a learner, then a voter once it caught up"
+    )
+    rm = csub.add_parser("remove", help="remove a voter (the leader too) or a learner")
+    for c in (up, st, down, add, rm):
         c.add_argument("spec", help="the cluster spec (TOML)")
+    for c in (add, rm):
+        c.add_argument("node", help="the node id (a node of the spec)")
+        c.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds")
     for c in (up, down):
         c.add_argument("--dir", default=None, help="run folder (default .ruflo-cluster/NAME)")
     up.add_argument("--only", default=None, help="comma list of node ids to start")
     up.add_argument("--machine", default="kv", choices=["kv", "register"])
     st.add_argument("--json", action="store_true")
     key_help = "client key file to sign requests with (default: the spec's first [[clients]] key)"
-    st.add_argument("--key", dest="key_file", default=None, help=key_help)
+    for c in (st, add, rm):
+        c.add_argument("--key", dest="key_file", default=None, help=key_help)
 
     kv = sub.add_parser("kv", help="put/get/cas against a running cluster's KV machine")
     ksub = kv.add_subparsers(dest="kv", required=True, parser_class=_Parser)

@@ -7,6 +7,9 @@ machine makes them slower, not red, and a real hang still fails.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,3 +114,14 @@ def put(key: str, value: str) -> dict[str, str]:
 def get(key: str) -> dict[str, str]:
     """A KV get query."""
     return {"op": "get", "key": key}
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``ruflo-consensus ARGS`` as a process (a wide terminal: table rows stay whole)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ruflo_consensus.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )

@@ -28,7 +28,7 @@ from ruflo_consensus.runtime.cluster import cluster_down, cluster_up, read_state
 from ruflo_consensus.runtime.spec import ClusterSpec
 from ruflo_consensus.topology import Topology
 
-from .runtime_helpers import FAST_RAFT, PATIENCE, get, put
+from .runtime_helpers import FAST_RAFT, PATIENCE, cli, get, put
 
 
 class LocalCluster:
@@ -167,15 +167,6 @@ async def test_cluster_survives_a_killed_leader(make_cluster: Any, kind: str, no
 def test_cli_cluster_up_status_kv_down(tmp_path: Path) -> None:
     spec = write_local_spec(tmp_path, "ring", 3, raft=FAST_RAFT)
     run = tmp_path / "run"
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ruflo_consensus.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
     try:
         up = cli("cluster", "up", str(spec), "--dir", str(run))
         assert up.returncode == 0, up.stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 from .client import ClientError, ClusterClient, NodeClient
 from .embed import BlockingNode, build_node, load_peer_keys, open_node
 from .localspec import free_ports, write_local_spec
-from .node import Node, NodeError, NotLeaderError, SubmitTimeout
+from .node import Node, NodeError, NotLeaderError, NotMemberError, SubmitTimeout
 from .spec import ClusterSpec, Endpoint, NodeTLS, RuntimeOptions, SpecError, load_spec
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "NodeError",
     "NodeTLS",
     "NotLeaderError",
+    "NotMemberError",
     "RuntimeOptions",
     "SpecError",
     "SubmitTimeout",

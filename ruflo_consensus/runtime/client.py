@@ -18,6 +18,7 @@ Every request (the envelope's payload) is one msgpack map::
     {"id": 8, "op": "read", "query": {"op": "get", "key": "a"}}
     {"id": 9, "op": "status"}
     {"id": 10, "op": "transfer", "target": "n2"}            # to the leader only
+    {"id": 11, "op": "membership", "kind": "add-learner", "node": "n4"}   # any node
 
 ``client``/``seq`` are optional: with them a retried submit (to any node) is applied once;
 without them the node assigns a session lane of its own. A client's sessions live in its
@@ -25,6 +26,11 @@ own namespace (``<client id>/<client>``), so one client cannot touch another's. 
 
     {"id": 7, "ok": true, "result": [value, null]}          # or [null, [code, message]]
     {"id": 7, "ok": false, "error": "TIMEOUT", "message": "…"}
+    {"id": 11, "ok": false, "error": "REFUSED", "reason": "already-member", "message": "…"}
+
+A ``membership`` request is served by the leader (a follower forwards it) and answers
+the new configuration (``{"voters", "learners", "conf_index", "conf_committed"}``) once
+it is committed, or ``REFUSED`` with the core's ``reason`` (nothing changed).
 
 Requests on one connection are served concurrently (up to 1024 in flight), so a client
 may pipeline. A malformed or oversized request is answered with ``BAD_REQUEST`` where it
@@ -41,7 +47,7 @@ import msgpack
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ..core.base import TransferRefused
+from ..core.base import ConfChangeRefused, TransferRefused
 from ..identity import (
     BadEnvelopeSignature,
     EnvelopeError,
@@ -77,12 +83,17 @@ _UNSIGNED = "/unsigned"  # the session namespace of unsigned clients (ids cannot
 
 
 class ClientError(Exception):
-    """A request failed: ``code`` is ``TIMEOUT``, ``BAD_REQUEST``, ``UNAVAILABLE``, …"""
+    """A request failed: ``code`` is ``TIMEOUT``, ``BAD_REQUEST``, ``UNAVAILABLE``, …
 
-    def __init__(self, code: str, message: str) -> None:
+    ``reason`` is set for a refused membership change (``code == "REFUSED"``): the
+    core's :attr:`~ruflo_consensus.core.base.ConfChangeRefused.reason`.
+    """
+
+    def __init__(self, code: str, message: str, reason: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.reason = reason
 
 
 def _pack(obj: Any) -> bytes:
@@ -188,6 +199,7 @@ def _parse_request(node: Node, data: Any) -> tuple[dict[str, Any], str]:
 
 
 _AUTH = "UNAUTHENTICATED"
+_FINAL = (_AUTH, "REFUSED")  # answers ClusterClient does not retry on another node
 
 
 async def _answer(node: Node, req: dict[str, Any], principal: str) -> dict[str, Any]:
@@ -221,6 +233,15 @@ async def _answer(node: Node, req: dict[str, Any], principal: str) -> dict[str, 
                 return _error(rid, "BAD_REQUEST", "transfer needs a string target")
             node.transfer_leadership(target)
             return {"id": rid, "ok": True, "result": [None, None]}
+        if op == "membership":
+            kind, target = req.get("kind"), req.get("node")
+            if not isinstance(kind, str) or not isinstance(target, str):
+                node.rejected["client-bad-field"] += 1
+                return _error(rid, "BAD_REQUEST", "membership needs a string kind and node")
+            conf = await node.change_membership(kind, target, timeout=timeout)
+            return {"id": rid, "ok": True, "result": [conf, None]}
+    except ConfChangeRefused as exc:
+        return {**_error(rid, "REFUSED", exc.detail), "reason": exc.reason}
     except TransferRefused as exc:
         return _error(rid, "REFUSED", str(exc))
     except NotLeaderError as exc:
@@ -336,7 +357,12 @@ class NodeClient:
             raise ClientError("UNAVAILABLE", "connection closed before the reply")
         reply = box[0]
         if not reply.get("ok"):
-            raise ClientError(str(reply.get("error")), str(reply.get("message")))
+            reason = reply.get("reason")
+            raise ClientError(
+                str(reply.get("error")),
+                str(reply.get("message")),
+                reason if isinstance(reason, str) else None,
+            )
         return decode_result(reply.get("result"))
 
     async def submit(
@@ -360,6 +386,16 @@ class NodeClient:
     async def status(self) -> dict[str, Any]:
         """The node's status map."""
         result = await self.request("status")
+        assert isinstance(result, dict)
+        return result
+
+    async def change_membership(
+        self, kind: str, node: str, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """A membership change (see :meth:`Node.change_membership
+        <ruflo_consensus.runtime.node.Node.change_membership>`): the new configuration,
+        or :class:`ClientError` with ``code == "REFUSED"`` and the ``reason``."""
+        result = await self.request("membership", timeout, kind=kind, node=node)
         assert isinstance(result, dict)
         return result
 
@@ -405,7 +441,8 @@ class ClusterClient:
     ``submit`` so that a retry on the next node is applied at most once. Requests are
     signed with ``identity`` (default: :func:`default_client_identity`; unsigned when the
     spec has no client key at hand). An ``UNAUTHENTICATED`` answer is raised at once: the
-    other nodes would refuse the key too.
+    other nodes would refuse the key too; so is ``REFUSED`` (the leader said no, and
+    every node forwards to it).
     """
 
     def __init__(
@@ -438,13 +475,25 @@ class ClusterClient:
             except* ClientError as group:
                 exc = _first(group)
                 assert isinstance(exc, ClientError)
-                if exc.code == _AUTH:
+                if exc.code in _FINAL:
                     raise exc from None
                 errors.append(f"{node}: {type(exc).__name__}: {exc}")
             except* _CLIENT_ERRORS as group:
                 exc = _first(group)
                 errors.append(f"{node}: {type(exc).__name__}: {exc}")
         raise ClientError("UNAVAILABLE", "; ".join(errors))
+
+    async def change_membership(
+        self, kind: str, node: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """A membership change through the first node that answers; the new configuration.
+
+        Raises :class:`ClientError` (``REFUSED`` with ``reason``, ``TIMEOUT``,
+        ``UNAVAILABLE``).
+        """
+        _, conf = await self.call("membership", timeout, kind=kind, node=node)
+        assert isinstance(conf, dict)
+        return conf
 
     def connect(self, node: str) -> _ClientContext:
         """A :class:`NodeClient` of one node of the spec (its endpoint, TLS and our key)."""

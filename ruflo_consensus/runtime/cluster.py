@@ -8,6 +8,11 @@ generated first. ``cluster status FILE`` asks every node
 (in parallel) for its role, term, commit index and link health. ``cluster down`` sends
 SIGTERM, waits, then SIGKILLs what is left; it only signals processes whose command line
 is still a ruflo-consensus node, so a recycled process id is never hit.
+
+``cluster add FILE NODE`` (:func:`add_member`) adds a node of the spec — typically a spare
+(``join = true``), which ``cluster up`` started and which waits to be added — as a learner,
+waits until it has caught up and promotes it; ``cluster remove FILE NODE``
+(:func:`remove_member`) removes a voter (the leader too) or a learner.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +35,18 @@ from .spec import ClusterSpec, load_spec
 
 __all__ = [
     "ClusterError",
+    "MembershipError",
+    "add_member",
     "cluster_down",
     "cluster_status",
     "cluster_up",
     "default_run_dir",
+    "gather_status",
+    "leader_of",
+    "membership_roles",
     "node_command",
     "read_state",
+    "remove_member",
 ]
 
 
@@ -204,6 +216,13 @@ def cluster_status(
     Requests are signed with ``identity`` (default: the spec's client key file).
     """
     spec = load_spec(spec_path)
+    return trio.run(lambda: gather_status(spec, timeout, identity=identity))
+
+
+async def gather_status(
+    spec: ClusterSpec, timeout: float = 2.0, *, identity: NodeIdentity | None = None
+) -> list[dict[str, Any]]:
+    """Every node's status (in spec order, asked in parallel); ``error`` where none came."""
     results: dict[str, dict[str, Any]] = {}
 
     async def one(node_id: str) -> None:
@@ -214,13 +233,145 @@ def cluster_status(
         except Exception as exc:
             results[node_id] = {"id": node_id, "error": str(exc)[:120]}
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            for node_id in spec.ids:
-                nursery.start_soon(one, node_id)
-
-    trio.run(main)
+    async with trio.open_nursery() as nursery:
+        for node_id in spec.ids:
+            nursery.start_soon(one, node_id)
     return [results[n] for n in spec.ids]
+
+
+def leader_of(statuses: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The status of the node that leads in the highest term among ``statuses``, or None."""
+    leaders = [s for s in statuses if "error" not in s and s.get("role") == "leader"]
+    return max(leaders, key=lambda s: s["term"]) if leaders else None
+
+
+def membership_roles(statuses: list[dict[str, Any]]) -> dict[str, str]:
+    """Each node's membership role — ``voter``, ``learner`` or ``none`` — as the leader's
+    configuration says (a node's own view may lag: a removed node is often not told);
+    without a leader, as each node says itself (``?`` for a node that did not answer)."""
+    leader = leader_of(statuses)
+    roles = {}
+    for s in statuses:
+        if leader is not None and "voters" in leader:
+            node = s["id"]
+            roles[node] = (
+                "voter"
+                if node in leader["voters"]
+                else "learner"
+                if node in leader["learners"]
+                else "none"
+            )
+        else:
+            roles[s["id"]] = str(s.get("member", "?"))
+    return roles
+
+
+class MembershipError(ClusterError):
+    """A membership change was refused (``reason``: the core's) or did not finish in time."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        what = "failed" if reason in ("timeout", "unavailable") else "refused"
+        super().__init__(f"membership change {what} ({reason}): {message}")
+        self.reason = reason
+
+
+async def _leader_status(
+    spec: ClusterSpec, identity: NodeIdentity | None, timeout: float
+) -> dict[str, Any]:
+    """The leader's status, waiting (polling every node) until one leads."""
+    with trio.move_on_after(timeout):
+        while True:
+            leader = leader_of(await gather_status(spec, min(timeout, 2.0), identity=identity))
+            if leader is not None:
+                return leader
+            await trio.sleep(0.1)
+    raise MembershipError("timeout", f"no leader answered within {timeout} s")
+
+
+async def _change(
+    spec: ClusterSpec,
+    identity: NodeIdentity | None,
+    leader: str,
+    kind: str,
+    node: str,
+    timeout: float,
+) -> dict[str, Any]:
+    """One change, asked of ``leader`` first (any node forwards it); typed errors."""
+    client = ClusterClient(spec, leader, identity=identity)
+    try:
+        return await client.change_membership(kind, node, max(timeout, 0.1))
+    except ClientError as exc:
+        if exc.code == "REFUSED":
+            raise MembershipError(exc.reason or "refused", exc.message) from None
+        raise MembershipError(exc.code.lower(), exc.message) from None
+
+
+async def add_member(
+    spec: ClusterSpec,
+    node: str,
+    *,
+    timeout: float = 60.0,
+    identity: NodeIdentity | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Add ``node`` (a node of the spec, typically a spare) as a voter; the new configuration.
+
+    Adds it as a learner (unless it already is one: an interrupted ``add`` resumes), waits
+    until the leader has replicated to within ``max_learner_lag`` entries of its log —
+    calling ``on_progress(replicated, leader_last_index)`` on the way — and promotes it.
+    Raises :class:`MembershipError` when a change is refused (``reason``, e.g.
+    ``already-member``) or the whole operation takes longer than ``timeout`` seconds.
+    """
+    spec.check_node(node)
+    deadline = trio.current_time() + timeout
+
+    def left() -> float:
+        return deadline - trio.current_time()
+
+    with trio.move_on_after(timeout):
+        st = await _leader_status(spec, identity, left())
+        if node in st.get("voters", ()):
+            raise MembershipError("already-member", f"{node} is already a voter")
+        if node not in st.get("learners", ()):
+            await _change(spec, identity, st["id"], "add-learner", node, left())
+        while True:
+            st = await _leader_status(spec, identity, left())
+            if node in st.get("voters", ()):
+                return {k: st[k] for k in ("voters", "learners", "conf_index", "conf_committed")}
+            if node not in st.get("learners", ()):
+                raise MembershipError("unknown-node", f"{node} is no longer a learner")
+            match, last = int(st.get("progress", {}).get(node, 0)), int(st["last_index"])
+            if on_progress is not None:
+                on_progress(match, last)
+            if last - match <= spec.raft.max_learner_lag:
+                try:
+                    return await _change(spec, identity, st["id"], "promote-learner", node, left())
+                except MembershipError as exc:
+                    if exc.reason not in ("learner-behind", "not-leader", "unavailable"):
+                        raise
+            await trio.sleep(0.2)
+    raise MembershipError("timeout", f"{node} was not added within {timeout} s")
+
+
+async def remove_member(
+    spec: ClusterSpec,
+    node: str,
+    *,
+    timeout: float = 30.0,
+    identity: NodeIdentity | None = None,
+) -> dict[str, Any]:
+    """Remove ``node`` — a voter (the leader included) or a learner; the new configuration.
+
+    Raises :class:`MembershipError` when refused (``unknown-node`` for a node that is
+    not a member, ``no-voters`` for the last voter, …) or not done within ``timeout``.
+    """
+    spec.check_node(node)
+    deadline = trio.current_time() + timeout
+    with trio.move_on_after(timeout):
+        st = await _leader_status(spec, identity, timeout)
+        kind = "remove-learner" if node in st.get("learners", ()) else "remove-voter"
+        return await _change(spec, identity, st["id"], kind, node, deadline - trio.current_time())
+    raise MembershipError("timeout", f"{node} was not removed within {timeout} s")
 
 
 def cluster_down(run_dir: str | Path, *, grace_s: float = 5.0) -> dict[str, str]:

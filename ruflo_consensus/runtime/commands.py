@@ -1,4 +1,4 @@
-"""The command-line side of the runtime: keygen, node, cluster up/status/down, kv.
+"""The command-line side of the runtime: keygen, node, cluster up/status/down/add/remove, kv.
 
 Exit codes follow the CLI's: 0 success, 1 the operation failed (a node or the cluster is
 unavailable, a timeout), 2 bad input (a clear one-line message, never a traceback).
@@ -70,12 +70,52 @@ def _cluster(args: argparse.Namespace, out: Console) -> int:
         for node_id, how in cluster_down(run_dir).items():
             out.print(f"{node_id}: {how}")
         return EXIT_OK
+    if args.cluster in ("add", "remove"):
+        return _membership(args, out)
     statuses = cluster_status(args.spec, identity=_client_key(args))
     if args.json:
         print(json.dumps(statuses))
     else:
         out.print(render_status(statuses))
     return EXIT_OK if all("error" not in s for s in statuses) else EXIT_FAIL
+
+
+def _membership(args: argparse.Namespace, out: Console) -> int:
+    """``cluster add`` (with a progress bar while the learner catches up) and ``remove``.
+
+    A refusal or a timeout raises :class:`~.cluster.MembershipError` (exit 1).
+    """
+    import trio
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .cluster import add_member, remove_member
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    spec.check_node(args.node)
+    identity = _client_key(args)
+    node = args.node
+    if args.cluster == "remove":
+        conf = trio.run(lambda: remove_member(spec, node, timeout=args.timeout, identity=identity))
+        out.print(f"removed {node}")
+    else:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, TimeElapsedColumn(), console=out) as progress:
+            task = progress.add_task(f"{node}: entries replicated", total=None)
+
+            def show(match: int, last: int) -> None:
+                progress.update(task, completed=match, total=max(last, 1))
+
+            conf = trio.run(
+                lambda: add_member(
+                    spec, node, timeout=args.timeout, identity=identity, on_progress=show
+                )
+            )
+        out.print(f"added {node} as a voter")
+    voters = ", ".join(conf["voters"])
+    learners = ", ".join(conf["learners"]) or "-"
+    out.print(f"voters: {voters}; learners: {learners} (configuration entry {conf['conf_index']})")
+    return EXIT_OK
 
 
 def _client_key(args: argparse.Namespace) -> Any:
@@ -89,12 +129,18 @@ def _client_key(args: argparse.Namespace) -> Any:
 
 def render_status(statuses: list[dict[str, Any]]) -> Table:
     """The ``cluster status`` table: one row per node."""
+    from .cluster import membership_roles
+
+    members = membership_roles(statuses)
+    shown = {"voter": "voter", "learner": "learner", "none": "not a member"}
     table = Table(title="cluster status")
-    for col in ("node", "role", "term", "leader", "commit", "applied", "links", "rejected"):
+    cols = ("node", "role", "member", "term", "leader", "commit", "applied", "links", "rejected")
+    for col in cols:
         table.add_column(col, justify="right" if col in ("term", "commit", "applied") else "left")
     for s in statuses:
+        member = shown.get(members[s["id"]], members[s["id"]])
         if "error" in s:
-            table.add_row(s["id"], "[red]down[/red]", "", "", "", "", s["error"], "")
+            table.add_row(s["id"], "[red]down[/red]", member, "", "", "", "", s["error"], "")
             continue
         links = " ".join(
             f"{ln['peer']}:{'[green]up[/green]' if ln['connected'] else '[red]down[/red]'}"
@@ -106,6 +152,7 @@ def render_status(statuses: list[dict[str, Any]]) -> Table:
         table.add_row(
             s["id"],
             role,
+            member,
             str(s["term"]),
             str(s["leader"] or "-"),
             str(s["commit"]),

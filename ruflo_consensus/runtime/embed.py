@@ -5,6 +5,7 @@ Trio programs::
     async with open_node("cluster.toml", "n1", KVStateMachine()) as node:
         await node.submit({"op": "put", "key": "a", "value": "1"})
         print(await node.read({"op": "get", "key": "a"}))
+        await node.change_membership("add-learner", "n4")   # n4: a spare of the spec
 
 Threaded or asyncio services use the blocking facade, which runs the node's trio loop in
 a background thread and hands calls to it::
@@ -26,6 +27,7 @@ from typing import Any
 
 import trio
 
+from ..core.base import ConfChangeKind
 from ..identity import NodeIdentity, load_key_file, load_manifest
 from ..statemachine import StateMachine
 from ..storage import RaftStorage
@@ -170,6 +172,19 @@ class BlockingNode:
         """A linearizable read (see :meth:`Node.read`)."""
         node = self.node
         return self._call(lambda: node.read(query, timeout=timeout))  # type: ignore[union-attr]
+
+    def change_membership(
+        self, kind: ConfChangeKind | str, node_id: str, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Change the membership by one server; the new configuration (see
+        :meth:`Node.change_membership`). Raises
+        :class:`~ruflo_consensus.core.base.ConfChangeRefused` (with ``.reason``) or
+        :class:`~ruflo_consensus.runtime.node.SubmitTimeout`."""
+        node = self.node
+        result: dict[str, Any] = self._call(
+            lambda: node.change_membership(kind, node_id, timeout=timeout)  # type: ignore[union-attr]
+        )
+        return result
 
     def status(self) -> dict[str, Any]:
         """The node's status map."""

@@ -39,6 +39,12 @@ announcement (kind 3, destination ``*``) when one of its links changes and every
 ``link_state_s`` seconds. An announcement older than three periods is forgotten. Every
 frame carries a hop budget (the number of nodes) outside its signature, which each
 relay lowers: a frame that inconsistent knowledge sends round in circles dies out.
+
+**Membership.** The core starts with the spec's bootstrap voters as ``peers`` and, on a
+spare (``join = true``), ``join=True``; every node of the spec is linked and relays
+whether or not it is a member. :meth:`Node.change_membership` makes single-server
+changes through the leader (:mod:`.membership`); a node outside the configuration keeps
+running and relaying but refuses submits and reads with :class:`NotMemberError`.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from ..codec import DecodeError, decode_message, encode_message
 from ..core.base import (
     CommandResult,
     Committed,
+    ConfChangeKind,
     ConsensusCore,
     Message,
     NodeId,
@@ -86,6 +93,13 @@ from ..identity import (
 )
 from ..statemachine import CommandError, CommandRejected, SessionTable, StateMachine
 from ..storage import FileStorage, MemoryStorage, RaftStorage, StoredState
+from .membership import (
+    KIND_CHANGE,
+    KIND_CHANGE_REPLY,
+    MembershipAdmin,
+    configuration_map,
+    member_role,
+)
 from .spec import ClusterSpec
 from .transport import Transport
 
@@ -99,6 +113,7 @@ __all__ = [
     "Node",
     "NodeError",
     "NotLeaderError",
+    "NotMemberError",
     "SubmitTimeout",
     "default_core_factory",
 ]
@@ -136,6 +151,11 @@ class NotLeaderError(NodeError):
         self.leader = leader
 
 
+class NotMemberError(NodeError):
+    """This node is not in the cluster's configuration (a spare not added yet, or a node
+    whose removal it has seen): it cannot serve clients; ask another node."""
+
+
 def default_core_factory(
     node_id: NodeId,
     peers: Sequence[NodeId],
@@ -143,7 +163,13 @@ def default_core_factory(
     config: RaftConfig,
     stored: StoredState,
 ) -> ConsensusCore:
-    """Build a :class:`RaftCore` from what storage returned (snapshot, hard state, log)."""
+    """Build a :class:`RaftCore` from what storage returned (snapshot, hard state, log).
+
+    ``peers`` are the bootstrap voters (:attr:`ClusterSpec.voters`). A node that is not
+    one of them is a spare and starts with ``join=True`` — on every start: the core
+    itself notices when its stored log or snapshot already names it (it has joined) and
+    then votes and campaigns as its configuration says.
+    """
     try:
         return RaftCore(
             node_id,
@@ -153,6 +179,7 @@ def default_core_factory(
             stored.hard_state,
             stored.entries,
             snapshot=stored.snapshot,
+            join=node_id not in peers,
         )
     except ValueError as exc:  # a snapshot of another membership, a gap in the log
         raise NodeError(f"cannot start from the stored state: {exc}") from None
@@ -283,7 +310,7 @@ class Node:
         self.table = SessionTable(state_machine)
         self.applied = 0
         self.core = core_factory(
-            node_id, spec.ids, random.Random(self.rng.getrandbits(64)), spec.raft, stored
+            node_id, spec.voters, random.Random(self.rng.getrandbits(64)), spec.raft, stored
         )
         self.relay_hook = relay_hook
         self.rejected: Counter[str] = Counter()
@@ -331,6 +358,7 @@ class Node:
         for k in range(spec.runtime.max_sessions):
             self._lanes_send.send_nowait(_Lane(f"{node_id}/{boot}/{k}"))
         self._forward_limit = trio.Semaphore(4096)
+        self.membership = MembershipAdmin(self)
         self._nursery: trio.Nursery | None = None
         self.started = trio.Event()
         self.port: int | None = None
@@ -652,6 +680,10 @@ class Node:
             self._on_forward(env.sender, env.payload)
         elif env.kind == KIND_FORWARD_REPLY:
             self._on_forward_reply(env.payload)
+        elif env.kind == KIND_CHANGE:
+            self.membership.on_change(env.sender, env.payload)
+        elif env.kind == KIND_CHANGE_REPLY:
+            self.membership.on_reply(env.payload)
         else:
             self.rejected["unknown-kind"] += 1
 
@@ -764,6 +796,8 @@ class Node:
         self, client: str, seq: int, command: Any, timeout: float, *, forward: bool = True
     ) -> Any:
         """Submit as ``(client, seq)``: propose here if leader, else forward (if allowed)."""
+        if forward:
+            self._check_member()
         key = (client, seq)
         w = self._waiters.get(key)
         owner = w is None
@@ -832,6 +866,7 @@ class Node:
         ``query`` must not change state (for the KV machine: ``{"op": "get", ...}``).
         """
         limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
+        self._check_member()
         read_index = getattr(self.core, "read_index", None)
         if read_index is None:
             return self.table.machine.apply(query)  # a backend without ordering (CRDT)
@@ -873,6 +908,44 @@ class Node:
         transfer(target)
         self._wake()
 
+    async def change_membership(
+        self, kind: ConfChangeKind | str, node_id: NodeId, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Change the cluster's membership by one server; return the new configuration.
+
+        ``kind`` is ``"add-learner"``, ``"promote-learner"``, ``"remove-voter"`` or
+        ``"remove-learner"`` (a :class:`~ruflo_consensus.core.base.ConfChangeKind` works
+        too; ``"add-voter"`` is refused with ``learner-first``). Works on any node: a
+        follower forwards the change to the leader. Returns once the configuration entry
+        is committed and applied on the node that made it, as ``{"voters": [...],
+        "learners": [...], "conf_index": n, "conf_committed": True}``.
+
+        A refused change raises :class:`~ruflo_consensus.core.base.ConfChangeRefused`
+        (nothing changed; ``.reason`` says why: ``already-member``, ``unknown-node``,
+        ``learner-behind``, ``not-in-spec`` for a node the spec does not list, …).
+        Transient refusals (``term-not-committed``, ``change-in-progress``, …) are
+        retried until ``timeout`` (default ``submit_timeout_s``); raises
+        :class:`SubmitTimeout` when no answer came in time (the change may or may not
+        have been made: look at :meth:`status`).
+        """
+        limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
+        deadline = trio.current_time() + limit
+        with trio.move_on_after(limit):
+            return await self.membership.change(kind, node_id, deadline - 0.05 * limit)
+        raise SubmitTimeout(f"membership change {kind} {node_id} not done within {limit} s")
+
+    @property
+    def member_role(self) -> str:
+        """``"voter"``, ``"learner"`` or ``"none"`` in the configuration in effect here."""
+        return member_role(self.core, self.node_id)
+
+    def _check_member(self) -> None:
+        """Raise :class:`NotMemberError` on a non-leader outside the configuration."""
+        if self.member_role == "none" and self.core.role is not Role.LEADER:
+            raise NotMemberError(
+                f"{self.node_id} is not a member of the cluster's configuration; ask another node"
+            )
+
     async def wait_applied(self, index: int, timeout: float = 10.0) -> None:
         """Wait until this node has applied ``index`` (tests: a restarted node caught up)."""
         with trio.fail_after(timeout):
@@ -892,11 +965,14 @@ class Node:
         return self.core.leader
 
     def status(self) -> dict[str, Any]:
-        """Role, term, leader, commit/applied indexes, link health and rejection counts."""
+        """Role, term, leader, commit/applied indexes, link health, rejection counts and
+        membership: ``member`` (this node's ``voter``/``learner``/``none``), ``voters``,
+        ``learners``, ``conf_index``, ``conf_committed`` as this node sees them, and on a
+        leader ``progress`` (each member's highest replicated index)."""
         core = self.core
         rejected = Counter(self.rejected)
         rejected.update(getattr(core, "rejected", {}))
-        return {
+        out: dict[str, Any] = {
             "id": self.node_id,
             "role": str(core.role),
             "term": core.term,
@@ -917,7 +993,12 @@ class Node:
                 for p, s in self.transport.links.items()
             ],
             "rejected": dict(sorted(rejected.items())),
+            "member": self.member_role,
+            **configuration_map(core),
         }
+        if core.role is Role.LEADER and hasattr(core, "progress"):
+            out["progress"] = {p: pr.match for p, pr in sorted(core.progress.items())}
+        return out
 
     # ------------------------------------------------------------------ client protocol
 

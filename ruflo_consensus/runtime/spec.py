@@ -34,6 +34,12 @@ topology) and real nodes. The runtime reads these extra, optional parts::
     tls_key = "tls/n1-key.pem"
     tls_fingerprint = "ab12…"           # optional: SHA-256 of the DER certificate, pinned
     tls_ca = "tls/ca.pem"               # optional: a CA to verify the certificate with
+    join = false                        # true: a spare, outside the bootstrap configuration
+
+A node with ``join = true`` is a *spare*: it has keys, an endpoint and links like every
+other node, but it is not one of the bootstrap voters. It starts empty, never campaigns,
+and waits until the leader adds it (``cluster add``); the bootstrap voters are the other
+nodes, in spec order.
 
 Relative paths are relative to the spec file's folder.
 """
@@ -168,11 +174,28 @@ class ClusterSpec:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     path: Path | None = None
     clients: dict[str, ClientSpec] = field(default_factory=dict)
+    spares: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = self.spares - set(self.topology.ids)
+        if unknown:
+            raise SpecError(f"spare node(s) not in the spec: {', '.join(sorted(unknown))}")
+        if not self.voters:
+            raise SpecError("every node is a spare (join = true): the cluster needs a voter")
 
     @property
     def ids(self) -> list[str]:
-        """Node ids in spec order."""
+        """Node ids in spec order (bootstrap voters and spares)."""
         return self.topology.ids
+
+    @property
+    def voters(self) -> list[str]:
+        """The bootstrap voters: every node but the spares, in spec order."""
+        return [n for n in self.topology.ids if n not in self.spares]
+
+    def is_spare(self, node_id: str) -> bool:
+        """True for a node that starts outside the configuration (``join = true``)."""
+        return node_id in self.spares
 
     def manifest_file(self, node_id: str) -> Path:
         """Where the node's signed manifest (public key) is."""
@@ -226,6 +249,7 @@ def load_spec(path: str | Path) -> ClusterSpec:
     endpoints: dict[str, Endpoint] = {}
     key_files: dict[str, Path] = {}
     tls: dict[str, NodeTLS] = {}
+    spares: set[str] = set()
     raw_nodes = {n["id"]: n for n in data["nodes"]}
     for node in topology.nodes:
         if node.endpoint is None:
@@ -256,8 +280,18 @@ def load_spec(path: str | Path) -> ClusterSpec:
         )
         if endpoints[node.id].tls and (tls[node.id].cert is None or tls[node.id].key is None):
             raise SpecError(f"{p}: node {node.id!r} uses wss:// and needs tls_cert and tls_key")
+        join = raw.get("join", False)
+        if not isinstance(join, bool):
+            raise SpecError(f"{p}: node {node.id!r}: join must be true or false")
+        if join:
+            spares.add(node.id)
     clients = _clients(data, base, set(endpoints), p)
-    return ClusterSpec(topology, base, endpoints, key_files, tls, raft, runtime, p, clients)
+    try:
+        return ClusterSpec(
+            topology, base, endpoints, key_files, tls, raft, runtime, p, clients, frozenset(spares)
+        )
+    except SpecError as exc:
+        raise SpecError(f"{p}: {exc}") from None
 
 
 def _clients(
