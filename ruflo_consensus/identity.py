@@ -323,6 +323,11 @@ class NonceSource:
         self.counter += 1
         return self.boot + self.counter.to_bytes(8, "big")
 
+    @property
+    def last(self) -> bytes | None:
+        """The nonce :meth:`next` returned last (None before the first)."""
+        return self.boot + self.counter.to_bytes(8, "big") if self.counter else None
+
 
 @dataclass(frozen=True, slots=True)
 class Envelope:

@@ -125,3 +125,23 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def open_reply(spec: ClusterSpec, node: str, data: bytes) -> dict[str, Any]:
+    """A raw ``/client`` reply as a map: a bare map as it is, a signed one after checking
+    that ``node`` signed it as a client reply (its payload then carries ``re``)."""
+    import msgpack
+
+    from ruflo_consensus.identity import load_manifest, parse_frame, verify_envelope
+    from ruflo_consensus.runtime.client import KIND_CLIENT_REPLY
+
+    if 0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF):
+        reply = msgpack.unpackb(data)
+    else:
+        env, body, signature, _ = parse_frame(data)
+        verify_envelope(env, body, signature, {node: load_manifest(spec.manifest_file(node))[1]})
+        assert env.sender == node and env.kind == KIND_CLIENT_REPLY
+        reply = msgpack.unpackb(env.payload)
+        assert isinstance(reply["re"], bytes) and len(reply["re"]) == 16
+    assert isinstance(reply, dict)
+    return reply

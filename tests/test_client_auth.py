@@ -16,7 +16,15 @@ from ruflo_consensus.runtime.client import KIND_CLIENT_REQUEST, default_client_i
 from ruflo_consensus.runtime.transport import connect
 from ruflo_consensus.statemachine import KVStateMachine
 
-from .runtime_helpers import PATIENCE, get, local_spec, put, start_nodes, wait_leader
+from .runtime_helpers import (
+    PATIENCE,
+    get,
+    local_spec,
+    open_reply,
+    put,
+    start_nodes,
+    wait_leader,
+)
 
 
 async def _exchange(spec: Any, node: str, frames: list[bytes]) -> list[dict[str, Any]]:
@@ -26,7 +34,7 @@ async def _exchange(spec: Any, node: str, frames: list[bytes]) -> list[dict[str,
         ws = await connect(n, spec.endpoints[node], "/client")
         for f in frames:
             await ws.send_message(f)
-            replies.append(msgpack.unpackb(await ws.get_message()))
+            replies.append(open_reply(spec, node, await ws.get_message()))
         await ws.aclose()
     return replies
 

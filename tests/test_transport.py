@@ -23,7 +23,15 @@ from ruflo_consensus.runtime.client import KIND_CLIENT_REQUEST, default_client_i
 from ruflo_consensus.runtime.spec import SpecError
 from ruflo_consensus.runtime.transport import connect
 
-from .runtime_helpers import PATIENCE, get, local_spec, put, start_nodes, wait_leader
+from .runtime_helpers import (
+    PATIENCE,
+    get,
+    local_spec,
+    open_reply,
+    put,
+    start_nodes,
+    wait_leader,
+)
 
 
 async def _send_raw(endpoint: Endpoint, frames: list[bytes | str]) -> None:
@@ -173,19 +181,28 @@ async def test_bad_client_requests_are_answered_and_counted(tmp_path: Path) -> N
                 assert admin is not None
                 return seal(admin, "n3", KIND_CLIENT_REQUEST, payload, signer.nonces)
 
-            for junk in (
-                b"\xc1",  # neither a map nor an envelope
-                signed(b"\xc1"),  # signed, but the request is not msgpack
-                signed(msgpack.packb([1, 2])),  # signed, but not a map
-                signer.frame({"id": 1, "op": "nope"}),
+            def answer(data: bytes, signed_reply: bool) -> dict:
+                """The reply map; a signed request's reply is signed by n3 for admin."""
+                reply = open_reply(spec, "n3", data)
+                if signed_reply:  # it names the request it answers
+                    assert reply["re"] == signer.nonces.last
+                else:
+                    assert "re" not in reply
+                return reply
+
+            for make, signed_reply in (  # each frame made just before it is sent
+                (lambda: b"\xc1", False),  # neither a map nor an envelope
+                (lambda: signed(b"\xc1"), True),  # signed, but the request is not msgpack
+                (lambda: signed(msgpack.packb([1, 2])), True),  # signed, but not a map
+                (lambda: signer.frame({"id": 1, "op": "nope"}), True),
             ):
-                await ws.send_message(junk)
-                reply = msgpack.unpackb(await ws.get_message())
+                await ws.send_message(make())
+                reply = answer(await ws.get_message(), signed_reply)
                 assert reply["ok"] is False and reply["error"] == "BAD_REQUEST"
             await ws.send_message(
                 signer.frame({"id": 2, "op": "submit", "command": put("k", "v"), "client": 5})
             )
-            assert msgpack.unpackb(await ws.get_message())["error"] == "BAD_REQUEST"
+            assert answer(await ws.get_message(), True)["error"] == "BAD_REQUEST"
             await ws.aclose()
         assert n3.rejected["client-malformed"] == 3
         assert n3.rejected["client-unknown-op"] == 1

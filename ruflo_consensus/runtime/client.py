@@ -10,7 +10,18 @@ timestamp too far from its clock, is refused). Anything else is answered with
 ``client-unknown-client``, ``client-bad-signature``, ``client-wrong-destination``,
 ``client-replayed``, ``client-stale``. With ``[runtime] allow_unsigned_clients = true``
 (off by default) a node also serves a bare, unsigned request map — for local
-experiments only. Replies are not signed (use ``wss://`` to protect them on the wire).
+experiments only.
+
+**Signed replies.** The answer to a signed request is an envelope too: signed by the
+node, addressed to the client, kind :data:`KIND_CLIENT_REPLY`, its payload the reply map
+with ``"re"`` = the request's nonce. A :class:`NodeClient` that knows the node's public
+key (:class:`ClusterClient` reads it from the node's manifest) accepts a reply only if
+the signature verifies, it is addressed to the client, its timestamp and nonce pass a
+replay window, and ``re`` names the request it answers; anything else is dropped and
+counted in :attr:`NodeClient.bad_replies` (``unsigned``, ``bad-signature``,
+``wrong-destination``, ``stale``, ``replayed``, ``unknown-kind``, ``malformed``,
+``unmatched``), so a forged, altered or replayed reply is never taken for the answer.
+A bare request (unsigned mode) gets a bare reply.
 
 Every request (the envelope's payload) is one msgpack map::
 
@@ -41,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -53,8 +65,11 @@ from ..identity import (
     EnvelopeError,
     NodeIdentity,
     NonceSource,
+    ReplayWindow,
     UnknownSender,
     load_key_file,
+    load_manifest,
+    open_envelope,
     parse_frame,
     seal,
     verify_envelope,
@@ -67,6 +82,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 __all__ = [
+    "KIND_CLIENT_REPLY",
     "KIND_CLIENT_REQUEST",
     "ClientError",
     "ClusterClient",
@@ -77,6 +93,11 @@ __all__ = [
 
 KIND_CLIENT_REQUEST = 16
 """The envelope kind of a signed client request."""
+
+KIND_CLIENT_REPLY = 17
+"""The envelope kind of a node's signed reply to a signed client request."""
+
+_MAX_REPLY = 64 << 20  # a status map or a large read may exceed the request limit
 
 _MAX_IN_FLIGHT = 1024
 _UNSIGNED = "/unsigned"  # the session namespace of unsigned clients (ids cannot hold "/")
@@ -105,14 +126,20 @@ async def serve_client(node: Node, ws: WebSocketConnection) -> None:
     limit = trio.Semaphore(_MAX_IN_FLIGHT)
     send_lock = trio.Lock()
 
-    async def reply(message: dict[str, Any]) -> None:
+    async def reply(message: dict[str, Any], origin: _Origin | None) -> None:
+        if origin is None:  # a bare request (or one too broken to say who sent it)
+            data = _pack(message)
+        else:
+            sender, nonce = origin
+            payload = _pack({**message, "re": nonce})
+            data = seal(node.identity, sender, KIND_CLIENT_REPLY, payload, node.nonces)
         async with send_lock:
             with contextlib.suppress(ConnectionClosed):
-                await ws.send_message(_pack(message))
+                await ws.send_message(data)
 
-    async def handle(req: dict[str, Any], principal: str) -> None:
+    async def handle(req: dict[str, Any], principal: str, origin: _Origin | None) -> None:
         try:
-            await reply(await _answer(node, req, principal))
+            await reply(await _answer(node, req, principal), origin)
         finally:
             limit.release()
 
@@ -121,23 +148,36 @@ async def serve_client(node: Node, ws: WebSocketConnection) -> None:
             while True:
                 data = await ws.get_message()
                 try:
-                    req, principal = _parse_request(node, data)
+                    req, principal, origin = _parse_request(node, data)
                 except _Refused as exc:
                     node.rejected[f"client-{exc.reason}"] += 1
-                    await reply(_error(exc.rid, exc.code, exc.message))
+                    await reply(_error(exc.rid, exc.code, exc.message), exc.origin)
                     continue
                 await limit.acquire()  # back-pressure: stop reading at the in-flight limit
-                nursery.start_soon(handle, req, principal)
+                nursery.start_soon(handle, req, principal, origin)
     except* ConnectionClosed:
         pass
 
 
-class _Refused(Exception):
-    """A client frame that is not served: counted as ``client-<reason>``, answered ``code``."""
+_Origin = tuple[str, bytes]
+"""Who signed a request and its nonce: where a signed reply goes and what it names."""
 
-    def __init__(self, reason: str, message: str, rid: Any = None, code: str = "BAD_REQUEST"):
+
+class _Refused(Exception):
+    """A client frame that is not served: counted as ``client-<reason>``, answered ``code``
+    (signed to ``origin`` when the frame was an envelope)."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        rid: Any = None,
+        code: str = "BAD_REQUEST",
+        origin: _Origin | None = None,
+    ):
         super().__init__(message)
         self.reason, self.message, self.rid, self.code = reason, message, rid, code
+        self.origin = origin
 
 
 def _unpack_map(data: bytes) -> dict[str, Any] | None:
@@ -155,8 +195,9 @@ def _request_id(payload: bytes) -> Any:
     return rid if type(rid) is int else None
 
 
-def _parse_request(node: Node, data: Any) -> tuple[dict[str, Any], str]:
-    """Authenticate and decode one client frame: ``(request, principal)`` or :class:`_Refused`."""
+def _parse_request(node: Node, data: Any) -> tuple[dict[str, Any], str, _Origin | None]:
+    """Authenticate and decode one client frame: ``(request, principal, origin)`` (origin
+    None for a bare request), or raise :class:`_Refused`."""
     if not isinstance(data, bytes):
         raise _Refused("malformed", "client frames are binary")
     if len(data) > node.max_frame:
@@ -166,36 +207,45 @@ def _parse_request(node: Node, data: Any) -> tuple[dict[str, Any], str]:
         rid = _request_id(data)
         if not node.spec.runtime.allow_unsigned_clients:
             raise _Refused("unsigned", "requests must be signed by a listed client", rid, _AUTH)
-        principal = _UNSIGNED
+        principal, origin = _UNSIGNED, None
     else:
         try:
             env, body, signature, _hops = parse_frame(data, node.max_frame)
         except EnvelopeError as exc:
             raise _Refused("malformed", str(exc)) from None
         rid = _request_id(env.payload)
+        origin = (env.sender, env.nonce)
         try:
             verify_envelope(env, body, signature, node.client_keys)
         except UnknownSender:
             raise _Refused(
-                "unknown-client", f"{env.sender!r:.60} is not a client", rid, _AUTH
+                "unknown-client", f"{env.sender!r:.60} is not a client", rid, _AUTH, origin
             ) from None
         except BadEnvelopeSignature:
-            raise _Refused("bad-signature", "the signature does not verify", rid, _AUTH) from None
+            raise _Refused(
+                "bad-signature", "the signature does not verify", rid, _AUTH, origin
+            ) from None
         if env.dst != node.node_id:
             raise _Refused(
-                "wrong-destination", f"signed for {env.dst!r:.60}, not this node", rid, _AUTH
+                "wrong-destination",
+                f"signed for {env.dst!r:.60}, not this node",
+                rid,
+                _AUTH,
+                origin,
             )
         if env.kind != KIND_CLIENT_REQUEST:
-            raise _Refused("unknown-kind", f"envelope kind {env.kind} is not a request", rid)
+            raise _Refused(
+                "unknown-kind", f"envelope kind {env.kind} is not a request", rid, origin=origin
+            )
         try:
             node.client_window.check(env.sender, env.nonce, env.timestamp_ms)
         except EnvelopeError as exc:
-            raise _Refused(exc.reason, str(exc), rid, _AUTH) from None
+            raise _Refused(exc.reason, str(exc), rid, _AUTH, origin) from None
         req = _unpack_map(env.payload)
         principal = env.sender
     if req is None or not isinstance(req.get("op"), str):
-        raise _Refused("malformed", "a request is a map with an op", rid)
-    return req, principal
+        raise _Refused("malformed", "a request is a map with an op", rid, origin=origin)
+    return req, principal, origin
 
 
 _AUTH = "UNAUTHENTICATED"
@@ -277,9 +327,13 @@ def default_client_identity(spec: ClusterSpec) -> NodeIdentity | None:
 class NodeClient:
     """A trio client of one node; requests may be issued concurrently (pipelined).
 
-    Use as ``async with NodeClient.open(endpoint, identity=key, node_id="n1") as c:
-    await c.submit(cmd)``. With an ``identity`` every request is signed for ``node_id``;
-    without one requests go unsigned (served only where ``allow_unsigned_clients``).
+    Use as ``async with NodeClient.open(endpoint, identity=key, node_id="n1",
+    node_key=pub) as c: await c.submit(cmd)``. With an ``identity`` every request is
+    signed for ``node_id``; without one requests go unsigned (served only where
+    ``allow_unsigned_clients``). With ``node_key`` (the node's Ed25519 public key, which
+    needs an ``identity``) only replies the node signed for this request are accepted
+    (see the module's *Signed replies*); others are dropped and counted in
+    :attr:`bad_replies`.
     """
 
     def __init__(
@@ -287,15 +341,19 @@ class NodeClient:
         ws: WebSocketConnection,
         identity: NodeIdentity | None = None,
         node_id: str | None = None,
+        node_key: bytes | None = None,
     ) -> None:
-        if identity is not None and node_id is None:
-            raise ValueError("a signing client needs the node id it talks to")
+        _check_client_args(identity, node_id, node_key)
         self.ws = ws
         self.identity = identity
         self.node_id = node_id
+        self.node_key = node_key
         self.nonces = NonceSource()
+        self.window = ReplayWindow()
+        self.bad_replies: Counter[str] = Counter()
+        """Replies dropped because they do not prove they answer our request, per reason."""
         self._next = 0
-        self._pending: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._pending: dict[int, tuple[trio.Event, list[Any], bytes | None]] = {}
         self._closed: BaseException | None = None
 
     @classmethod
@@ -306,12 +364,12 @@ class NodeClient:
         *,
         identity: NodeIdentity | None = None,
         node_id: str | None = None,
+        node_key: bytes | None = None,
     ) -> _ClientContext:
         """An async context manager that connects to ``endpoint``'s ``/client``."""
-        if identity is not None and node_id is None:
-            raise ValueError("a signing client needs the node id it talks to")
+        _check_client_args(identity, node_id, node_key)
         ep = Endpoint.parse(endpoint) if isinstance(endpoint, str) else endpoint
-        return _ClientContext(ep, tls, identity, node_id)
+        return _ClientContext(ep, tls, identity, node_id, node_key)
 
     def frame(self, message: dict[str, Any]) -> bytes:
         """The bytes of one request: signed for the node, or the bare map without a key."""
@@ -321,19 +379,54 @@ class NodeClient:
         assert self.node_id is not None
         return seal(self.identity, self.node_id, KIND_CLIENT_REQUEST, data, self.nonces)
 
+    def _open_reply(self, data: Any) -> dict[str, Any] | None:
+        """The reply map in ``data``, or None (counted) when it cannot be trusted."""
+        if self.node_key is None:
+            return _reply_map(data)
+        assert self.identity is not None and self.node_id is not None
+        if not isinstance(data, bytes) or (
+            data[:1] and (0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF))
+        ):
+            self.bad_replies["unsigned"] += 1  # a bare map: anyone on the wire could send it
+            return None
+        try:
+            env = open_envelope(
+                data,
+                {self.node_id: self.node_key},
+                self.window,
+                me=self.identity.node_id,
+                max_size=_MAX_REPLY,
+            )
+        except EnvelopeError as exc:
+            self.bad_replies[exc.reason] += 1
+            return None
+        if env.kind != KIND_CLIENT_REPLY:
+            self.bad_replies["unknown-kind"] += 1
+            return None
+        msg = _reply_map(env.payload)
+        if msg is None:
+            self.bad_replies["malformed"] += 1
+            return None
+        rid = msg.get("id")
+        slot = self._pending.get(rid) if type(rid) is int else None
+        if slot is None or msg.get("re") != slot[2]:
+            self.bad_replies["unmatched"] += 1  # not the answer to a request we have open
+            return None
+        return msg
+
     async def _reader(self) -> None:
         try:
             while True:
-                data = await self.ws.get_message()
-                msg = msgpack.unpackb(data, raw=False)
-                rid = msg.get("id") if isinstance(msg, dict) else None
+                msg = self._open_reply(await self.ws.get_message())
+                rid = msg.get("id") if msg is not None else None
                 slot = self._pending.pop(rid, None) if type(rid) is int else None
                 if slot is not None:
+                    assert msg is not None
                     slot[1].append(msg)
                     slot[0].set()
         except ConnectionClosed as exc:
             self._closed = exc
-            for event, _ in self._pending.values():
+            for event, _, _ in self._pending.values():
                 event.set()
 
     async def request(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
@@ -343,12 +436,13 @@ class NodeClient:
         self._next += 1
         rid = self._next
         event, box = trio.Event(), list[Any]()
-        self._pending[rid] = (event, box)
         msg = {"id": rid, "op": op, **fields}
         if timeout is not None:
             msg["timeout"] = timeout
+        frame = self.frame(msg)
+        self._pending[rid] = (event, box, self.nonces.last if self.identity else None)
         try:
-            await self.ws.send_message(self.frame(msg))
+            await self.ws.send_message(frame)
         except ConnectionClosed:
             self._pending.pop(rid, None)
             raise ClientError("UNAVAILABLE", "connection closed") from None
@@ -400,6 +494,24 @@ class NodeClient:
         return result
 
 
+def _reply_map(data: Any) -> dict[str, Any] | None:
+    """A reply's map (a status reply has more fields than a request may), or None."""
+    try:
+        msg = msgpack.unpackb(data, raw=False)
+    except Exception:
+        return None
+    return msg if isinstance(msg, dict) else None
+
+
+def _check_client_args(
+    identity: NodeIdentity | None, node_id: str | None, node_key: bytes | None
+) -> None:
+    if identity is not None and node_id is None:
+        raise ValueError("a signing client needs the node id it talks to")
+    if node_key is not None and identity is None:
+        raise ValueError("only a signing client gets signed replies: node_key needs identity")
+
+
 class _ClientContext:
     def __init__(
         self,
@@ -407,11 +519,13 @@ class _ClientContext:
         tls: NodeTLS | None,
         identity: NodeIdentity | None,
         node_id: str | None,
+        node_key: bytes | None,
     ) -> None:
         self.endpoint = endpoint
         self.tls = tls
         self.identity = identity
         self.node_id = node_id
+        self.node_key = node_key
         self._nursery_cm: Any = None
 
     async def __aenter__(self) -> NodeClient:
@@ -422,7 +536,7 @@ class _ClientContext:
         except BaseException as exc:
             await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        client = NodeClient(ws, self.identity, self.node_id)
+        client = NodeClient(ws, self.identity, self.node_id, self.node_key)
         nursery.start_soon(client._reader)
         self.client = client
         return client
@@ -455,6 +569,7 @@ class ClusterClient:
     ) -> None:
         self.spec = spec
         self.identity = identity if identity is not None else default_client_identity(spec)
+        self._node_keys: dict[str, bytes] = {}
         order = list(spec.ids)
         if prefer is not None:
             spec.check_node(prefer)
@@ -496,10 +611,24 @@ class ClusterClient:
         return conf
 
     def connect(self, node: str) -> _ClientContext:
-        """A :class:`NodeClient` of one node of the spec (its endpoint, TLS and our key)."""
+        """A :class:`NodeClient` of one node of the spec (its endpoint, TLS and our key).
+
+        A signing client also reads the node's public key from its manifest and accepts
+        only replies the node signed; a missing or bad manifest raises
+        :class:`~ruflo_consensus.identity.IdentityError`.
+        """
         self.spec.check_node(node)
+        key = None
+        if self.identity is not None:
+            key = self._node_keys.get(node)
+            if key is None:
+                key = self._node_keys[node] = load_manifest(self.spec.manifest_file(node), node)[1]
         return NodeClient.open(
-            self.spec.endpoints[node], self.spec.tls[node], identity=self.identity, node_id=node
+            self.spec.endpoints[node],
+            self.spec.tls[node],
+            identity=self.identity,
+            node_id=node,
+            node_key=key,
         )
 
 
