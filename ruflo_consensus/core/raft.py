@@ -647,15 +647,14 @@ class RaftCore:
                 return
         mterm: int = m.term  # type: ignore[attr-defined]
         if mterm > self._term:
-            if isinstance(m, RequestVote) and not m.transfer:
-                in_lease = (
-                    self.config.check_quorum
-                    and self._leader is not None
-                    and self.election_elapsed < self.config.election_ticks
-                )
-                if in_lease:
-                    self._count("vote-in-lease")
-                    return
+            if (
+                isinstance(m, RequestVote)
+                and not m.transfer
+                and self.config.check_quorum
+                and self._leader_is_recent()  # we are in a live leader's lease
+            ):
+                self._count("vote-in-lease")
+                return
             if (isinstance(m, RequestVote) and m.pre_vote) or (
                 isinstance(m, VoteResponse) and m.pre_vote and m.granted
             ):
@@ -1072,11 +1071,13 @@ class RaftCore:
         voters = self._conf.voters
         return sum(1 for node, granted in self.votes.items() if granted and node in voters)
 
+    def _leader_is_recent(self) -> bool:
+        """A leader is known and was heard from within an election timeout."""
+        return self._leader is not None and self.election_elapsed < self.config.election_ticks
+
     def _hears_leader(self) -> bool:
         """True while this node leads, or heard from a leader within an election timeout."""
-        if self._role is Role.LEADER:
-            return True
-        return self._leader is not None and self.election_elapsed < self.config.election_ticks
+        return self._role is Role.LEADER or self._leader_is_recent()
 
     def _may_campaign(self) -> bool:
         """A voter of the configuration in effect may campaign — and, while that

@@ -180,6 +180,11 @@ class _Refused(Exception):
         self.origin = origin
 
 
+def _is_bare_map(data: bytes) -> bool:
+    """True when ``data`` starts like a msgpack map (an envelope is a msgpack array)."""
+    return bool(data[:1]) and (0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF))
+
+
 def _unpack_map(data: bytes) -> dict[str, Any] | None:
     try:
         req = msgpack.unpackb(data, raw=False, max_map_len=16)
@@ -202,7 +207,7 @@ def _parse_request(node: Node, data: Any) -> tuple[dict[str, Any], str, _Origin 
         raise _Refused("malformed", "client frames are binary")
     if len(data) > node.max_frame:
         raise _Refused("too-large", f"over the {node.max_frame}-byte limit")
-    if data[:1] and (0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF)):  # a bare map
+    if _is_bare_map(data):
         req = _unpack_map(data)
         rid = _request_id(data)
         if not node.spec.runtime.allow_unsigned_clients:
@@ -384,9 +389,7 @@ class NodeClient:
         if self.node_key is None:
             return _reply_map(data)
         assert self.identity is not None and self.node_id is not None
-        if not isinstance(data, bytes) or (
-            data[:1] and (0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF))
-        ):
+        if not isinstance(data, bytes) or _is_bare_map(data):
             self.bad_replies["unsigned"] += 1  # a bare map: anyone on the wire could send it
             return None
         try:

@@ -16,6 +16,8 @@ import contextlib
 import os
 from typing import Protocol
 
+from .base import StorageLockedError
+
 try:
     import fcntl
 
@@ -139,8 +141,6 @@ class _FlockLock:
     """
 
     def __init__(self, directory: str) -> None:
-        from .base import StorageLockedError
-
         path = os.path.join(directory, LOCK_NAME)
         self._fd: int | None = os.open(
             path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644
