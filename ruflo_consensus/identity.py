@@ -182,8 +182,9 @@ class NodeIdentity:
 def _manifest_bytes(body: dict[str, Any]) -> bytes:
     """What a manifest's signature covers: its JSON with sorted keys and no spaces.
 
-    (Not ``federation.canonical``: importing the federation package costs a node process
-    a third of a second at start-up, and a manifest holds only strings.)
+    (Not :mod:`ruflo_consensus.canonical`'s msgpack form: a manifest holds only strings,
+    is read by people and other tools as JSON, and every key file written so far was
+    signed over this form.)
     """
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 

@@ -14,6 +14,7 @@ that span them:
 Time enters only as ``now`` (int milliseconds) inside each command. See ``docs/federation.md``.
 """
 
+from ruflo_consensus.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.audit import AuditLog, verify_chain
 from ruflo_consensus.federation.budget import (
     BreakerPolicy,
@@ -22,7 +23,6 @@ from ruflo_consensus.federation.budget import (
     BudgetLedger,
     validate_budget,
 )
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.errors import (
     BadArgument,
     BadCommand,

@@ -29,8 +29,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ruflo_consensus.canonical import canonical_bytes, normalize
 from ruflo_consensus.federation.base import PlannedMachine
-from ruflo_consensus.federation.canonical import canonical_bytes, normalize
 from ruflo_consensus.federation.errors import BadArgument, BadSnapshot
 from ruflo_consensus.federation.validation import (
     Commit,

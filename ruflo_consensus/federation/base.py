@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads
+from ruflo_consensus.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.errors import BadSnapshot, UnknownOp
 from ruflo_consensus.federation.validation import Commit, effective_time, parse_command
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ruflo_consensus.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.audit import RETENTION_MS, AuditLog
 from ruflo_consensus.federation.budget import BreakerPolicy, BreakerState, BudgetLedger
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.errors import (
     BadArgument,
     BadCommand,

@@ -37,8 +37,8 @@ from typing import Any, Protocol
 
 import nacl.signing
 
+from ruflo_consensus.canonical import normalize
 from ruflo_consensus.federation.base import PlannedMachine
-from ruflo_consensus.federation.canonical import normalize
 from ruflo_consensus.federation.errors import (
     BadArgument,
     BadSnapshot,

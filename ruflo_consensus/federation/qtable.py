@@ -36,8 +36,8 @@ import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 
+from ruflo_consensus.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.base import PlannedMachine
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.errors import BadArgument, BadSnapshot, UnknownOp
 from ruflo_consensus.federation.validation import (
     MAX_ID_LEN,

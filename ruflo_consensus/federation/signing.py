@@ -12,7 +12,7 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from ruflo_consensus.federation.canonical import canonical_bytes
+from ruflo_consensus.canonical import canonical_bytes
 from ruflo_consensus.federation.errors import BadSignature
 
 __all__ = [

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ruflo_consensus.federation.canonical import canonical_bytes
+from ruflo_consensus.canonical import canonical_bytes
 from ruflo_consensus.federation.errors import BadArgument, BadCommand, TooLarge, UnknownOp
 
 __all__ = [

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..canonical import canonical_bytes
 from ..core.base import Message, NodeId
 from ..core.pbft import PbftCore, PbftFrame, Signed, Signer, batch_digest, decode_body, seal
 from ..core.pbft.messages import (
@@ -43,7 +44,6 @@ from ..core.pbft.messages import (
     ViewChange,
     Vote,
 )
-from ..federation.canonical import canonical_bytes
 
 __all__ = ["Adversary", "Behaviour", "make_behaviour"]
 

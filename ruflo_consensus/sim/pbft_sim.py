@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 
+from ..canonical import canonical_bytes
 from ..check.history import Op
 from ..core.base import Message, ProtocolError, Role
 from ..core.pbft import (
@@ -43,7 +44,6 @@ from ..core.pbft import (
     sign_request,
 )
 from ..core.pbft.messages import ReadReply, Reply
-from ..federation.canonical import canonical_bytes
 from ..statemachine import KVStateMachine
 from ..topology import Topology
 from .byzantine import Adversary, Behaviour, make_behaviour

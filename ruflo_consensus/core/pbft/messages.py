@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from ...federation.canonical import normalize
+from ...canonical import normalize
 from ..base import Message, ProtocolError
 from .auth import Keyring, Signer, verify
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import msgpack
 
-from ...federation.canonical import normalize
+from ...canonical import normalize
 from ...statemachine import CommandError, CommandRejected, SessionTable, StateMachine
 from ..base import (
     Committed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ruflo_consensus.canonical import canonical_bytes
 from ruflo_consensus.core.base import Proposal, ProposalDropped, ProtocolError, Role
 from ruflo_consensus.core.pbft import (
     Keyring,
@@ -22,9 +23,8 @@ from ruflo_consensus.core.pbft import (
     unsafe_skip_signature_checks_for_tests,
 )
 from ruflo_consensus.core.pbft.messages import COMMIT, PRE_PREPARE, PREPARE
-from ruflo_consensus.federation.canonical import canonical_bytes
 from ruflo_consensus.statemachine import KVStateMachine
-from tests.pbft_harness import NOTHING, SECRET, Cluster
+from tests.helpers.pbft_harness import NOTHING, SECRET, Cluster
 
 
 def put(key: str, value: str) -> dict[str, str]:

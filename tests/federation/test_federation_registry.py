@@ -8,7 +8,7 @@ from typing import Any
 import nacl.signing
 import pytest
 
-from ruflo_consensus.federation.canonical import canonical_bytes, canonical_loads
+from ruflo_consensus.canonical import canonical_bytes, canonical_loads
 from ruflo_consensus.federation.registry import (
     PeerRegistry,
     make_handshake_command,
