@@ -21,7 +21,7 @@ Every replica holds a ``pycrdt.Doc``. There is no order to agree on and no leade
 update whose predecessors are missing until they arrive. pycrdt 0.14's Yrs gets that
 parking wrong in some cases (two parked updates of one client, the later one deleting an
 item of the earlier one — e.g. two overwrites of a map key arriving before the first
-write: the key is lost for good; ``tests/test_crdt_properties.py`` has the reproduction).
+write: the key is lost for good; ``tests/core/test_crdt_properties.py`` has the reproduction).
 So the core never lets Yrs park anything: every update travels with its **base**, the
 state vector it was cut against (everything it can depend on, other than itself), and a
 replica applies it only once its own state vector covers the base. An update that arrives
@@ -703,7 +703,7 @@ class CrdtCore:
                 # that is a bug in the machine, not a bad message.
                 raise RuntimeError(f"observer failed while merging an update: {exc}") from exc
             # pycrdt raises before integrating anything when an update does not decode, so
-            # the document is unchanged (tests/test_crdt_core.py checks this on fuzzed input).
+            # the document is unchanged (tests/core/test_crdt_core.py checks this on fuzzed input).
             self._reject("bad-update", f"{type(exc).__name__}: {exc}")
         if not self._take_updates():
             self.updates_applied[f"{kind}-duplicate"] += 1

@@ -811,8 +811,8 @@ def trace_digest(seed: int) -> str:
 
 
 def test_same_seed_gives_the_same_trace_in_two_processes() -> None:
-    root = Path(__file__).resolve().parent.parent
-    code = "from tests.test_crdt_core import trace_digest; print(trace_digest(5))"
+    root = Path(__file__).resolve().parents[2]
+    code = "from tests.core.test_crdt_core import trace_digest; print(trace_digest(5))"
     digests = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}

@@ -16,7 +16,7 @@ from ruflo_consensus.core.pbft import (
     unsafe_skip_signature_checks_for_tests,
 )
 from ruflo_consensus.core.pbft.messages import KIND_NAMES
-from tests.pbft_harness import Cluster
+from tests.helpers.pbft_harness import Cluster
 
 _leaf = st.one_of(
     st.none(),

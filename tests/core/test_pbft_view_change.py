@@ -28,7 +28,7 @@ from ruflo_consensus.core.pbft.messages import (
     Checkpoint,
     Vote,
 )
-from tests.pbft_harness import Cluster
+from tests.helpers.pbft_harness import Cluster
 
 
 def put(key: str, value: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from ruflo_consensus.core.raft import (
     RaftCore,
     RequestVote,
 )
-from tests.raft_harness import Harness
+from tests.helpers.raft_harness import Harness
 
 
 def test_defaults_match_the_swarm_timings() -> None:

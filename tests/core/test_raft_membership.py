@@ -32,7 +32,7 @@ from ruflo_consensus.core.raft import (
 )
 from ruflo_consensus.core.raft_membership import Configuration
 from ruflo_consensus.sim.membership import MembershipInvariants
-from tests.raft_harness import Harness
+from tests.helpers.raft_harness import Harness
 
 
 def _cluster(n: int = 3, seed: int = 0, **cfg: Any) -> tuple[Harness, str]:

@@ -24,7 +24,7 @@ from ruflo_consensus.core.raft import (
     VoteResponse,
     entry_size,
 )
-from tests.raft_harness import Harness
+from tests.helpers.raft_harness import Harness
 
 
 def _steady(n: int = 3, seed: int = 1, **cfg: object) -> tuple[Harness, str]:

@@ -25,7 +25,7 @@ from ruflo_consensus.statemachine import (
     RegisterStateMachine,
     SessionTable,
 )
-from tests.raft_harness import Harness
+from tests.helpers.raft_harness import Harness
 
 CFG = RaftConfig(snapshot_entries=10, snapshot_bytes=0, snapshot_chunk_bytes=16)
 

@@ -10,7 +10,7 @@ from ruflo_consensus.sim import SimConfig, run_simulation
 from ruflo_consensus.sim.config import SimConfigError
 from ruflo_consensus.topology import TopologyError, build_topology, load_topology
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_mesh_links_every_pair() -> None:

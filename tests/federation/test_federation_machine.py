@@ -94,7 +94,7 @@ def test_same_snapshot_in_processes_with_different_hash_seeds() -> None:
         out = subprocess.run(
             [sys.executable, "-c", script],
             env=env,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=Path(__file__).resolve().parents[2],
             capture_output=True,
             text=True,
             check=True,

@@ -15,8 +15,7 @@ from ruflo_consensus.runtime import ClientError, ClusterClient, SpecError, load_
 from ruflo_consensus.runtime.client import KIND_CLIENT_REQUEST, default_client_identity
 from ruflo_consensus.runtime.transport import connect
 from ruflo_consensus.statemachine import KVStateMachine
-
-from .runtime_helpers import (
+from tests.helpers.runtime_helpers import (
     PATIENCE,
     get,
     local_spec,

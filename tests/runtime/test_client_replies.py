@@ -24,8 +24,7 @@ from trio_websocket import (
 from ruflo_consensus.identity import NodeIdentity, NonceSource, parse_frame, seal
 from ruflo_consensus.runtime import ClusterClient, Endpoint, NodeClient
 from ruflo_consensus.runtime.client import KIND_CLIENT_REPLY, KIND_CLIENT_REQUEST
-
-from .runtime_helpers import local_spec, put, start_nodes, wait_leader
+from tests.helpers.runtime_helpers import local_spec, put, start_nodes, wait_leader
 
 NODE = NodeIdentity.generate("n1", seed=b"n" * 32)
 STRANGER = NodeIdentity.generate("n1", seed=b"s" * 32)  # claims to be n1, other key

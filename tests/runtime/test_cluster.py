@@ -27,8 +27,7 @@ from ruflo_consensus.runtime import ClientError, ClusterClient, load_spec, write
 from ruflo_consensus.runtime.cluster import cluster_down, cluster_up, read_state
 from ruflo_consensus.runtime.spec import ClusterSpec
 from ruflo_consensus.topology import Topology
-
-from .runtime_helpers import FAST_RAFT, PATIENCE, cli, get, put
+from tests.helpers.runtime_helpers import FAST_RAFT, PATIENCE, cli, get, put
 
 
 class LocalCluster:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from ruflo_consensus.runtime import write_local_spec
 from ruflo_consensus.runtime.cluster import cluster_down
-
-from .runtime_helpers import FAST_RAFT, cli
+from tests.helpers.runtime_helpers import FAST_RAFT, cli
 
 
 def test_cli_cluster_add_and_remove(tmp_path: Path) -> None:

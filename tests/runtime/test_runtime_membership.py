@@ -26,8 +26,7 @@ from ruflo_consensus.runtime import (
     write_local_spec,
 )
 from ruflo_consensus.statemachine import KVStateMachine
-
-from .runtime_helpers import (
+from tests.helpers.runtime_helpers import (
     FAST_RAFT,
     PATIENCE,
     get,

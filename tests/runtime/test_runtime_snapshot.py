@@ -11,8 +11,7 @@ from ruflo_consensus.core.raft import RaftCore
 from ruflo_consensus.runtime import Node
 from ruflo_consensus.statemachine import KVStateMachine, SessionTable
 from ruflo_consensus.storage import FileStorage
-
-from .runtime_helpers import (
+from tests.helpers.runtime_helpers import (
     PATIENCE,
     get,
     halt,

@@ -11,7 +11,7 @@ import pytest
 from ruflo_consensus.cli import main
 from ruflo_consensus.runtime import load_spec
 
-SPECS = sorted((Path(__file__).resolve().parent.parent / "topologies").glob("*.toml"))
+SPECS = sorted((Path(__file__).resolve().parents[2] / "topologies").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])

@@ -22,8 +22,7 @@ from ruflo_consensus.runtime import ClusterClient, Endpoint, NodeClient
 from ruflo_consensus.runtime.client import KIND_CLIENT_REQUEST, default_client_identity
 from ruflo_consensus.runtime.spec import SpecError
 from ruflo_consensus.runtime.transport import connect
-
-from .runtime_helpers import (
+from tests.helpers.runtime_helpers import (
     PATIENCE,
     get,
     local_spec,

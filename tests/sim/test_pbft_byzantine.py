@@ -13,7 +13,7 @@ from ruflo_consensus.sim.byzantine import BEHAVIOURS
 from ruflo_consensus.sim.config import BYZANTINE_BEHAVIOURS
 from ruflo_consensus.sim.pbft_sim import PbftSimulation
 from ruflo_consensus.sim.report import summarize
-from tests.test_pbft_sim import SWEEP
+from tests.sim.test_pbft_sim import SWEEP
 
 
 def _run(behaviour: str, primary: bool, nodes: int = 4) -> tuple[PbftSimulation, dict[str, Any]]:

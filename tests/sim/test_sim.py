@@ -20,7 +20,7 @@ from ruflo_consensus.sim import (
     run_simulation,
     run_sweep,
 )
-from tests.broken_raft import commit_without_majority, skip_log_matching
+from tests.helpers.broken_raft import commit_without_majority, skip_log_matching
 
 REPLAY_SNIPPET = (
     "import sys; from ruflo_consensus.sim import SimConfig, Simulation; "

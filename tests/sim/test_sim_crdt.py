@@ -85,7 +85,7 @@ def test_crdt_runs_replay_in_another_process() -> None:
     code = (
         "from ruflo_consensus.sim import SimConfig, summarize\n"
         "from ruflo_consensus.sim.crdt_sim import CrdtSimulation\n"
-        "from tests.test_sim_crdt import _config\n"
+        "from tests.sim.test_sim_crdt import _config\n"
         "print(summarize(CrdtSimulation(_config(5, topology='star')).run()).trace_hash)\n"
     )
     out = subprocess.run(
@@ -94,7 +94,7 @@ def test_crdt_runs_replay_in_another_process() -> None:
         text=True,
         check=True,
         env={"PYTHONHASHSEED": "99", "PATH": "/usr/bin:/bin"},
-        cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent),
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
     )
     assert out.stdout.strip() == here
 

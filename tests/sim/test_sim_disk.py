@@ -18,7 +18,7 @@ from ruflo_consensus.core.base import Snapshot
 from ruflo_consensus.sim import SimConfig, Simulation, run_simulation, run_sweep
 from ruflo_consensus.sim.invariants import InvariantViolation, RaftInvariants
 from ruflo_consensus.statemachine import KVStateMachine, SessionTable
-from tests.broken_raft import lease_ignores_drift, snapshot_skips_entries
+from tests.helpers.broken_raft import lease_ignores_drift, snapshot_skips_entries
 
 DISK = ("disk-lose", "disk-torn", "disk-read-error")
 

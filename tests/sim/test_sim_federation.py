@@ -8,7 +8,7 @@ from ruflo_consensus.federation.budget import BreakerPolicy
 from ruflo_consensus.federation.machine import FederationStateMachine
 from ruflo_consensus.sim import SimConfig, Simulation, run_sweep, summarize
 from ruflo_consensus.statemachine import StateMachine
-from tests.broken_raft import commit_without_majority
+from tests.helpers.broken_raft import commit_without_majority
 
 
 def test_federation_sweep_holds_every_cross_node_property() -> None:

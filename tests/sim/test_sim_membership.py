@@ -9,7 +9,7 @@ from ruflo_consensus.core.raft import RaftCore
 from ruflo_consensus.core.raft_membership import Configuration
 from ruflo_consensus.sim import InvariantViolation, SimConfig, Simulation, run_simulation, run_sweep
 from ruflo_consensus.sim.membership import MembershipInvariants
-from tests.broken_raft import two_conf_changes_at_once
+from tests.helpers.broken_raft import two_conf_changes_at_once
 
 MIXED = ("membership", "crash", "partition", "transfer", "disk-lose")
 

@@ -17,7 +17,7 @@ from ruflo_consensus.storage import (
     StorageClosedError,
 )
 from ruflo_consensus.storage.wal import parse_segment_name, parse_snapshot_name
-from tests.test_storage_support import (
+from tests.helpers.storage_support import (
     apply_op,
     describe,
     entries,

@@ -25,7 +25,7 @@ from ruflo_consensus.storage import (
     WritePoint,
 )
 from ruflo_consensus.storage.faults import TEAR_POINTS
-from tests.test_storage_support import (
+from tests.helpers.storage_support import (
     apply_op,
     describe,
     entries,

@@ -44,7 +44,7 @@ from ruflo_consensus.storage import (
     WritePoint,
 )
 from ruflo_consensus.storage.faults import TEAR_POINTS
-from tests.raft_harness import Harness
+from tests.helpers.raft_harness import Harness
 
 CFG = RaftConfig(snapshot_entries=6, snapshot_bytes=0, snapshot_chunk_bytes=64)
 SEGMENT = 700

@@ -20,7 +20,7 @@ from ruflo_consensus.storage import (
 )
 from ruflo_consensus.storage import file as file_module
 from ruflo_consensus.storage.wal import RecordType, SegmentReader, segment_name
-from tests.test_storage_support import entries, snap
+from tests.helpers.storage_support import entries, snap
 
 
 def _both() -> list[object]:

@@ -17,7 +17,7 @@ from ruflo_consensus.storage import (
     SimulatedCrash,
     StoredState,
 )
-from tests.test_storage_support import Op, apply_op, describe, model_states, same
+from tests.helpers.storage_support import Op, apply_op, describe, model_states, same
 
 SEGMENT_BYTES = 300
 

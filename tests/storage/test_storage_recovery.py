@@ -33,7 +33,7 @@ from ruflo_consensus.storage.wal import (
     segment_name,
     snapshot_name,
 )
-from tests.test_storage_support import entries, snap
+from tests.helpers.storage_support import entries, snap
 
 
 def records(path: Path) -> list[tuple[int, int]]:
