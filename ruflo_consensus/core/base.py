@@ -21,6 +21,8 @@ Raft, PBFT and CRDT each fit this shape.
 from __future__ import annotations
 
 import enum
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,6 +34,7 @@ __all__ = [
     "ConfChangeRefused",
     "ConsensusCore",
     "ConsensusError",
+    "CoreFactory",
     "Entry",
     "HardState",
     "Message",
@@ -348,4 +351,30 @@ class ConsensusCore(Protocol):
 
     def ready(self) -> Ready:
         """Take the pending effects (the core forgets them once returned)."""
+        ...
+
+
+class CoreFactory(Protocol):
+    """Builds a node's core from what its storage returned, at start and on every restart.
+
+    Both drivers (the simulator and the trio runtime) take one, so a test can run a
+    deliberately broken core, or a user a subclass, under either of them. ``voters`` are
+    the bootstrap voters; ``config`` is the backend's own configuration (a
+    :class:`~ruflo_consensus.core.raft.RaftConfig` for Raft); ``join`` starts a node that is
+    not one of them as a spare that waits to be added.
+    """
+
+    def __call__(
+        self,
+        node_id: NodeId,
+        voters: Sequence[NodeId],
+        rng: random.Random,
+        config: Any,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        *,
+        snapshot: Snapshot | None = None,
+        join: bool = False,
+    ) -> ConsensusCore:
+        """Return the core for ``node_id``, restored from the given stored state."""
         ...

@@ -67,6 +67,9 @@ from ..core.base import (
     Committed,
     ConfChangeKind,
     ConsensusCore,
+    CoreFactory,
+    Entry,
+    HardState,
     Message,
     NodeId,
     NotLeader,
@@ -92,7 +95,7 @@ from ..identity import (
     verify_envelope,
 )
 from ..statemachine import CommandError, CommandRejected, SessionTable, StateMachine
-from ..storage import FileStorage, MemoryStorage, RaftStorage, StoredState
+from ..storage import FileStorage, MemoryStorage, RaftStorage
 from .membership import (
     KIND_CHANGE,
     KIND_CHANGE_REPLY,
@@ -130,10 +133,6 @@ _OK, _NOT_LEADER, _RETRY = 0, 1, 2
 _TIMED_OUT = object()  # what _drive returns when a submit's deadline passed
 _LEADER_MESSAGES = (AppendEntries, InstallSnapshot)  # sent before the leader's own fsync
 
-CoreFactory = Callable[
-    [NodeId, Sequence[NodeId], random.Random, RaftConfig, StoredState], ConsensusCore
-]
-
 
 class NodeError(Exception):
     """Base of the errors the node's client API raises."""
@@ -158,28 +157,25 @@ class NotMemberError(NodeError):
 
 def default_core_factory(
     node_id: NodeId,
-    peers: Sequence[NodeId],
+    voters: Sequence[NodeId],
     rng: random.Random,
     config: RaftConfig,
-    stored: StoredState,
+    hard_state: HardState | None,
+    entries: Sequence[Entry],
+    *,
+    snapshot: Snapshot | None = None,
+    join: bool = False,
 ) -> ConsensusCore:
     """Build a :class:`RaftCore` from what storage returned (snapshot, hard state, log).
 
-    ``peers`` are the bootstrap voters (:attr:`ClusterSpec.voters`). A node that is not
-    one of them is a spare and starts with ``join=True`` — on every start: the core
+    ``voters`` are the bootstrap voters (:attr:`ClusterSpec.voters`). The node starts a
+    node that is not one of them as a spare, with ``join=True`` — on every start: the core
     itself notices when its stored log or snapshot already names it (it has joined) and
     then votes and campaigns as its configuration says.
     """
     try:
         return RaftCore(
-            node_id,
-            peers,
-            rng,
-            config,
-            stored.hard_state,
-            stored.entries,
-            snapshot=stored.snapshot,
-            join=node_id not in peers,
+            node_id, voters, rng, config, hard_state, entries, snapshot=snapshot, join=join
         )
     except ValueError as exc:  # a snapshot of another membership, a gap in the log
         raise NodeError(f"cannot start from the stored state: {exc}") from None
@@ -310,7 +306,14 @@ class Node:
         self.table = SessionTable(state_machine)
         self.applied = 0
         self.core = core_factory(
-            node_id, spec.voters, random.Random(self.rng.getrandbits(64)), spec.raft, stored
+            node_id,
+            spec.voters,
+            random.Random(self.rng.getrandbits(64)),
+            spec.raft,
+            stored.hard_state,
+            stored.entries,
+            snapshot=stored.snapshot,
+            join=node_id not in spec.voters,
         )
         self.relay_hook = relay_hook
         self.rejected: Counter[str] = Counter()

@@ -27,11 +27,12 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..check.history import Op
 from ..core.base import (
     ConsensusCore,
+    CoreFactory,
     Entry,
     HardState,
     Message,
@@ -79,24 +80,6 @@ from .kv_workload import ClientSimEngine, KVClient, PendingOp
 from .membership import MembershipInvariants, MembershipNemesis
 
 __all__ = ["ClientReply", "ClientRequest", "CoreFactory", "SimResult", "Simulation"]
-
-
-class CoreFactory(Protocol):
-    """Builds a node's core from what its storage returned (also on every restart)."""
-
-    def __call__(
-        self,
-        node_id: NodeId,
-        peers: Sequence[NodeId],
-        rng: random.Random,
-        config: RaftConfig,
-        hard_state: HardState | None,
-        entries: Sequence[Entry],
-        *,
-        snapshot: Snapshot | None = None,
-    ) -> ConsensusCore:
-        """Return the core for ``node_id``."""
-        ...
 
 
 # Raft simulation event kinds (the engine and the clients own the shared ones)
@@ -214,16 +197,17 @@ def _trace_key(m: Message) -> str:
 
 def default_core_factory(
     node_id: NodeId,
-    peers: Sequence[NodeId],
+    voters: Sequence[NodeId],
     rng: random.Random,
     config: RaftConfig,
     hard_state: HardState | None,
     entries: Sequence[Entry],
     *,
     snapshot: Snapshot | None = None,
+    join: bool = False,
 ) -> ConsensusCore:
     """Build a :class:`RaftCore` (the simulator's default backend)."""
-    return RaftCore(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
+    return RaftCore(node_id, voters, rng, config, hard_state, entries, snapshot=snapshot, join=join)
 
 
 class Simulation(ClientSimEngine[_Client]):

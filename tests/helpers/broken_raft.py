@@ -8,9 +8,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ruflo_consensus.core.base import Entry, HardState, NodeId, Snapshot
+from ruflo_consensus.core.base import CoreFactory, Entry, HardState, NodeId, Snapshot
 from ruflo_consensus.core.raft import RaftConfig, RaftCore
-from ruflo_consensus.sim.simulator import CoreFactory
 
 
 def factory(cls: type[RaftCore]) -> CoreFactory:
@@ -18,15 +17,16 @@ def factory(cls: type[RaftCore]) -> CoreFactory:
 
     def build(
         node_id: NodeId,
-        peers: Sequence[NodeId],
+        voters: Sequence[NodeId],
         rng: random.Random,
         config: RaftConfig,
         hard_state: HardState | None,
         entries: Sequence[Entry],
         *,
         snapshot: Snapshot | None = None,
+        join: bool = False,
     ) -> RaftCore:
-        return cls(node_id, peers, rng, config, hard_state, entries, snapshot=snapshot)
+        return cls(node_id, voters, rng, config, hard_state, entries, snapshot=snapshot, join=join)
 
     build.__name__ = build.__qualname__ = f"build_{cls.__name__}"
     return build

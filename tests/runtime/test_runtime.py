@@ -19,8 +19,7 @@ from ruflo_consensus.runtime import BlockingNode, Node, NodeError, SubmitTimeout
 from ruflo_consensus.runtime.node import default_core_factory
 from ruflo_consensus.statemachine import CommandRejected, KVStateMachine
 from ruflo_consensus.storage import FileStorage
-
-from .runtime_helpers import (
+from tests.helpers.runtime_helpers import (
     PATIENCE,
     get,
     halt,
@@ -32,7 +31,7 @@ from .runtime_helpers import (
     wait_until,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_ring_nodes_reach_non_neighbours_through_relays(tmp_path: Path) -> None:
@@ -182,8 +181,8 @@ class _ExplodingCore(RaftCore):
 async def test_a_crashed_task_takes_the_node_down_loudly(tmp_path: Path) -> None:
     spec = local_spec(tmp_path, "mesh", 3, runtime={"data_dir": None})
 
-    def factory(*args: Any) -> Any:
-        core = default_core_factory(*args)
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        core = default_core_factory(*args, **kwargs)
         core.__class__ = _ExplodingCore
         return core
 
