@@ -35,7 +35,7 @@ Every request (the envelope's payload) is one msgpack map::
 without them the node assigns a session lane of its own. A client's sessions live in its
 own namespace (``<client id>/<client>``), so one client cannot touch another's. Replies::
 
-    {"id": 7, "ok": true, "result": [value, null]}          # or [null, [code, message]]
+    {"id": 7, "ok": true, "result": ["ok", value]}   # or ["rejected", code, message]
     {"id": 7, "ok": false, "error": "TIMEOUT", "message": "…"}
     {"id": 11, "ok": false, "error": "REFUSED", "reason": "already-member", "message": "…"}
 
@@ -74,7 +74,8 @@ from ..identity import (
     seal,
     verify_envelope,
 )
-from .node import NodeError, NotLeaderError, SubmitTimeout, decode_result, encode_result
+from ..statemachine import decode_result, encode_result, pack
+from .node import NodeError, NotLeaderError, SubmitTimeout
 from .spec import ClusterSpec, Endpoint, NodeTLS
 from .transport import NETWORK_ERRORS, connect
 
@@ -117,10 +118,6 @@ class ClientError(Exception):
         self.reason = reason
 
 
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-
 async def serve_client(node: Node, ws: WebSocketConnection) -> None:
     """Serve one client connection until it closes."""
     limit = trio.Semaphore(_MAX_IN_FLIGHT)
@@ -128,10 +125,10 @@ async def serve_client(node: Node, ws: WebSocketConnection) -> None:
 
     async def reply(message: dict[str, Any], origin: _Origin | None) -> None:
         if origin is None:  # a bare request (or one too broken to say who sent it)
-            data = _pack(message)
+            data = pack(message)
         else:
             sender, nonce = origin
-            payload = _pack({**message, "re": nonce})
+            payload = pack({**message, "re": nonce})
             data = seal(node.identity, sender, KIND_CLIENT_REPLY, payload, node.nonces)
         async with send_lock:
             with contextlib.suppress(ConnectionClosed):
@@ -280,21 +277,21 @@ async def _answer(node: Node, req: dict[str, Any], principal: str) -> dict[str, 
             result = await node.read(req.get("query"), timeout=timeout)
             return {"id": rid, "ok": True, "result": encode_result(result)}
         if op == "status":
-            return {"id": rid, "ok": True, "result": [node.status(), None]}
+            return {"id": rid, "ok": True, "result": encode_result(node.status())}
         if op == "transfer":
             target = req.get("target")
             if not isinstance(target, str):
                 node.rejected["client-bad-field"] += 1
                 return _error(rid, "BAD_REQUEST", "transfer needs a string target")
             node.transfer_leadership(target)
-            return {"id": rid, "ok": True, "result": [None, None]}
+            return {"id": rid, "ok": True, "result": encode_result(None)}
         if op == "membership":
             kind, target = req.get("kind"), req.get("node")
             if not isinstance(kind, str) or not isinstance(target, str):
                 node.rejected["client-bad-field"] += 1
                 return _error(rid, "BAD_REQUEST", "membership needs a string kind and node")
             conf = await node.change_membership(kind, target, timeout=timeout)
-            return {"id": rid, "ok": True, "result": [conf, None]}
+            return {"id": rid, "ok": True, "result": encode_result(conf)}
     except ConfChangeRefused as exc:
         return {**_error(rid, "REFUSED", exc.detail), "reason": exc.reason}
     except TransferRefused as exc:
@@ -378,7 +375,7 @@ class NodeClient:
 
     def frame(self, message: dict[str, Any]) -> bytes:
         """The bytes of one request: signed for the node, or the bare map without a key."""
-        data = _pack(message)
+        data = pack(message)
         if self.identity is None:
             return data
         assert self.node_id is not None

@@ -28,10 +28,10 @@ import secrets
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import trio
 
 from ..core.base import ConfChangeKind, ConfChangeRefused, NodeId, Role
+from ..statemachine import pack
 
 if TYPE_CHECKING:
     from .node import Node
@@ -55,10 +55,6 @@ TRANSIENT_REFUSALS = frozenset(
 
 _OK, _NOT_LEADER, _RETRY, _REFUSED = 0, 1, 2, 3
 _REMEMBERED = 256  # outcomes of forwarded requests the leader keeps for re-sends
-
-
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def member_role(core: Any, node_id: NodeId) -> str:
@@ -127,7 +123,7 @@ class MembershipAdmin:
         send, recv = trio.open_memory_channel[list[Any]](1)
         self._replies[rid] = send
         try:
-            node._send_envelope(leader, KIND_CHANGE, _pack([rid, kind, target]))
+            node._send_envelope(leader, KIND_CHANGE, pack([rid, kind, target]))
             with trio.move_on_after(5 * node._retry_s):
                 status, body = await recv.receive()
                 if status == _OK and isinstance(body, dict):
@@ -189,7 +185,7 @@ class MembershipAdmin:
         key = (sender, rid)
         done = self._done.get(key)
         if done is not None:
-            node._send_envelope(sender, KIND_CHANGE_REPLY, _pack(done))
+            node._send_envelope(sender, KIND_CHANGE_REPLY, pack(done))
         elif key not in self._busy and node._nursery is not None:
             self._busy.add(key)
             node._nursery.start_soon(self._serve, sender, rid, kind, target)
@@ -216,10 +212,10 @@ class MembershipAdmin:
                     self._done[key] = reply
                     while len(self._done) > _REMEMBERED:
                         self._done.popitem(last=False)
-                    node._send_envelope(sender, KIND_CHANGE_REPLY, _pack(reply))
+                    node._send_envelope(sender, KIND_CHANGE_REPLY, pack(reply))
                     return
                 reply = [rid, _RETRY, None]
-            node._send_envelope(sender, KIND_CHANGE_REPLY, _pack(reply))
+            node._send_envelope(sender, KIND_CHANGE_REPLY, pack(reply))
         finally:
             self._busy.discard(key)
 

@@ -94,7 +94,15 @@ from ..identity import (
     seal,
     verify_envelope,
 )
-from ..statemachine import CommandError, CommandRejected, SessionTable, StateMachine
+from ..statemachine import (
+    CommandError,
+    CommandRejected,
+    SessionTable,
+    StateMachine,
+    decode_result,
+    encode_result,
+    pack,
+)
 from ..storage import FileStorage, MemoryStorage, RaftStorage
 from .membership import (
     KIND_CHANGE,
@@ -125,7 +133,7 @@ log = logging.getLogger("ruflo_consensus.runtime")
 
 KIND_CONSENSUS = 0  # payload: a codec frame (a protocol message)
 KIND_FORWARD = 1  # payload: [client, seq, command] — a follower hands a submit to the leader
-KIND_FORWARD_REPLY = 2  # payload: [client, seq, status, result, rejected]
+KIND_FORWARD_REPLY = 2  # payload: [client, seq, status, encoded result]
 KIND_LINK_STATE = 3  # payload: [down neighbour, ...] — flooded to every node
 BROADCAST = "*"  # the destination of a flooded frame
 
@@ -224,33 +232,6 @@ class _ApplyWork:
 class _Lane:
     client: str
     seq: int = 0
-
-
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def encode_result(result: Any) -> list[Any]:
-    """A result as it crosses the wire: ``[value, None]`` or ``[None, [code, message]]``."""
-    if isinstance(result, CommandRejected):
-        return [None, [result.code, result.message]]
-    return [result, None]
-
-
-def decode_result(raw: Any) -> Any:
-    """Inverse of :func:`encode_result`; raise ``ValueError`` on a bad shape."""
-    if not isinstance(raw, list) or len(raw) != 2:
-        raise ValueError("a result is [value, rejected]")
-    value, rejected = raw
-    if rejected is None:
-        return value
-    if (
-        not isinstance(rejected, list)
-        or len(rejected) != 2
-        or not all(isinstance(x, str) for x in rejected)
-    ):
-        raise ValueError("rejected must be [code, message]")
-    return CommandRejected(rejected[0], rejected[1])
 
 
 class Node:
@@ -602,7 +583,7 @@ class Node:
                 self.identity,
                 BROADCAST,
                 KIND_LINK_STATE,
-                _pack(down),
+                pack(down),
                 self.nonces,
                 hops=self._hop_limit,
             )
@@ -747,7 +728,7 @@ class Node:
                 except SubmitTimeout:
                     status = _RETRY
         reply = [client, seq, status, encode_result(result)]
-        self._send_envelope(sender, KIND_FORWARD_REPLY, _pack(reply))
+        self._send_envelope(sender, KIND_FORWARD_REPLY, pack(reply))
 
     def _on_forward_reply(self, payload: bytes) -> None:
         raw = self._decode_payload(payload, 4)
@@ -858,7 +839,7 @@ class Node:
                 target = ("fwd", core.term, core.leader)
                 if attempt != target or now - last_send > self._retry_s:
                     attempt, last_send = target, now
-                    self._send_envelope(core.leader, KIND_FORWARD, _pack([client, seq, command]))
+                    self._send_envelope(core.leader, KIND_FORWARD, pack([client, seq, command]))
             await w.wait()
         return w.result
 
