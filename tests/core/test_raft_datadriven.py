@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ruflo_consensus.core import (
     RaftCore,
     Ready,
     Role,
+    Snapshot,
 )
 from ruflo_consensus.core.raft import (
     AppendEntries,
@@ -48,11 +49,14 @@ from ruflo_consensus.core.raft import (
 )
 from ruflo_consensus.storage import MemoryStorage
 from tests.helpers.datadriven import (
+    REWRITE_ENV,
     DataDrivenError,
+    Mismatch,
     TestData,
     check_file,
     format_mismatch,
     parse,
+    rewrite_requested,
     run_file,
 )
 
@@ -147,9 +151,8 @@ def message_text(m: Message) -> str:
             f"bytes=[{m.offset},{end})/{m.total}" + (" done" if m.done else "")
         )
     if isinstance(m, InstallSnapshotResponse):
-        return (
-            f"{head} MsgSnapResp term={m.term} snap-index={m.index} received={m.received}"
-            + (" done" if m.done else "")
+        return f"{head} MsgSnapResp term={m.term} snap-index={m.index} received={m.received}" + (
+            " done" if m.done else ""
         )
     return f"{head} {type(m).__name__}"
 
@@ -282,9 +285,7 @@ class RaftInteractions:
             self.bootstrap = [node_id(i) for i in new]
         lines = []
         for i in new:
-            core = self.core_class(
-                node_id(i), self.bootstrap, random.Random(i), config, join=join
-            )
+            core = self.core_class(node_id(i), self.bootstrap, random.Random(i), config, join=join)
             self.nodes[i] = Node(core)
             lines.append(
                 f"{i}: {core.role.value} term={core.term} voters={nodes_text(core.voters)} "
@@ -594,3 +595,269 @@ def test_the_scenarios_are_all_there() -> None:
     names = {p.name for p in SCENARIOS}
     wanted = {"campaign", "prevote", "checkquorum", "confchange", "readindex", "snapshot"}
     assert {f"{w}.txt" for w in wanted} <= names
+
+
+def test_rewriting_a_scenario_with_its_outputs_removed_gives_it_back(tmp_path: Path) -> None:
+    """The recorded files are exactly what the driver prints, with nothing edited by hand."""
+    original = (TESTDATA / "campaign.txt").read_text(encoding="utf-8")
+    blocks = parse(original)
+    lines = original.split("\n")
+    blank: list[str] = []
+    at = 0
+    for td in blocks:
+        blank.extend(lines[at : td.out_start])
+        blank.append("----")
+        at = td.out_end
+    blank.extend(lines[at:])
+    path = tmp_path / "campaign.txt"
+    path.write_text("\n".join(blank), encoding="utf-8")
+    assert run_file(path, RaftInteractions().handle)  # empty outputs mismatch ...
+    assert run_file(path, RaftInteractions().handle, rewrite=True) == []
+    assert path.read_text(encoding="utf-8") == original  # ... and rewriting restores them
+
+
+# --------------------------------------------------------------------------- can fail
+#
+# Cores that are wrong in small ways, built from the public API only (they wrap
+# ``ready``, ``step`` or the constructor), so that they keep working however the core's
+# insides are arranged. Each must make a scenario file mismatch.
+
+
+class ForgetsToApply(RaftCore):
+    """Never hands committed entries to the driver: nothing is ever applied."""
+
+    def ready(self) -> Ready:
+        rd = super().ready()
+        rd.committed = []
+        return rd
+
+
+class LosesPersistedEntries(RaftCore):
+    """Sends its messages but never asks the driver to store new log entries."""
+
+    def ready(self) -> Ready:
+        rd = super().ready()
+        rd.persist.entries = []
+        rd.persist.truncate_from = None
+        return rd
+
+
+class IgnoresPreVoteSetting(RaftCore):
+    """Campaigns without pre-vote whatever its configuration says."""
+
+    def __init__(
+        self, node: NodeId, peers: list[NodeId], rng: random.Random, config: RaftConfig, **kw: Any
+    ) -> None:
+        super().__init__(node, peers, rng, replace(config, pre_vote=False), **kw)
+
+
+class DeafToHeartbeats(RaftCore):
+    """Drops every heartbeat (an append of a numbered round without entries) it receives."""
+
+    def step(self, m: Message) -> None:
+        if isinstance(m, AppendEntries) and m.round and not m.entries:
+            return
+        super().step(m)
+
+
+class SnapshotLosesData(RaftCore):
+    """Keeps the log position of a snapshot but not the state machine bytes it was given."""
+
+    def compact(self, index: int, data: bytes) -> Snapshot | None:
+        return super().compact(index, b"")
+
+
+@pytest.mark.parametrize(
+    ("core_class", "scenario"),
+    [
+        (ForgetsToApply, "campaign.txt"),
+        (LosesPersistedEntries, "campaign.txt"),
+        (IgnoresPreVoteSetting, "prevote.txt"),
+        (DeafToHeartbeats, "readindex.txt"),
+        (DeafToHeartbeats, "checkquorum.txt"),
+        (SnapshotLosesData, "snapshot.txt"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v.__name__,
+)
+def test_a_broken_core_makes_the_scenario_mismatch(
+    core_class: type[RaftCore], scenario: str
+) -> None:
+    mismatches = run_file(TESTDATA / scenario, RaftInteractions(core_class).handle)
+    assert mismatches, f"{core_class.__name__} passed {scenario}: the scenario cannot fail"
+    first = mismatches[0]
+    file, _, line = first.pos.rpartition(":")
+    assert file.endswith(scenario) and int(line) > 0
+    assert first.expected != first.actual
+    assert "---" in first.diff() and "+++" in first.diff()
+
+
+# --------------------------------------------------------------------------- the runner
+
+SAMPLE = """\
+# a comment, kept when rewriting
+echo a b key=value list=(x, y)
+----
+a b key=value list=(x,y)
+
+# a command with input lines
+echo-input
+line one
+line two
+----
+line one
+line two
+
+echo say=first||second
+----
+----
+first
+
+second
+----
+----
+"""
+
+
+def echo(td: TestData) -> str:
+    """Print the arguments, or the input, or what ``say=`` says (``|`` for a newline)."""
+    if td.cmd == "echo-input":
+        return td.input
+    say = td.get("say")
+    if say is not None:
+        return say.replace("|", "\n")
+    return " ".join(str(a) for a in td.args)
+
+
+def test_parse_reads_commands_arguments_inputs_and_outputs() -> None:
+    blocks = parse(SAMPLE, "sample.txt")
+    assert [td.cmd for td in blocks] == ["echo", "echo-input", "echo"]
+    first = blocks[0]
+    assert first.pos == "sample.txt:2"
+    assert first.positional() == ["a", "b"]
+    assert first.get("key") == "value"
+    assert first.keyed()["list"] == ("x", "y")
+    assert first.expected == "a b key=value list=(x,y)"
+    assert blocks[1].input == "line one\nline two"
+    assert blocks[1].line == 7
+    assert blocks[2].expected == "first\n\nsecond"  # fenced: may hold blank lines
+
+
+def test_the_sample_passes_with_the_echo_handler(tmp_path: Path) -> None:
+    path = tmp_path / "sample.txt"
+    path.write_text(SAMPLE, encoding="utf-8")
+    check_file(path, echo)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "echo\nno separator\n",  # input runs into the end of the file
+        "echo\n\n----\nx\n",  # a blank line between command and separator
+        "----\nx\n",  # a separator without a command
+        "echo\n----\n----\nnever closed\n",
+        "echo key=(a\n----\n",
+    ],
+)
+def test_malformed_files_are_refused_with_their_position(text: str) -> None:
+    with pytest.raises(DataDrivenError, match=r"bad\.txt:\d+"):
+        parse(text, "bad.txt")
+
+
+def test_a_mismatch_names_the_file_line_command_and_shows_a_diff(tmp_path: Path) -> None:
+    path = tmp_path / "case.txt"
+    path.write_text("echo ok\n----\nok\n\necho say=new\n----\nold\n", encoding="utf-8")
+    mismatches = run_file(path, echo)
+    assert len(mismatches) == 1
+    assert mismatches[0].pos.endswith("case.txt:5")
+    with pytest.raises(AssertionError) as failure:
+        check_file(path, echo)
+    message = str(failure.value)
+    assert "case.txt:5: output of 'echo say=new' differs" in message
+    assert "-old" in message and "+new" in message
+    assert "--rewrite-testdata" in message
+
+
+def test_a_handler_error_names_the_block(tmp_path: Path) -> None:
+    path = tmp_path / "case.txt"
+    path.write_text("echo hi\n----\nhi\n\nboom now\n----\n", encoding="utf-8")
+
+    def handler(td: TestData) -> str:
+        if td.cmd == "boom":
+            raise RuntimeError("no")
+        return td.command_line
+
+    with pytest.raises(DataDrivenError, match=r"case\.txt:5: 'boom now' raised RuntimeError"):
+        run_file(path, handler)
+
+
+def test_rewriting_records_actual_outputs_and_keeps_everything_else(tmp_path: Path) -> None:
+    stale = (
+        "# header comment\n"
+        "\n"
+        "echo say=one\n"
+        "----\n"
+        "stale\n"
+        "\n"
+        "# comment between blocks\n"
+        "echo say=a||b\n"  # an output with a blank line gets fenced
+        "----\n"
+        "\n"
+        "echo-input\n"
+        "kept input\n"
+        "----\n"
+        "----\n"
+        "was\n"
+        "\n"
+        "fenced\n"
+        "----\n"
+        "----\n"
+    )
+    path = tmp_path / "case.txt"
+    path.write_text(stale, encoding="utf-8")
+    assert len(run_file(path, echo)) == 3
+    assert run_file(path, echo, rewrite=True) == []
+    assert path.read_text(encoding="utf-8") == (
+        "# header comment\n"
+        "\n"
+        "echo say=one\n"
+        "----\n"
+        "one\n"
+        "\n"
+        "# comment between blocks\n"
+        "echo say=a||b\n"
+        "----\n"
+        "----\n"
+        "a\n"
+        "\n"
+        "b\n"
+        "----\n"
+        "----\n"
+        "\n"
+        "echo-input\n"
+        "kept input\n"
+        "----\n"
+        "kept input\n"
+    )
+    assert run_file(path, echo) == []  # the rewritten file passes
+    before = path.read_text(encoding="utf-8")
+    assert run_file(path, echo, rewrite=True) == []
+    assert path.read_text(encoding="utf-8") == before  # and a second rewrite is a no-op
+
+
+def test_the_environment_variable_switches_rewriting_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(REWRITE_ENV, raising=False)
+    assert not rewrite_requested()
+    assert rewrite_requested(True)
+    for on in ("1", "true", "yes"):
+        monkeypatch.setenv(REWRITE_ENV, on)
+        assert rewrite_requested()
+    for off in ("0", "false", ""):
+        monkeypatch.setenv(REWRITE_ENV, off)
+        assert not rewrite_requested()
+
+
+def test_format_mismatch_is_position_then_diff() -> None:
+    m = Mismatch("f.txt:3", "status", "a\nb", "a\nc")
+    text = format_mismatch(m)
+    assert text.splitlines()[0] == "f.txt:3: output of 'status' differs"
+    assert "-b" in text and "+c" in text

@@ -276,7 +276,9 @@ def run_file(
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    shown = os.path.relpath(path) if path.is_absolute() else str(path)
+    shown = str(path)
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        shown = str(path.relative_to(Path.cwd()))
     blocks = parse(text, shown)
     mismatches: list[Mismatch] = []
     actuals: list[str] = []
