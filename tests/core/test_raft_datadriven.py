@@ -790,6 +790,14 @@ def test_a_handler_error_names_the_block(tmp_path: Path) -> None:
         run_file(path, handler)
 
 
+def test_an_output_the_format_cannot_hold_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "case.txt"
+    path.write_text("echo say=a|----|b\n----\n", encoding="utf-8")
+    with pytest.raises(DataDrivenError, match="cannot keep"):
+        run_file(path, echo, rewrite=True)
+    assert path.read_text(encoding="utf-8") == "echo say=a|----|b\n----\n"
+
+
 def test_rewriting_records_actual_outputs_and_keeps_everything_else(tmp_path: Path) -> None:
     stale = (
         "# header comment\n"

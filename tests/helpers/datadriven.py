@@ -290,6 +290,11 @@ def run_file(
                 f"{td.pos}: {td.command_line!r} raised {type(exc).__name__}: {exc}"
             ) from exc
         actual = _normalise(actual)
+        if any(line.strip() == SEPARATOR for line in actual.split("\n")):
+            raise DataDrivenError(
+                f"{td.pos}: the output of {td.command_line!r} holds a "
+                f"{SEPARATOR!r} line, which the file format cannot keep"
+            )
         actuals.append(actual)
         if actual != _normalise(td.expected):
             mismatches.append(Mismatch(td.pos, td.command_line, td.expected, actual))
