@@ -39,11 +39,9 @@ of the core beyond the contract (reads, compaction, transfer, membership, status
 resolves once into :attr:`Node.capabilities`; a missing one is a typed
 :class:`~.errors.CapabilityMissing` where it is asked for (``docs/backend-contract.md``).
 
-**Membership.** The core starts with the spec's bootstrap voters as ``peers`` and, on a
-spare (``join = true``), ``join=True``; every node of the spec is linked and relays
-whether or not it is a member. :meth:`Node.change_membership` makes single-server
-changes through the leader (:mod:`.membership`); a node outside the configuration keeps
-running and relaying but refuses submits and reads with :class:`NotMemberError`.
+**Membership.** A spare of the spec (``join = true``) starts its core with ``join=True``;
+every node of the spec is linked and relays, member or not, but a node outside the
+configuration refuses submits and reads with :class:`NotMemberError`.
 """
 
 from __future__ import annotations
@@ -89,15 +87,11 @@ from .membership import (
     configuration_map,
     member_role,
 )
-from .routing import BROADCAST, KIND_LINK_STATE, Router
+from .routing import Router
 from .spec import ClusterSpec
 
 __all__ = [
-    "BROADCAST",
     "KIND_CONSENSUS",
-    "KIND_FORWARD",
-    "KIND_FORWARD_REPLY",
-    "KIND_LINK_STATE",
     "CapabilityMissing",
     "CoreFactory",
     "Node",
@@ -242,7 +236,7 @@ class Node:
         self.snapshots_restored = 0
         lanes = f"{node_id}/{self.nonces.boot.hex()}"
         self.submissions = Submissions(self, lanes, spec.runtime.max_sessions)
-        self.pending_reads = PendingReads(self, self.table.machine.apply)
+        self.pending_reads = PendingReads(self, lambda query: self.table.machine.apply(query))
         self.membership = MembershipAdmin(self)
         self._nursery: trio.Nursery | None = None
         self.started = trio.Event()
@@ -605,12 +599,7 @@ class Node:
             "relayed": self.relayed,
             "delivered": self.delivered,
             "unroutable": self.unroutable,
-            "down_links": sorted(list(pair) for pair in self.router.known_down()),
-            "inbound": self.transport.inbound,
-            "links": [
-                {**s.to_json(), "queued": self.transport.queued(p)}
-                for p, s in self.transport.links.items()
-            ],
+            **self.router.link_status(),
             "rejected": dict(sorted(rejected.items())),
             "member": self.member_role,
             **configuration_map(caps.membership),

@@ -31,6 +31,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from trio_websocket import WebSocketConnection
@@ -131,6 +132,18 @@ class Router:
         if hop is None and dst in self.transport.links:
             return dst  # no way round: queue it for the link's return
         return hop
+
+    def link_status(self) -> dict[str, Any]:
+        """``down_links`` (as :meth:`known_down`), ``inbound`` connections and each
+        link's health with its queue length, for the node's ``status``."""
+        transport = self.transport
+        return {
+            "down_links": sorted(list(pair) for pair in self.known_down()),
+            "inbound": transport.inbound,
+            "links": [
+                {**s.to_json(), "queued": transport.queued(p)} for p, s in transport.links.items()
+            ],
+        }
 
     def send(self, dst: NodeId, kind: int, payload: bytes) -> None:
         """Sign ``payload`` for ``dst`` and queue it on the next hop's link."""
