@@ -31,6 +31,7 @@ class RaftConfig:
     max_learner_lag: int = 32
 
     def __post_init__(self) -> None:
+        """Refuse a setting that is out of range or inconsistent (``ValueError``)."""
         if self.tick_ms <= 0:
             raise ValueError("tick_ms must be positive")
         if not 0 < self.heartbeat_ms < self.election_timeout_min_ms:

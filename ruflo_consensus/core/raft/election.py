@@ -63,6 +63,7 @@ class ElectionRole(RaftState):
         return granted_votes(self.votes, self._conf.voters)
 
     def _won_election(self, pre_vote: bool) -> None:
+        """A majority voted: a won pre-vote starts the real election, a won election leads."""
         if pre_vote:
             self._campaign(pre_vote=False)
         else:
@@ -97,6 +98,7 @@ class ElectionRole(RaftState):
         self._send(VoteResponse(self.node_id, m.src, self._term, granted, False))
 
     def _handle_vote_response(self, m: VoteResponse) -> None:
+        """Count a (pre-)vote of this round; win, or give up once a majority refused."""
         if m.pre_vote:
             if self._role is not Role.PRE_CANDIDATE or m.term != self._term + 1:
                 return

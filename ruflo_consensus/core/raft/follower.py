@@ -61,6 +61,7 @@ class FollowerRole(RaftState):
         return self.term_at(prev_index) == prev_term
 
     def _handle_append(self, m: AppendEntries) -> None:
+        """Check log matching for the leader's append; write the entries and answer."""
         if m.prev_index < self.commit:
             # Everything up to our commit index is already known to match.
             skip = self.commit - m.prev_index

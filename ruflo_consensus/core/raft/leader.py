@@ -34,7 +34,6 @@ from .messages import (
     InstallSnapshotResponse,
     ReadIndexRequest,
     TimeoutNow,
-    entry_size,
 )
 from .progress import Progress, ProgressState, quorum_value
 from .snapshot import chunk_message
@@ -99,6 +98,7 @@ class LeaderRole(RaftState):
         return pr
 
     def _handle_append_response(self, m: AppendResponse) -> None:
+        """Note an answer to an append or heartbeat: advance, pipeline, or back off."""
         pr = self._progress_of(m.src)
         if pr is None:
             return
@@ -135,6 +135,7 @@ class LeaderRole(RaftState):
         self._send_append(m.src, allow_empty=True)
 
     def _handle_snapshot_response(self, m: InstallSnapshotResponse) -> None:
+        """A follower acknowledged snapshot bytes: send the next chunk, or resume appends."""
         pr = self._progress_of(m.src)
         if pr is None:
             return
@@ -235,14 +236,7 @@ class LeaderRole(RaftState):
             self._start_snapshot(peer, pr)  # the entries it needs next are compacted away
             return
         prev = pr.next - 1
-        batch = self._log.slice(pr.next, pr.next + cfg.max_batch_entries)
-        size = 0
-        for k, e in enumerate(batch):
-            esize = entry_size(e)
-            if k > 0 and size + esize > cfg.max_batch_bytes:
-                batch = batch[:k]
-                break
-            size += esize
+        batch, size = self._log.batch(pr.next, cfg.max_batch_entries, cfg.max_batch_bytes)
         entries = tuple(batch)
         if not entries and not allow_empty:
             return
@@ -293,11 +287,13 @@ class LeaderRole(RaftState):
             )
 
     def _start_snapshot(self, peer: NodeId, pr: Progress) -> None:
+        """Start sending ``peer`` this node's latest snapshot, from its first byte."""
         assert self.snapshot is not None, "a compacted log always has a snapshot"
         pr.become_snapshot(self.snapshot)
         self._send_chunk(peer, pr)
 
     def _send_chunk(self, peer: NodeId, pr: Progress) -> None:
+        """Send ``peer`` the snapshot chunk at the offset it acknowledged."""
         snap = pr.snapshot
         assert snap is not None
         self._send(

@@ -12,6 +12,7 @@ truncating whatever storage holds from that index on.
 from __future__ import annotations
 
 from ..base import Entry
+from .messages import entry_size
 
 __all__ = ["RaftLog"]
 
@@ -57,12 +58,25 @@ class RaftLog:
             return self.entries[k]
         return None
 
-    def slice(self, first: int, stop: int | None = None) -> list[Entry]:
-        """Entries ``first .. stop - 1`` (to the end without ``stop``); ``first > offset``."""
-        off = self.offset
-        return (
-            self.entries[first - off :] if stop is None else self.entries[first - off : stop - off]
-        )
+    def slice(self, first: int, stop: int) -> list[Entry]:
+        """The entries from ``first`` (after the snapshot point) up to ``stop`` (excluded)
+        that the log holds."""
+        return self.entries[first - self.offset : stop - self.offset]
+
+    def batch(self, first: int, max_entries: int, max_bytes: int) -> tuple[list[Entry], int]:
+        """The entries to send from ``first`` on, and their size in bytes.
+
+        At most ``max_entries`` of them, cut before the entry that would take the size past
+        ``max_bytes`` (the first entry always goes, however large).
+        """
+        batch = self.slice(first, first + max_entries)
+        size = 0
+        for k, e in enumerate(batch):
+            esize = entry_size(e)
+            if k > 0 and size + esize > max_bytes:
+                return batch[:k], size
+            size += esize
+        return batch, size
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """Is a log ending at ``(last_index, last_term)`` at least as up to date as this one?"""

@@ -141,6 +141,7 @@ class ConfigHistory:
     __slots__ = ("base", "entries")
 
     def __init__(self, base: Configuration) -> None:
+        """A history with ``base`` in effect and no configuration entries yet."""
         self.base = base
         self.entries: list[tuple[int, Configuration]] = []
 

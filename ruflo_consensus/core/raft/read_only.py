@@ -56,6 +56,7 @@ class ReadOnly:
     __slots__ = ("next_id", "pending", "remote", "round", "round_needed", "round_tick", "waiting")
 
     def __init__(self) -> None:
+        """No rounds sent, no reads waiting."""
         self.round = 0
         """The latest heartbeat round this node sent as leader (it only grows)."""
         self.round_tick: dict[int, int] = {}

@@ -230,19 +230,24 @@ class RaftState:
     # ----------------------------------------------------------------- primitives
 
     def _send(self, m: Message) -> None:
+        """Queue ``m`` for the next ``Ready``."""
         self._msgs.append(m)
 
     def _count(self, reason: str) -> None:
+        """Count one refused message (or request) under ``reason``."""
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def _reject(self, reason: str, detail: str) -> NoReturn:
+        """Count ``reason`` and raise :class:`ProtocolError`: the message changes nothing."""
         self._count(reason)
         raise ProtocolError(reason, detail)
 
     def _random_timeout(self) -> int:
+        """A fresh election timeout in ticks, drawn from the injected RNG."""
         return self.rng.randrange(self.config.election_ticks, self.config.election_ticks_max)
 
     def _set_role(self, role: Role, leader: NodeId | None) -> None:
+        """Take ``role`` under ``leader``; report it in ``Ready`` when either changed."""
         changed = role is not self._role or leader != self._leader
         self._role = role
         self._leader = leader
@@ -295,12 +300,15 @@ class RaftState:
     # candidate that hears the leader of its term steps as a follower (:mod:`.follower`).
 
     def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        """Start an election (:mod:`.election`)."""
         raise NotImplementedError
 
     def _become_leader(self) -> None:
+        """Take the lead after winning an election (:mod:`.leader`)."""
         raise NotImplementedError
 
     def _step_follower(self, m: Message) -> None:
+        """Handle a message of the current term as follower (:mod:`.follower`)."""
         raise NotImplementedError
 
     def _compact_log_to(self, index: int, term: int) -> None:
@@ -346,6 +354,7 @@ class RaftState:
         self._set_configuration()
 
     def _learn_nodes(self, nodes: Sequence[NodeId]) -> None:
+        """Accept messages from ``nodes`` from now on."""
         self._known.update(nodes)
 
     def _set_configuration(self) -> None:
