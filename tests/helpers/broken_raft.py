@@ -35,12 +35,19 @@ def factory(cls: type[RaftCore]) -> CoreFactory:
 class CommitWithoutMajority(RaftCore):
     """A leader that commits everything it has as soon as one follower acknowledges.
 
-    It overrides the one commit path's quorum count: whatever it holds counts as held
-    by a majority.
+    It overrides the one commit path's quorum count (whatever it holds counts as held by
+    a majority) and, as a write of its hard state, makes each such commit index durable
+    before its next messages leave.
     """
 
     def _committable_index(self) -> int:
         return self.last_index  # its own log, as if every follower held it too
+
+    def _maybe_commit(self) -> bool:
+        advanced = super()._maybe_commit()
+        if advanced:
+            self._hs_dirty = True
+        return advanced
 
 
 class SkipLogMatching(RaftCore):
