@@ -10,7 +10,7 @@ known to match. A snapshot arrives in ``InstallSnapshot`` chunks (checked by
 
 from __future__ import annotations
 
-from ..base import Message, ReadState, Snapshot
+from ..base import Message, NodeId, ReadState, Snapshot
 from .membership import ConfigHistory, Configuration
 from .messages import (
     AppendEntries,
@@ -48,7 +48,7 @@ class FollowerRole(RaftState):
             if ctx is not None:
                 self._reads.append(ReadState(ctx, m.index))
 
-    def _follow(self, leader: str) -> None:
+    def _follow(self, leader: NodeId) -> None:
         """``leader`` sent us its log in our term: it is the leader, and it is alive."""
         if self._leader != leader:
             self._become_follower(self._term, leader)
