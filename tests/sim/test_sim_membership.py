@@ -6,7 +6,7 @@ import pytest
 
 from ruflo_consensus.core.base import ConfChange, ConfChangeKind, Entry
 from ruflo_consensus.core.raft import RaftCore
-from ruflo_consensus.core.raft_membership import Configuration
+from ruflo_consensus.core.raft.membership import Configuration
 from ruflo_consensus.sim import InvariantViolation, SimConfig, Simulation, run_simulation, run_sweep
 from ruflo_consensus.sim.membership import MembershipInvariants
 from tests.helpers.broken_raft import two_conf_changes_at_once
