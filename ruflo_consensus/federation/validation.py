@@ -1,7 +1,10 @@
-"""Field checks shared by the federation machines.
+"""Value and field checks shared by the federation machines.
 
 Every check raises a typed :class:`~ruflo_consensus.federation.errors.FederationError`
-and never mutates anything, so machines can run all of them before touching state.
+and never mutates anything, so machines can run all of them before touching state. The
+``check_*`` functions are the one layer of wire-value rules (UTF-8 text, integers in range,
+finite numbers, real bytes, canonically encodable values); commands use them through the
+``req_*``/``opt_*`` helpers here, snapshots through :mod:`ruflo_consensus.federation.wire`.
 
 Time: every command carries ``now``, an **integer number of milliseconds** (any epoch the
 federation agrees on, e.g. Unix time in ms). A machine's clock is the largest ``now`` it has
