@@ -58,7 +58,6 @@ from ruflo_consensus.federation.wire import (
     w_row,
     w_text,
     w_time,
-    w_value,
 )
 
 __all__ = [
@@ -466,10 +465,13 @@ def _read_record(value: Any) -> dict[str, Any]:
 
 
 def _read_metadata(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+    """A metadata map: string keys, any values. That the values have a canonical encoding is
+    checked once for the whole new state (see ``PlannedMachine.decoded``), not per record."""
+    if not isinstance(value, dict):
         raise BadSnapshot("'metadata' must be a map with string keys")
-    metadata: dict[str, Any] = w_value(value, "metadata", limit=_MAX_METADATA)
-    return metadata
+    for name in value:
+        w_text(name, "metadata key", max_len=_MAX_METADATA, allow_empty=True)
+    return value
 
 
 def _missing(name: str) -> str:
