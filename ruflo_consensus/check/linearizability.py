@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +153,7 @@ def _search(
     budget: int | None = None,
     exact: bool = False,
     tick: Callable[[int], None] | None = None,
+    witness_horizon: int | None = None,
 ) -> _Outcome:
     """Run the WGL/Lowe search over ``ops`` (one partition) from ``init_state``.
 
@@ -186,6 +188,14 @@ def _search(
 
     ``exact`` keeps the memo to exact matches, so the deepest configuration is a longest
     linearizable prefix (used for failure reports); the verdict is the same either way.
+
+    ``witness_horizon`` makes it a *witness search*, which may only answer True (with a
+    valid linearization: every step taken is legal and respects real time) or give up
+    (None, "no witness"): an ``info`` operation is tried only when an ``ok`` operation
+    that may observe it is among the candidates or the next ``witness_horizon`` ``ok``
+    operations invoked. A timed-out write that takes effect long after it was invoked is
+    then placed near where it was observed instead of everywhere in between; when it
+    finds nothing, the full search decides.
     """
     opl = sorted(ops, key=lambda op: op.call)
     oks = [op for op in opl if op.status == "ok"]
@@ -195,9 +205,12 @@ def _search(
         return _Outcome(True)
     k = len(infos)
     info_call = [op.call for op in infos]
+    ok_call = [op.call for op in oks]
     # watchers[j]: bitset (over ok operation numbers) of the ok operations that may see
     # info operation j; -1 when any may. Once all are linearised, j is not tried.
     watchers = [-1] * k
+    if witness_horizon is not None and (exact or not k):
+        return _Outcome(None, reason="no witness")
     if not exact and k:
         number = {op.index: i for i, op in enumerate(oks)}
         part = list(opl)
@@ -334,8 +347,11 @@ def _search(
             after_info = not exact and stack and stack[-1][0] < 0
             if after_info:
                 parent_state = stack[-1][1]
+            window = -1
+            if witness_horizon is not None:
+                window = (1 << (bisect_left(ok_call, limit) + witness_horizon)) - 1
             while j < k and info_call[j] < limit:
-                if info_set >> j & 1 or (watchers[j] >> low) & ~bits == 0:
+                if info_set >> j & 1 or ((watchers[j] & window) >> low) & ~bits == 0:
                     j += 1
                     continue
                 legal, new_state = step(state, infos[j])
@@ -393,6 +409,8 @@ def _search(
                     reason="memo budget",
                 )
             if not stack:
+                if witness_horizon is not None:
+                    return _Outcome(None, configurations=len(memo) + extra, reason="no witness")
                 moves = best_moves
                 return _Outcome(
                     False,
@@ -559,6 +577,9 @@ so the default keeps one search near 200 MB."""
 
 _FIRST_TURN_BUDGET = 1_000
 """The memo budget of every partition's first turn; it grows fourfold per turn."""
+
+_WITNESS_HORIZON = 10
+"""How many ok operations past the candidates a witness search looks for observers."""
 
 _REPORT_BUDGET = 200_000
 """The memo budget of the exact search that makes a failure report's prefix longest."""
@@ -748,9 +769,18 @@ def _check(
             def tick(configurations: int, key: Any = keys[index], size: int = len(part)) -> None:
                 report(key, size, configurations)
 
+            hook = tick if progress else None
             outcome = _search(
-                model, part, model.init(), deadline, this_turn, tick=tick if progress else None
+                model,
+                part,
+                model.init(),
+                deadline,
+                this_turn,
+                tick=hook,
+                witness_horizon=_WITNESS_HORIZON,
             )
+            if outcome.linearizable is None and outcome.reason != "timeout":
+                outcome = _search(model, part, model.init(), deadline, this_turn, tick=hook)
             most = max(most, outcome.configurations)
             if outcome.linearizable is None:
                 if outcome.reason == "timeout":
