@@ -575,8 +575,8 @@ DEFAULT_MEMO_BUDGET = 1_000_000
 Measured at about 200 bytes each (a dict entry with an int key, and the interned state),
 so the default keeps one search near 200 MB."""
 
-_FIRST_TURN_BUDGET = 1_000
-"""The memo budget of every partition's first turn; it grows fourfold per turn."""
+_FIRST_TURN_BUDGET = 4
+"""A partition's first-turn memo budget, per operation; it grows fourfold per turn."""
 
 _WITNESS_HORIZON = 10
 """How many ok operations past the candidates a witness search looks for observers."""
@@ -676,8 +676,8 @@ def check_history(
     (``"register"``, ``"kv"``, ...). The model's partitions (keys, for ``"kv"``) are
     searched in turns, cheapest first (fewest ``info`` operations, then fewest
     operations): in each turn every undecided partition is searched with a memo budget
-    that starts at 1,000 configurations and grows fourfold per turn up to
-    ``memo_budget`` (``None``: unbounded), so a partition that is quick to decide is
+    that starts at 4 configurations per operation of the partition and grows fourfold
+    per turn up to ``memo_budget`` (``None``: unbounded), so a partition that is quick to decide is
     decided early even behind expensive ones. The check stops at the first partition
     found non-linearizable (``reason`` names it and the operation that failed).
 
@@ -754,14 +754,15 @@ def _check(
     # fourfold per turn up to ``budget``; a partition that exhausts the full budget makes
     # the verdict unknown.
     undecided = order
-    turn_budget = _FIRST_TURN_BUDGET
+    growth = 1
     report(None, 0, 0)
     while undecided:
-        final = budget is not None and turn_budget >= budget
-        this_turn: int | None = budget if final else turn_budget
         left: list[int] = []
         for index in undecided:
             part = parts[index]
+            turn_budget = _FIRST_TURN_BUDGET * max(1, len(part)) * growth
+            final = budget is not None and turn_budget >= budget
+            this_turn: int | None = budget if final else turn_budget
             if deadline is not None and time.monotonic() > deadline:
                 return result(None, f"timeout after {timeout} s, {done} of {total} decided")
             where = _where(keys[index], index, total)
@@ -808,5 +809,5 @@ def _check(
                 )
                 return result(False, reason, failure)
         undecided = left
-        turn_budget *= 4
+        growth *= 4
     return result(True, None)
