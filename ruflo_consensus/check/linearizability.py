@@ -781,7 +781,12 @@ def _check(
                 witness_horizon=_WITNESS_HORIZON,
             )
             if outcome.linearizable is None and outcome.reason != "timeout":
-                outcome = _search(model, part, model.init(), deadline, this_turn, tick=hook)
+                # The full search gets the whole turn when the witness search found none
+                # or this is the last turn, else a quarter (the witness may need more).
+                full = this_turn
+                if outcome.reason == "memo budget" and not final and full is not None:
+                    full //= 4
+                outcome = _search(model, part, model.init(), deadline, full, tick=hook)
             most = max(most, outcome.configurations)
             if outcome.linearizable is None:
                 if outcome.reason == "timeout":
