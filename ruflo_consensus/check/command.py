@@ -139,7 +139,8 @@ def _progress_reporter(
             "configurations": p.configurations,
             "seconds": round(p.seconds, 3),
         }
-        err.print(json.dumps(record, default=repr), markup=False, highlight=False, crop=False)
+        err.file.write(json.dumps(record, default=repr) + "\n")
+        err.file.flush()
 
     yield line
 
@@ -268,7 +269,12 @@ def run_check(
         out.print(table)
         for path, outcome in results:
             if isinstance(outcome, CheckResult) and outcome.linearizable is None:
-                out.print(f"{path}: unknown: {outcome.reason}", markup=False, highlight=False)
+                out.print(
+                    f"{path}: unknown: {outcome.reason}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
         for path, outcome in results:
             if isinstance(outcome, CheckResult) and outcome.failure is not None:
                 out.print(f"\n[bold]{path}[/bold]", highlight=False)
@@ -427,5 +433,7 @@ def run_bench_check(
     out.print(table)
     for entry in histories:
         if entry["reason"]:
-            out.print(f"{entry['name']}: {entry['reason']}", markup=False, highlight=False)
+            out.print(
+                f"{entry['name']}: {entry['reason']}", markup=False, highlight=False, soft_wrap=True
+            )
     return report
