@@ -578,8 +578,9 @@ so the default keeps one search near 200 MB."""
 _FIRST_TURN_BUDGET = 4
 """A partition's first-turn memo budget, per operation; it grows fourfold per turn."""
 
-_WITNESS_HORIZON = 10
-"""How many ok operations past the candidates a witness search looks for observers."""
+_WITNESS_HORIZONS = (5,)
+"""The witness searches tried in each turn: how many ok operations past the candidates
+each looks for an observer of an info operation before placing it."""
 
 _REPORT_BUDGET = 200_000
 """The memo budget of the exact search that makes a failure report's prefix longest."""
@@ -771,15 +772,18 @@ def _check(
                 report(key, size, configurations)
 
             hook = tick if progress else None
-            outcome = _search(
-                model,
-                part,
-                model.init(),
-                deadline,
-                this_turn,
-                tick=hook,
-                witness_horizon=_WITNESS_HORIZON,
-            )
+            for horizon in _WITNESS_HORIZONS:
+                outcome = _search(
+                    model,
+                    part,
+                    model.init(),
+                    deadline,
+                    this_turn,
+                    tick=hook,
+                    witness_horizon=horizon,
+                )
+                if outcome.linearizable is not None or outcome.reason == "timeout":
+                    break
             if outcome.linearizable is None and outcome.reason != "timeout":
                 # The full search gets the whole turn when the witness search found none
                 # or this is the last turn, else a quarter (the witness may need more).
