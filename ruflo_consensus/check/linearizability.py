@@ -14,10 +14,14 @@ is linearised -- its call and return entries are lifted out of the list and the 
 restarts at the head; a *return* event means the operation that returns there has not
 been linearised although it must precede everything that follows, so the search
 backtracks (restores the most recently linearised operation and tries the next
-candidate). Every configuration (set of linearised operations as an int bitset, model
-state) is recorded, so the same configuration is never explored twice. The history is
-linearizable iff every ``ok`` operation can be linearised this way; ``info`` operations
-still unplaced at that point are taken not to have happened.
+candidate). Every configuration that failed (linearised ``ok`` operations as an int
+bitset, interned model state, linearised ``info`` operations as another bitset) is
+memoised, so the same configuration -- or one with more ``info`` operations used -- is
+never explored twice. The history is linearizable iff every ``ok`` operation can be
+linearised this way; ``info`` operations still unplaced at that point are taken not to
+have happened. See :func:`_search` for the pruning and :func:`check_history` for how the
+partitions are searched in turns under a memo budget (the answer is unknown, never a
+guess, when it is exhausted).
 
 Models may split a history into partitions (for example by key); by P-compositionality
 the history is linearizable iff every partition is.
@@ -142,7 +146,7 @@ class _Outcome:
     best_state: Any = None
     blocking: Operation | None = None
     configurations: int = 0
-    reason: str | None = None  # why undecided: "timeout" or "memo budget"
+    reason: str | None = None  # why undecided: "timeout", "memo budget" or "no witness"
 
 
 def _search(
@@ -264,7 +268,6 @@ def _search(
     blocking = -1
     low_water = 0  # stack entries below this are unchanged since best_moves was taken
     countdown = _TIME_CHECK_INTERVAL
-    entered = 0
 
     def key_of(lo: int, bi: int, s: int) -> int:
         return (((bi << 32) | lo) << 32) | s
@@ -371,7 +374,6 @@ def _search(
                         break
                 j += 1
         if child:
-            entered += 1
             e = nxt[head]
             phase = 0
             continue
