@@ -312,3 +312,22 @@ def test_check_command_reports_budget_unknown_and_progress_lines(
     assert exit_code(["check", str(path), "--json", "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1])["reason"].startswith("key 2: ")
+
+
+def test_report_without_exact_search_is_maximal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ruflo_consensus.check.linearizability as lin
+
+    monkeypatch.setattr(lin, "_REPORT_BUDGET", 1)
+    result = check_history(partitioned(3, stale=True), "kv")
+    failure = result.failure
+    assert failure is not None and failure.key == 2
+    assert failure.longest is False
+    model = get_model("kv")
+    state = model.init()
+    for op in failure.prefix:
+        legal, state = model.step(state, op)
+        assert legal
+    assert state == failure.state
+    # maximal: nothing that could come next is legal from the reported state
+    assert failure.blocking in failure.window
+    assert not any(model.step(failure.state, op)[0] for op in failure.window)
