@@ -40,8 +40,11 @@ from ruflo_consensus.check.history import Op, validate_pairing
 from ruflo_consensus.check.models import Model, Operation, get_model
 
 __all__ = [
+    "DEFAULT_MEMO_BUDGET",
+    "CheckProgress",
     "CheckResult",
     "FailureReport",
+    "ProgressCallback",
     "check_history",
     "pair_operations",
 ]
