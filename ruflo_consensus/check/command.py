@@ -107,12 +107,12 @@ def _progress_reporter(
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} keys"),
+            TextColumn("{task.fields[keys]}"),
             TimeElapsedColumn(),
             console=console,
             transient=True,
         ) as bar:
-            task = bar.add_task(path, total=None)
+            task = bar.add_task(f"{path} (reading, pairing)", total=None, keys="")
 
             def show(p: CheckProgress) -> None:
                 where = "" if p.key is None else f" key {p.key!r}"
@@ -121,6 +121,7 @@ def _progress_reporter(
                     total=p.keys_total,
                     completed=p.keys_done,
                     description=f"{path}{where} ({p.configurations:,} configurations)",
+                    keys=f"{p.keys_done}/{p.keys_total} keys",
                 )
 
             yield show
