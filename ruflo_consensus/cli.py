@@ -282,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per file before the answer is 'unknown'",
     )
     chk.add_argument("--json", action="store_true", help="one JSON object per file")
+    chk.add_argument(
+        "--memo-budget",
+        type=_positive_int,
+        default=None,
+        help="configurations one key's search may memoise before the answer is 'unknown' "
+        "(default 1,000,000, about 200 MB)",
+    )
+    chk.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
     bench = sub.add_parser("bench", help="benchmarks (numbers go to docs/benchmarks.md)")
     bsub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
@@ -304,12 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--segment-bytes", type=int, default=64 << 20, help="WAL segment size (default 64 MiB)"
     )
     bsto.add_argument("--json", action="store_true")
-    bchk = bsub.add_parser("check", help="linearizability-checked operations per second")
-    bchk.add_argument("--ops", type=int, default=10_000)
-    bchk.add_argument("--clients", type=int, default=10)
-    bchk.add_argument("--keys", type=int, default=10)
+    bchk = bsub.add_parser("check", help="linearizability checker: time and peak memory")
+    bchk.add_argument("--ops", type=_positive_int, default=10_000)
+    bchk.add_argument("--clients", type=_positive_int, default=10)
+    bchk.add_argument("--keys", type=_positive_int, default=10)
     bchk.add_argument("--seed", type=int, default=0)
-    bchk.add_argument("--rounds", type=int, default=3)
+    bchk.add_argument("--rounds", type=_positive_int, default=3)
+    bchk.add_argument(
+        "--partition",
+        action="store_true",
+        help="two histories with a network partition: linearizable, and stale reads of key 0",
+    )
+    bchk.add_argument("--memo-budget", type=_positive_int, default=None)
+    bchk.add_argument("--timeout", type=_positive_float, default=None, help="seconds per check")
     bchk.add_argument("--json", action="store_true")
     _add_runtime_commands(sub, bsub)
     return parser
@@ -432,10 +447,30 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
     return {"pass": EXIT_OK, "fail": EXIT_FAIL, "unknown": EXIT_UNKNOWN}[summary.status]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .check.command import run_check
+    from .check.linearizability import DEFAULT_MEMO_BUDGET
 
-    return run_check(args.files, args.model, args.timeout, args.json, console=out)
+    budget = args.memo_budget or DEFAULT_MEMO_BUDGET
+    return run_check(
+        args.files,
+        args.model,
+        args.timeout,
+        args.json,
+        console=out,
+        memo_budget=budget,
+        progress=not args.no_progress,
+    )
 
 
 def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -447,7 +482,14 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
         return _bench_storage(args, out)
     if args.bench == "check":
         from .check.command import run_bench_check
+        from .check.linearizability import DEFAULT_MEMO_BUDGET
 
+        if args.partition and args.clients < 2:
+            print(
+                "ruflo-consensus bench check: error: --partition needs --clients 2 or more",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
         run_bench_check(
             n_ops=args.ops,
             n_clients=args.clients,
@@ -456,6 +498,9 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
             rounds=args.rounds,
             as_json=args.json,
             console=out,
+            partition=args.partition,
+            memo_budget=args.memo_budget or DEFAULT_MEMO_BUDGET,
+            timeout=args.timeout,
         )
         return EXIT_OK
     from .sim.bench import render_bench_sim, run_bench_sim

@@ -17,18 +17,27 @@ that applies wins:
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import sys
 import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ruflo_consensus.check.generate import generate_history
+from ruflo_consensus.check.generate import NetworkPartition, generate_history
 from ruflo_consensus.check.history import HistoryError, load_history
-from ruflo_consensus.check.linearizability import CheckResult, check_history
+from ruflo_consensus.check.linearizability import (
+    DEFAULT_MEMO_BUDGET,
+    CheckProgress,
+    CheckResult,
+    check_history,
+)
 from ruflo_consensus.check.models import (
     InvalidOperationError,
     Model,
@@ -77,14 +86,79 @@ def _verdict_text(linearizable: bool | None) -> str:
         return "[green]linearizable[/green]"
     if linearizable is False:
         return "[bold red]NOT linearizable[/bold red]"
-    return "[yellow]unknown (timeout)[/yellow]"
+    return "[yellow]unknown[/yellow]"
 
 
-def _check_one(path: str, model: Model, timeout: float | None) -> CheckResult | str:
+_PROGRESS_EVERY = 1.0
+"""Seconds between progress lines when stderr is not a terminal."""
+
+
+@contextmanager
+def _progress_reporter(
+    path: str, console: Console, err: Console
+) -> Iterator[Callable[[CheckProgress], None]]:
+    """A ``progress`` callback for one file: a rich bar on a terminal, else JSON lines.
+
+    The JSON lines go to stderr, one a second at most and only once the check has run
+    for a second (small histories print nothing): ``{"file", "keys_done", "keys_total",
+    "key", "configurations", "seconds"}``.
+    """
+    if console.is_terminal:
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[keys]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(f"{path} (reading, pairing)", total=None, keys="")
+
+            def show(p: CheckProgress) -> None:
+                where = "" if p.key is None else f" key {p.key!r}"
+                bar.update(
+                    task,
+                    total=p.keys_total,
+                    completed=p.keys_done,
+                    description=f"{path}{where} ({p.configurations:,} configurations)",
+                    keys=f"{p.keys_done}/{p.keys_total} keys",
+                )
+
+            yield show
+        return
+    last = [0.0]
+
+    def line(p: CheckProgress) -> None:
+        if p.seconds - last[0] < _PROGRESS_EVERY:
+            return
+        last[0] = p.seconds
+        record = {
+            "file": path,
+            "keys_done": p.keys_done,
+            "keys_total": p.keys_total,
+            "key": p.key,
+            "configurations": p.configurations,
+            "seconds": round(p.seconds, 3),
+        }
+        err.file.write(json.dumps(record, default=repr) + "\n")
+        err.file.flush()
+
+    yield line
+
+
+def _check_one(
+    path: str,
+    model: Model,
+    timeout: float | None,
+    memo_budget: int | None = DEFAULT_MEMO_BUDGET,
+    progress: Callable[[CheckProgress], None] | None = None,
+) -> CheckResult | str:
     """Check one file; return the result, or an error message for bad input."""
     try:
         ops = load_history(path)
-        return check_history(ops, model, timeout=timeout)
+        return check_history(
+            ops, model, timeout=timeout, memo_budget=memo_budget, progress=progress
+        )
     except (HistoryError, InvalidOperationError) as exc:
         return str(exc) if isinstance(exc, HistoryError) else f"{path}: {exc}"
     except RecursionError:
@@ -99,8 +173,16 @@ def run_check(
     timeout: float | None,
     as_json: bool,
     console: Console | None = None,
+    memo_budget: int | None = DEFAULT_MEMO_BUDGET,
+    progress: bool = True,
 ) -> int:
     """Check every history file in ``paths`` against ``model``; return the exit code.
+
+    ``memo_budget`` bounds each partition's search (see
+    :func:`~ruflo_consensus.check.linearizability.check_history`). With ``progress``, a
+    check shows a progress bar when ``console`` is a terminal (and not ``as_json``), and
+    otherwise writes a JSON progress line to stderr every second once it has run for a
+    second. Unknown results (timeout or memo budget) carry a ``"reason"`` in JSON.
 
     Output goes to ``console`` (a new stdout console when ``None``): with ``as_json``, one
     JSON object per file per line, ``{"file", "linearizable" (true/false/null),
@@ -121,11 +203,19 @@ def run_check(
     if not paths:
         _error("no history files given")
         return EXIT_BAD_INPUT
+    if memo_budget is not None and memo_budget < 1:
+        _error(f"memo budget must be at least 1, got {memo_budget}")
+        return EXIT_BAD_INPUT
+    err = Console(stderr=True)
 
     bad = failed = unknown = False
     results: list[tuple[str, CheckResult | str]] = []
     for path in paths:
-        outcome = _check_one(path, chosen, timeout)
+        if progress:
+            with _progress_reporter(path, out if not as_json else err, err) as show:
+                outcome = _check_one(path, chosen, timeout, memo_budget, show)
+        else:
+            outcome = _check_one(path, chosen, timeout, memo_budget)
         results.append((path, outcome))
         if isinstance(outcome, str):
             bad = True
@@ -155,6 +245,7 @@ def run_check(
                     "operations": outcome.operations,
                     "seconds": round(outcome.seconds, 6),
                     "partitions": outcome.partitions,
+                    **({"reason": outcome.reason} if outcome.reason else {}),
                 },
             )
 
@@ -178,6 +269,14 @@ def run_check(
                 )
         out.print(table)
         for path, outcome in results:
+            if isinstance(outcome, CheckResult) and outcome.linearizable is None:
+                out.print(
+                    f"{path}: unknown: {outcome.reason}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        for path, outcome in results:
             if isinstance(outcome, CheckResult) and outcome.failure is not None:
                 out.print(f"\n[bold]{path}[/bold]", highlight=False)
                 out.print(outcome.failure.render(), markup=False, highlight=False, soft_wrap=True)
@@ -191,6 +290,30 @@ def run_check(
     return EXIT_LINEARIZABLE
 
 
+def _measure(
+    history: list[Any], rounds: int, timeout: float | None, memo_budget: int | None
+) -> tuple[CheckResult, list[float], float]:
+    """Check ``history`` ``rounds`` times; then once more under tracemalloc.
+
+    Returns the last result, the seconds of each timed round and the peak traced memory
+    (MiB) of the extra round (tracemalloc slows Python down, so it is not timed).
+    """
+    times: list[float] = []
+    result: CheckResult | None = None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = check_history(history, "kv", timeout=timeout, memo_budget=memo_budget)
+        times.append(time.perf_counter() - start)
+    assert result is not None
+    tracemalloc.start()
+    try:
+        check_history(history, "kv", timeout=timeout, memo_budget=memo_budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, times, peak / 2**20
+
+
 def run_bench_check(
     n_ops: int = 10000,
     n_clients: int = 10,
@@ -199,24 +322,48 @@ def run_bench_check(
     rounds: int = 3,
     as_json: bool = False,
     console: Console | None = None,
+    partition: bool = False,
+    memo_budget: int | None = DEFAULT_MEMO_BUDGET,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Benchmark the checker on a generated kv history; print and return the figures.
+    """Benchmark the checker on generated kv histories; print and return the figures.
 
-    Generates a linearizable kv history with :func:`generate_history` (``n_ops``
-    operations, ``n_clients`` clients, ``n_keys`` keys, ``seed``), checks it ``rounds``
-    times (with a progress bar unless ``as_json``), and reports seconds per check (best
-    and median) and operations per second (from the best and the median). Returns a
-    dict with ``n_ops``, ``n_clients``, ``n_keys``, ``seed``, ``rounds``, ``events``,
-    ``partitions``, ``linearizable``, ``seconds`` (every round), ``best_seconds``,
-    ``median_seconds``, ``ops_per_second_best`` and ``ops_per_second_median``; prints it
-    as one JSON line with ``as_json``, else as a table.
+    Generates a kv history with :func:`generate_history` (``n_ops`` operations,
+    ``n_clients`` clients, ``n_keys`` keys, ``seed``) and checks it ``rounds`` times,
+    then once more under :mod:`tracemalloc` for its peak memory. With ``partition``, two
+    histories are measured: one with a :class:`NetworkPartition` that keeps it
+    linearizable (the cut-off clients time out) and one whose partition serves stale
+    reads of key 0 (not linearizable). ``memo_budget`` and ``timeout`` are passed to
+    :func:`check_history`.
+
+    Returns a dict with ``n_ops``, ``n_clients``, ``n_keys``, ``seed``, ``rounds``,
+    ``partition``, ``histories`` (one dict per history: ``name``, ``events``,
+    ``partitions``, ``linearizable``, ``reason``, ``seconds`` of every round,
+    ``best_seconds``, ``median_seconds``, ``ops_per_second_best``,
+    ``ops_per_second_median``, ``peak_traced_mib``) and ``max_rss_mib`` (the process's
+    peak resident size); the first history's figures are repeated at the top level.
+    Prints it as one JSON line with ``as_json``, else as a table. Raises
+    :class:`ValueError` unless ``n_ops``, ``n_clients``, ``n_keys`` and ``rounds`` are
+    positive (and ``n_clients >= 2`` with ``partition``).
     """
-    if rounds < 1:
-        raise ValueError("rounds must be at least 1")
+    for name, value in (
+        ("operations", n_ops),
+        ("clients", n_clients),
+        ("keys", n_keys),
+        ("rounds", rounds),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if partition and n_clients < 2:
+        raise ValueError("a partition needs at least 2 clients")
     out = console if console is not None else Console()
-    history = generate_history("kv", n_ops, n_clients, seed, n_keys=n_keys)
-    times: list[float] = []
-    result: CheckResult | None = None
+    plans: list[tuple[str, NetworkPartition | None]] = [("linearizable", None)]
+    if partition:
+        plans = [
+            ("partition, linearizable", NetworkPartition(key=0)),
+            ("partition, stale reads of key 0", NetworkPartition(key=0, stale=True)),
+        ]
+    histories: list[dict[str, Any]] = []
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -226,45 +373,68 @@ def run_bench_check(
         transient=True,
         disable=as_json,
     ) as progress:
-        task = progress.add_task(f"checking {n_ops} ops", total=rounds)
-        for _ in range(rounds):
-            start = time.perf_counter()
-            result = check_history(history, "kv")
-            times.append(time.perf_counter() - start)
+        task = progress.add_task(f"checking {n_ops} ops", total=len(plans))
+        for name, cut in plans:
+            history = generate_history("kv", n_ops, n_clients, seed, n_keys=n_keys, partition=cut)
+            result, times, peak = _measure(history, rounds, timeout, memo_budget)
+            best = min(times)
+            median = statistics.median(times)
+            histories.append(
+                {
+                    "name": name,
+                    "events": len(history),
+                    "partitions": result.partitions,
+                    "linearizable": result.linearizable,
+                    "reason": result.reason,
+                    "seconds": [round(t, 6) for t in times],
+                    "best_seconds": round(best, 6),
+                    "median_seconds": round(median, 6),
+                    "ops_per_second_best": round(n_ops / best, 1) if best > 0 else None,
+                    "ops_per_second_median": round(n_ops / median, 1) if median > 0 else None,
+                    "peak_traced_mib": round(peak, 1),
+                }
+            )
             progress.advance(task)
-    assert result is not None
-    best = min(times)
-    median = statistics.median(times)
+    first = histories[0]
     report: dict[str, Any] = {
         "n_ops": n_ops,
         "n_clients": n_clients,
         "n_keys": n_keys,
         "seed": seed,
         "rounds": rounds,
-        "events": len(history),
-        "partitions": result.partitions,
-        "linearizable": result.linearizable,
-        "seconds": [round(t, 6) for t in times],
-        "best_seconds": round(best, 6),
-        "median_seconds": round(median, 6),
-        "ops_per_second_best": round(n_ops / best, 1) if best > 0 else None,
-        "ops_per_second_median": round(n_ops / median, 1) if median > 0 else None,
+        "partition": partition,
+        **{k: v for k, v in first.items() if k != "name"},
+        "histories": histories,
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if as_json:
         _emit_json(out, report)
-    else:
-        table = Table(title="Linearizability checker benchmark (model 'kv')")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
-        table.add_row("operations", str(n_ops))
-        table.add_row("clients / keys", f"{n_clients} / {n_keys}")
-        table.add_row("history events", str(len(history)))
-        table.add_row("partitions", str(result.partitions))
-        table.add_row("linearizable", str(result.linearizable))
-        table.add_row("rounds", str(rounds))
-        table.add_row("best seconds / check", f"{best:.4f}")
-        table.add_row("median seconds / check", f"{median:.4f}")
-        table.add_row("ops / second (best)", f"{n_ops / best:,.0f}" if best > 0 else "-")
-        table.add_row("ops / second (median)", f"{n_ops / median:,.0f}" if median > 0 else "-")
-        out.print(table)
+        return report
+    table = Table(title=f"Linearizability checker benchmark (model 'kv', {n_ops} operations)")
+    table.add_column("history")
+    table.add_column("result")
+    table.add_column("best s", justify="right")
+    table.add_column("median s", justify="right")
+    table.add_column("ops / second (best)", justify="right")
+    table.add_column("peak traced MiB", justify="right")
+    for entry in histories:
+        verdict = _verdict_text(entry["linearizable"])
+        table.add_row(
+            f"{entry['name']} ({entry['events']} events, {entry['partitions']} keys)",
+            verdict,
+            f"{entry['best_seconds']:.4f}",
+            f"{entry['median_seconds']:.4f}",
+            f"{entry['ops_per_second_best']:,.0f}" if entry["ops_per_second_best"] else "-",
+            f"{entry['peak_traced_mib']:.1f}",
+        )
+    table.caption = (
+        f"{n_clients} clients, {n_keys} keys, seed {seed}, {rounds} rounds; "
+        f"process peak RSS {report['max_rss_mib']:.0f} MiB"
+    )
+    out.print(table)
+    for entry in histories:
+        if entry["reason"]:
+            out.print(
+                f"{entry['name']}: {entry['reason']}", markup=False, highlight=False, soft_wrap=True
+            )
     return report

@@ -6,6 +6,13 @@ operation takes effect at one instant between its invoke and its completion, so 
 history it produces is linearizable by construction. :func:`mutate_history` then breaks
 such a history. Both draw randomness only from ``random.Random(seed)``: the same
 arguments always give the same history.
+
+A :class:`NetworkPartition` passed to :func:`generate_history` cuts some clients off for
+part of the run, as a Jepsen partition nemesis would: their operations time out
+(``info``) and may take effect after the partition heals, which keeps the history
+linearizable; with ``stale=True`` the cut-off clients' reads of one key are instead
+answered from a stale replica, which makes that key (and only that key)
+non-linearizable.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 from ruflo_consensus.check.history import Op
 from ruflo_consensus.check.models import UnknownModelError
 
-__all__ = ["generate_history", "mutate_history"]
+__all__ = ["NetworkPartition", "generate_history", "mutate_history"]
 
 _ZOMBIE_RATE = 0.05
 """Per simulation step, the chance that a lingering ``info`` operation takes effect."""
@@ -36,6 +43,40 @@ class _Pending:
     applied: bool = False
     result: Any = None
     succeeded: bool = True
+    cut: bool = False  # invoked by a cut-off client during a partition
+    late: bool = False  # took effect after the partition began
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPartition:
+    """A network partition during a generated history (see :func:`generate_history`).
+
+    The partition begins when ``start`` (a fraction of ``n_ops``) operations have been
+    invoked and heals when ``end`` have. The first ``round(minority * n_clients)``
+    clients (at least one, never all) are cut off: an operation such a client invokes
+    while the partition lasts cannot reach the store. It times out with ``info`` and,
+    for an update, takes effect after the partition healed with probability one half
+    (or never). Cut-off clients pick ``key`` for half their operations, reads mostly.
+
+    With ``stale=False`` the history stays linearizable. With ``stale=True`` the cut-off
+    clients' reads of ``key`` complete ``ok`` with the value ``key`` held when the
+    partition began, as a deposed leader serving reads from its own copy would; once a
+    write of ``key`` by a connected client has completed, such a read is not
+    linearizable. ``key`` is an integer key of the kv model; the register model ignores
+    it.
+    """
+
+    start: float = 0.3
+    end: float = 0.7
+    minority: float = 0.4
+    key: Any = 0
+    stale: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise ValueError("a partition needs 0 <= start <= end <= 1")
+        if not 0.0 < self.minority < 1.0:
+            raise ValueError("the minority must be a fraction strictly between 0 and 1")
 
 
 class _Store:
@@ -76,8 +117,9 @@ def generate_history(
     seed: int,
     n_keys: int = 8,
     info_rate: float = 0.0,
+    partition: NetworkPartition | None = None,
 ) -> list[Op]:
-    """Generate a linearizable history of ``n_ops`` operations by ``n_clients`` clients.
+    """Generate a history of ``n_ops`` operations by ``n_clients`` clients.
 
     ``model`` is ``"register"`` (read / write / cas of integers on one register; ``n_keys``
     is ignored and ``key`` is ``None``) or ``"kv"`` (get / put / append / cas of strings on
@@ -91,6 +133,14 @@ def generate_history(
     take effect at some later step (while other clients keep running); the client then
     continues under a fresh process id (``process + n_clients``), as Jepsen does. Every
     invocation in the returned list has a completion.
+
+    Without ``partition`` (or with a :class:`NetworkPartition` whose ``stale`` is false)
+    every operation takes effect at one instant between its invoke and its completion
+    (or never, if ``info``), so the history is linearizable by construction. With a
+    stale partition it is not linearizable, and ``partition.key`` is the only key that
+    breaks: should the partition produce no stale read that follows a completed write
+    of that key (only likely in very short histories), a write of the key and a stale
+    read are appended at the end, so the history then holds ``n_ops + 2`` invocations.
     """
     if model not in ("register", "kv"):
         raise UnknownModelError(model)
@@ -98,6 +148,8 @@ def generate_history(
         raise ValueError("n_clients must be at least 1")
     if n_keys < 1:
         raise ValueError("n_keys must be at least 1")
+    if partition is not None and n_clients < 2:
+        raise ValueError("a partition needs at least 2 clients")
     rng = random.Random(seed)
     kv = model == "kv"
     store = _Store("" if kv else None)
@@ -110,10 +162,28 @@ def generate_history(
     counter = 0
     written: list[Any] = []
 
-    def new_op(process: int) -> _Pending:
+    # The partition: clients 0 .. cut_clients-1 are cut off between invocation numbers
+    # cut_from and cut_to. Nothing below draws randomness unless a partition is given.
+    cut_clients = cut_from = cut_to = 0
+    victim: Any = None
+    if partition is not None:
+        cut_clients = min(n_clients - 1, max(1, round(partition.minority * n_clients)))
+        cut_from = int(partition.start * n_ops)
+        cut_to = int(partition.end * n_ops)
+        victim = partition.key if kv else None
+    began = healed = False
+    snapshot: Any = None  # the victim key's value when the partition began
+    overwritten = False  # a connected client's write of the victim key has completed
+    stale_proof = False  # a stale read was invoked after that
+    held: list[_Pending] = []  # cut-off updates that may take effect after the heal
+
+    def new_op(process: int, cut: bool) -> _Pending:
         nonlocal counter
         key = rng.randrange(n_keys) if kv else None
         roll = rng.random()
+        if cut and rng.random() < 0.5:
+            key = victim
+            roll *= 0.5  # mostly reads
         counter += 1
         value: Any
         if kv:
@@ -139,12 +209,24 @@ def generate_history(
             written.append(value)
         elif f == "cas":
             written.append(value[1])
-        return _Pending(process, f, key, value, info=rng.random() < info_rate)
+        op = _Pending(process, f, key, value, info=rng.random() < info_rate, cut=cut)
+        if cut:
+            stale = partition is not None and partition.stale
+            if stale and key == victim and f in ("read", "get"):
+                op.info = False
+                op.applied = True  # answered at once from the stale copy
+                op.result = snapshot
+            else:
+                op.info = True  # times out
+        return op
 
     def complete(client: int, op: _Pending) -> None:
+        nonlocal overwritten
         if op.info:
             history.append(Op(op.process, "info", op.f, op.key, op.value))
-            if op.f not in ("read", "get") and not op.applied and rng.random() < 0.5:
+            if op.cut and op.f not in ("read", "get") and rng.random() < 0.5:
+                (zombies if healed else held).append(op)
+            elif op.f not in ("read", "get") and not op.applied and rng.random() < 0.5:
                 zombies.append(op)  # may still take effect later
             processes[client] += n_clients
         elif op.f in ("read", "get"):
@@ -153,12 +235,26 @@ def generate_history(
             history.append(Op(op.process, "fail", op.f, op.key, op.value))
         else:
             history.append(Op(op.process, "ok", op.f, op.key, op.value))
+            if op.late and op.key == victim:
+                overwritten = True
         inflight[client] = None
         busy.remove(client)
 
+    def apply(op: _Pending) -> None:
+        store.apply(op)
+        op.late = began
+
     while invoked < n_ops or busy:
+        if partition is not None:
+            if not began and invoked >= cut_from:
+                began = True
+                snapshot = store.data.get(victim, store.empty)
+            if began and not healed and invoked >= cut_to:
+                healed = True
+                zombies.extend(held)
+                held.clear()
         if zombies and rng.random() < _ZOMBIE_RATE:
-            store.apply(zombies.pop(rng.randrange(len(zombies))))
+            apply(zombies.pop(rng.randrange(len(zombies))))
             continue
         client = rng.randrange(n_clients)
         op = inflight[client]
@@ -167,19 +263,32 @@ def generate_history(
                 client = rng.choice(busy)
                 op = inflight[client]
             else:
-                op = new_op(processes[client])
+                cut = began and not healed and client < cut_clients
+                op = new_op(processes[client], cut)
                 inflight[client] = op
                 busy.append(client)
                 invoked += 1
                 history.append(Op(op.process, "invoke", op.f, op.key, op.value))
+                if op.cut and op.applied and overwritten:
+                    stale_proof = True
                 continue
         assert op is not None
         if op.applied:
             complete(client, op)
-        elif op.info and rng.random() < 0.5:
+        elif op.cut or (op.info and rng.random() < 0.5):
             complete(client, op)  # info before taking effect
         else:
-            store.apply(op)
+            apply(op)
+    if partition is not None and partition.stale and not stale_proof:
+        # The partition was too short to show a stale read: add one at the end.
+        counter += 1
+        value = f"v{counter}" if kv else counter
+        writer = processes[n_clients - 1]
+        f_write, f_read = ("put", "get") if kv else ("write", "read")
+        history.append(Op(writer, "invoke", f_write, victim, value))
+        history.append(Op(writer, "ok", f_write, victim, value))
+        history.append(Op(processes[0], "invoke", f_read, victim, None))
+        history.append(Op(processes[0], "ok", f_read, victim, snapshot))
     return history
 
 

@@ -146,6 +146,18 @@ class Model:
         """
         return [op for op in ops if not (op.is_info and self.read_only(op))]
 
+    def observers(self, ops: list[Operation], info: Operation) -> list[Operation] | None:
+        """The ``ok`` operations of partition ``ops`` that may see an effect of ``info``.
+
+        ``info`` is an ``info`` operation of ``ops``. The search stops considering it
+        once every operation returned here is linearised, so return a list only if,
+        from *any* state, the rest of the partition is linearizable without ``info``
+        whenever it is linearizable with it once those operations are placed (the
+        per-operation form of :meth:`simplify`'s rule). The default, None ("any
+        operation may"), is always safe.
+        """
+        return None
+
     def describe_op(self, op: Operation) -> str:
         """A short readable form of ``op``, e.g. ``"write 3"`` or ``"read -> 3"``."""
         key = "" if op.key is None else f" {op.key!r}"
@@ -233,6 +245,21 @@ class RegisterModel(Model):
                     continue
             kept.append(op)
         return kept
+
+    def observers(self, ops: list[Operation], info: Operation) -> list[Operation] | None:
+        """Ok reads of the value ``info`` writes and cas expecting it (see :meth:`simplify`)."""
+        if info.f in _READS:
+            return []
+        written = info.input[1] if info.f == "cas" else info.input
+        found: list[Operation] = []
+        for op in ops:
+            if op.f == "cas" and op.input[0] == written:
+                if op.status != "ok":
+                    return None  # an info cas may observe it and never be placed
+                found.append(op)
+            elif op.f in _READS and op.status == "ok" and op.output == written:
+                found.append(op)
+        return found
 
     def describe_op(self, op: Operation) -> str:
         """``read -> v``, ``write v`` or ``cas old -> new`` (plus ``(info)``)."""
@@ -375,6 +402,47 @@ class KVModel(Model):
                     continue
             kept.append(op)
         return kept
+
+    def observers(self, ops: list[Operation], info: Operation) -> list[Operation] | None:
+        """The observation rule of :meth:`simplify`, for one info operation.
+
+        Ok gets observe through their result, cas through its expected value: an info
+        append is observed by a string containing its suffix, an info put / cas (only
+        when every written value is a string) by a string starting with its value.
+        """
+        if info.f in _READS:
+            return []
+        if info.f == "append":
+            effect = _kv_norm(info.input)
+            if not isinstance(effect, str):
+                return None
+        else:
+            effect = _kv_norm(info.input[1] if info.f == "cas" else info.input)
+            for op in ops:
+                if op.f == "cas":
+                    written = op.input[1]
+                elif op.f in _WRITES:
+                    written = op.input
+                else:
+                    continue
+                if not isinstance(_kv_norm(written), str):
+                    return None
+        found: list[Operation] = []
+        for op in ops:
+            if op.f in _READS and op.status == "ok":
+                seen = _kv_norm(op.output)
+            elif op.f == "cas":
+                seen = _kv_norm(op.input[0])
+            else:
+                continue
+            observes = not isinstance(seen, str) or (
+                effect in seen if info.f == "append" else seen.startswith(effect)
+            )
+            if observes and op.status != "ok":
+                return None  # an info cas may observe it and never be placed
+            if observes:
+                found.append(op)
+        return found
 
     def describe_op(self, op: Operation) -> str:
         """``get k -> v``, ``put k v``, ``append k v`` or ``cas k old -> new``."""
