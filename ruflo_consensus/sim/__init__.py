@@ -2,19 +2,19 @@
 
 from .config import ALL_FAULTS, SimConfig, SimConfigError, parse_faults
 from .invariants import InvariantViolation, RaftInvariants
+from .raft_sim import RaftSimulation, SimResult, default_core_factory
 from .report import SimSummary, run_simulation, summarize
-from .simulator import SimResult, Simulation, default_core_factory
 from .sweep import SweepResult, run_sweep
 
 __all__ = [
     "ALL_FAULTS",
     "InvariantViolation",
     "RaftInvariants",
+    "RaftSimulation",
     "SimConfig",
     "SimConfigError",
     "SimResult",
     "SimSummary",
-    "Simulation",
     "SweepResult",
     "default_core_factory",
     "parse_faults",

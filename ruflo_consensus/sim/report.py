@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..check import check_history, dump_history_jsonl
+from ..core.base import CoreFactory
 from .config import FAULT_DESCRIPTIONS, SimConfig
-from .simulator import CoreFactory, SimResult, Simulation, default_core_factory
+from .raft_sim import RaftSimulation, SimResult, default_core_factory
 
 __all__ = ["SimSummary", "render_summary", "run_simulation", "summarize"]
 
@@ -129,7 +130,7 @@ def run_simulation(
 
         result = PbftSimulation(config).run()
     else:
-        result = Simulation(config, core_factory).run()
+        result = RaftSimulation(config, core_factory).run()
     if history_path is not None:
         dump_history_jsonl(result.history, history_path)
     return summarize(result)

@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..core.base import CoreFactory
 from .config import SimConfig, SimConfigError
+from .raft_sim import default_core_factory
 from .report import SimSummary, run_simulation
-from .simulator import CoreFactory, default_core_factory
 
 __all__ = ["SweepResult", "parse_seed_range", "render_sweep", "run_sweep"]
 

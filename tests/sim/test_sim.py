@@ -13,24 +13,25 @@ from ruflo_consensus.sim import (
     ALL_FAULTS,
     InvariantViolation,
     RaftInvariants,
+    RaftSimulation,
     SimConfig,
     SimConfigError,
-    Simulation,
     parse_faults,
     run_simulation,
     run_sweep,
 )
+from ruflo_consensus.sim.raft_sim import NotARaftCore
 from tests.helpers.broken_raft import commit_without_majority, skip_log_matching
 
 REPLAY_SNIPPET = (
-    "import sys; from ruflo_consensus.sim import SimConfig, Simulation; "
-    "print(Simulation(SimConfig(seed=int(sys.argv[1]), duration_s=4)).run().trace_hash)"
+    "import sys; from ruflo_consensus.sim import SimConfig, RaftSimulation; "
+    "print(RaftSimulation(SimConfig(seed=int(sys.argv[1]), duration_s=4)).run().trace_hash)"
 )
 
 
 def test_same_seed_gives_the_same_trace_hash_in_this_process_and_another() -> None:
-    a = Simulation(SimConfig(seed=11, duration_s=4)).run()
-    b = Simulation(SimConfig(seed=11, duration_s=4)).run()
+    a = RaftSimulation(SimConfig(seed=11, duration_s=4)).run()
+    b = RaftSimulation(SimConfig(seed=11, duration_s=4)).run()
     assert a.trace_hash == b.trace_hash
     assert a.history == b.history
     # another interpreter, with a different string-hash seed
@@ -45,7 +46,7 @@ def test_same_seed_gives_the_same_trace_hash_in_this_process_and_another() -> No
 
 
 def test_different_seeds_give_different_runs() -> None:
-    hashes = {Simulation(SimConfig(seed=s, duration_s=2)).run().trace_hash for s in range(5)}
+    hashes = {RaftSimulation(SimConfig(seed=s, duration_s=2)).run().trace_hash for s in range(5)}
     assert len(hashes) == 5
 
 
@@ -215,7 +216,7 @@ def test_summary_json_is_serialisable_and_complete() -> None:
 
 @pytest.mark.parametrize("kind", ["exponential", "uniform", "pareto", "fixed"])
 def test_latency_distributions_have_the_configured_floor_and_mean(kind: str) -> None:
-    sim = Simulation(SimConfig(seed=1, faults=(), latency=kind))
+    sim = RaftSimulation(SimConfig(seed=1, faults=(), latency=kind))
     draws = [sim.latency() for _ in range(20_000)]
     assert min(draws) >= 500  # latency_min_ms = 0.5 ms
     mean = sum(draws) / len(draws)
@@ -233,3 +234,17 @@ def test_raft_is_correct_under_each_latency_distribution(kind: str) -> None:
     summary = run_simulation(SimConfig(seed=4, duration_s=6, latency=kind))
     assert summary.status == "pass", summary.violations
     assert f"--latency {kind}" in summary.replay
+
+
+class _SomeOtherCore:
+    """Not a RaftCore: the Raft simulation has no way to drive it."""
+
+
+def test_a_core_factory_that_builds_no_raft_core_is_refused_by_name() -> None:
+    def build_other(
+        node_id, voters, rng, config, hard_state, entries, *, snapshot=None, join=False
+    ):
+        return _SomeOtherCore()
+
+    with pytest.raises(NotARaftCore, match="_SomeOtherCore"):
+        RaftSimulation(SimConfig(seed=0, duration_s=1), build_other)

@@ -6,7 +6,7 @@ import pytest
 
 from ruflo_consensus.federation.budget import BreakerPolicy
 from ruflo_consensus.federation.machine import FederationStateMachine
-from ruflo_consensus.sim import SimConfig, Simulation, run_sweep, summarize
+from ruflo_consensus.sim import RaftSimulation, SimConfig, run_sweep, summarize
 from ruflo_consensus.statemachine import StateMachine
 from tests.helpers.broken_raft import commit_without_majority
 
@@ -38,7 +38,7 @@ def test_federation_sweep_holds_every_cross_node_property() -> None:
     assert sum(s.properties["proposals decided"] for s in result.summaries) > 50
 
 
-class _DivergentReplicas(Simulation):
+class _DivergentReplicas(RaftSimulation):
     """Every other replica gets a stricter breaker policy: its state must drift apart."""
 
     _built = 0
@@ -62,7 +62,7 @@ def test_the_cross_node_check_catches_replicas_that_diverge() -> None:
     assert any("cross-node property" in v for v in summary.violations)
     assert summary.properties["replicas at the same position agree"] is False
     # the honest run of the very same seed passes
-    assert summarize(Simulation(config).run()).status == "pass"
+    assert summarize(RaftSimulation(config).run()).status == "pass"
     # with snapshots, a diverging replica's snapshot differs from the agreed replay
     snapping = summarize(
         _DivergentReplicas(SimConfig(seed=1, workload="federation", duration_s=5, faults=())).run()
@@ -84,7 +84,9 @@ def test_a_broken_raft_is_caught_under_the_federation_workload() -> None:
 @pytest.mark.parametrize("topology", ["ring", "star"])
 def test_federation_over_relaying_topologies(topology: str) -> None:
     summary = summarize(
-        Simulation(SimConfig(seed=3, workload="federation", duration_s=5, topology=topology)).run()
+        RaftSimulation(
+            SimConfig(seed=3, workload="federation", duration_s=5, topology=topology)
+        ).run()
     )
     assert summary.status == "pass", summary.violations
     if topology == "ring":  # on a star, a hub that leads talks to everyone directly
