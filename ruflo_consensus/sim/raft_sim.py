@@ -53,15 +53,7 @@ from ..core.raft import (
     RequestVote,
     VoteResponse,
 )
-from ..federation.machine import FederationStateMachine
-from ..federation.workload import FederationWorkload, check_cross_replica
-from ..statemachine import (
-    CommandError,
-    CommandRejected,
-    KVStateMachine,
-    SessionTable,
-    StateMachine,
-)
+from ..statemachine import CommandError, SessionTable, StateMachine
 from ..storage import (
     FileStorage,
     SimDisk,
@@ -78,6 +70,7 @@ from .engine import FIRST_BACKEND_KIND, EngineNode, SimResult
 from .invariants import InvariantViolation, RaftInvariants
 from .kv_workload import ClientSimEngine, KVClient, PendingOp
 from .membership import MembershipInvariants, MembershipNemesis
+from .workload import ReplicaState, SimWorkload, WorkloadFactory, build_workload
 
 __all__ = [
     "ClientReply",
@@ -227,7 +220,8 @@ class RaftSimulation(ClientSimEngine[_Client]):
     ``core_factory`` builds each node's core (on start and on every restart from its
     persisted state); tests pass deliberately broken cores to prove the checks can fail.
     ``topology`` wires the nodes (default: a full mesh); messages between nodes without a
-    direct link are relayed along it.
+    direct link are relayed along it. ``workload`` builds the clients' workload and the
+    replicas' state machine (default: the KV workload; see :mod:`.workload`).
     """
 
     def __init__(
@@ -236,6 +230,7 @@ class RaftSimulation(ClientSimEngine[_Client]):
         core_factory: CoreFactory = default_core_factory,
         raft_config: RaftConfig | None = None,
         topology: Topology | None = None,
+        workload: WorkloadFactory | None = None,
     ) -> None:
         faults = set(config.faults)
         self.raft_config = raft_config or RaftConfig(
@@ -252,14 +247,9 @@ class RaftSimulation(ClientSimEngine[_Client]):
         super().__init__(config, topology, self.raft_config.tick_ms)
         self.core_factory = core_factory
         self.leader_changes = 0
-        self.fed_rejected: dict[str, int] = {}
         self.transfers_refused = 0
         self.storage_stats: dict[str, int] = {}
-        self.federation: FederationWorkload | None = None
-        if config.workload == "federation":
-            self.federation = FederationWorkload(
-                self.rng.getrandbits(32), peers=config.keys, node_ids=self.ids
-            )
+        self.workload: SimWorkload = build_workload(workload, config, self.rng, self.ids)
         self.invariants = RaftInvariants(reference=lambda: SessionTable(self._new_machine()))
         self.membership = MembershipNemesis(self)
         self.membership_invariants = MembershipInvariants()
@@ -282,9 +272,7 @@ class RaftSimulation(ClientSimEngine[_Client]):
 
     def _new_machine(self) -> StateMachine:
         """A fresh replica state machine for the configured workload."""
-        if self.federation is not None:
-            return self.federation.new_machine()
-        return KVStateMachine()
+        return self.workload.new_machine()
 
     def _count(self, key: str, n: int = 1) -> None:
         self.storage_stats[key] = self.storage_stats.get(key, 0) + n
@@ -655,11 +643,8 @@ class RaftSimulation(ClientSimEngine[_Client]):
     # ------------------------------------------------------------------ clients
 
     def choose_command(self, client: _Client) -> tuple[dict[str, Any], Op]:
-        """A federation command under ``--workload federation``, else the KV mix."""
-        if self.federation is not None:
-            fed_cmd = self.federation.next_command()
-            return fed_cmd, Op(client.process, "invoke", "fed", fed_cmd["op"])
-        return super().choose_command(client)
+        """The workload's next command for ``client``."""
+        return self.workload.next_command(client, self.rng)
 
     def start_op(self, client: _Client, command: dict[str, Any], op: Op) -> None:
         """Send to the node the client believes leads (a random one if it has no idea)."""
@@ -732,15 +717,9 @@ class RaftSimulation(ClientSimEngine[_Client]):
         self.complete(client, reply.result)
 
     def outcome(self, client: _Client, result: Any) -> Op:
-        """A federation command is ok unless rejected (counted by code); KV as usual."""
+        """What the workload makes of the result of the client's pending operation."""
         assert client.pending is not None
-        op = client.pending.op
-        if op.f != "fed":
-            return super().outcome(client, result)
-        if isinstance(result, CommandRejected):
-            self.fed_rejected[result.code] = self.fed_rejected.get(result.code, 0) + 1
-            return Op(op.process, "fail", op.f, op.key, op.value)
-        return Op(op.process, "ok", op.f, op.key, None)
+        return self.workload.outcome(client.pending.op, result, client)
 
     def retry(self, client: _Client) -> None:
         """No answer in time: try the next node, with no idea who leads."""
@@ -759,40 +738,15 @@ class RaftSimulation(ClientSimEngine[_Client]):
     # ------------------------------------------------------------------ properties
 
     def _final_properties(self, clean: bool) -> tuple[dict[str, Any], list[str]]:
-        """Cross-node properties of the replicated state at the end of the run."""
-        if self.federation is None or not clean:
+        """The workload's cross-replica properties of the live replicas after a clean run."""
+        if not clean:
             return {}, []
-        live = [(n, self.raft[n.index]) for n in self.nodes if n.up]
-        snapshots = [rn.table.machine.snapshot() for _, rn in live]
-        violations = check_cross_replica(snapshots, require_equal=False)
-        # replicas at the same log position must hold byte-identical state
-        by_commit: dict[int, set[bytes]] = {}
-        for (_, rn), snap in zip(live, snapshots, strict=True):
-            by_commit.setdefault(rn.applied, set()).add(snap)
-        for applied, snaps in sorted(by_commit.items()):
-            if len(snaps) > 1:
-                violations.append(f"replicas that applied {applied} entries hold different states")
-        leader_state = max(live, key=lambda x: x[1].applied)[1]
-        fed = leader_state.table.machine
-        assert isinstance(fed, FederationStateMachine)
-        decided = [p for p in fed.proposals.proposals.values() if p.status.value != "pending"]
-
-        def holds(*needles: str) -> bool:
-            return not any(n in v for v in violations for n in needles)
-
-        properties: dict[str, Any] = {
-            "replicas compared": len(snapshots),
-            "replicas at the same position agree": holds("different states", "differ in"),
-            "no spend above a cap": holds("above cap", "hops >"),
-            "identical trust levels": holds(" vs ", "UNTRUSTED with"),
-            "one outcome per proposal": holds("proposal "),
-            "audit chain verifies": holds("audit"),
-            "commands accepted": fed.accepted,
-            "commands rejected by code": dict(sorted(self.fed_rejected.items())),
-            "proposals decided": len(decided),
-            "peers": len(fed.registry.peers),
-        }
-        return properties, violations
+        replicas = [
+            ReplicaState(n.id, self.raft[n.index].applied, self.raft[n.index].table.machine)
+            for n in self.nodes
+            if n.up
+        ]
+        return self.workload.check_replicas(replicas)
 
     # ------------------------------------------------------------------ run
 
