@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import nacl.signing
 
+from ruflo_consensus.check.encoded import state_bytes
 from ruflo_consensus.check.history import Op
 from ruflo_consensus.federation.errors import BadSnapshot
 from ruflo_consensus.federation.machine import FederationStateMachine
@@ -522,7 +523,7 @@ def check_cross_replica(snapshots: Sequence[bytes], *, require_equal: bool = Tru
         for i, fed in group[1:]:
             wire = fed.to_wire()
             for part in sorted(base_wire):
-                if wire[part] != base_wire[part]:
+                if state_bytes(wire.get(part)) != state_bytes(base_wire[part]):
                     out.append(
                         f"replicas {base_i} and {i} accepted {accepted} commands but differ in "
                         f"{part}"

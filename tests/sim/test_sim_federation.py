@@ -67,6 +67,16 @@ def test_the_federation_factory_pickles_so_sweep_workers_get_it() -> None:
     assert single.trace_hash == result.summaries[1].trace_hash
 
 
+def test_seed_8_whose_entries_carry_a_nan_is_no_safety_violation() -> None:
+    # It failed with "state-machine-safety violated": two copies of a bad budget.open
+    # with max_hops NaN, printed identically, compared with == (NaN != NaN).
+    summary = run_simulation(
+        SimConfig(seed=8, workload="federation"), workload=federation_sim_workload
+    )
+    assert summary.status == "pass", summary.violations
+    assert summary.properties["commands rejected by code"]["INVALID_BUDGET"] > 0
+
+
 def test_federation_sweep_holds_every_cross_node_property() -> None:
     result = run_sweep(
         SimConfig(workload="federation", duration_s=5),
