@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from pycrdt import Doc, Map
 
-from ruflo_consensus.statemachine import Command, CommandError, Result
+from ruflo_consensus.statemachine import Command, CommandError, Result, require_op, require_str
 
 __all__ = [
     "MAX_SAFE_INT",
@@ -222,24 +222,6 @@ def _parse_lww(raw: Any) -> tuple[int, int, str | None] | None:
     return physical, logical, value
 
 
-def _require_op(command: Command) -> tuple[dict[str, Any], str]:
-    if not isinstance(command, dict):
-        raise CommandError("BAD_COMMAND", f"command must be a map, got {type(command).__name__}")
-    op = command.get("op")
-    if not isinstance(op, str):
-        raise CommandError("BAD_COMMAND", "command needs a string 'op'")
-    return command, op
-
-
-def _require_str(command: dict[str, Any], field: str) -> str:
-    value = command.get(field)
-    if not isinstance(value, str):
-        raise CommandError(
-            "BAD_ARGUMENT", f"{field!r} must be a string, got {type(value).__name__}"
-        )
-    return value
-
-
 class CrdtKV:
     """Key-value machine for the CRDT backend: LWW registers and per-node counters.
 
@@ -394,8 +376,8 @@ class CrdtKV:
 
     def apply(self, command: Command, ctx: EditContext) -> Result:
         """Apply one KV command as replica ``ctx.node_id`` at time ``ctx.hlc``."""
-        cmd, op = _require_op(command)
-        key = _require_str(cmd, "key")
+        cmd, op = require_op(command)
+        key = require_str(cmd, "key")
         lww, counters = self._maps()
         if op == "get":
             won = self.winner(key)
@@ -408,7 +390,7 @@ class CrdtKV:
         if op == "counter":
             return self.counter(key)
         if op in ("put", "delete"):
-            value = _require_str(cmd, "value") if op == "put" else None
+            value = require_str(cmd, "value") if op == "put" else None
             ts = ctx.hlc
             if ts.node != ctx.node_id:
                 raise CommandError("BAD_CONTEXT", "timestamp from another node")

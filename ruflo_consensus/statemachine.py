@@ -29,6 +29,11 @@ __all__ = [
     "Result",
     "SessionTable",
     "StateMachine",
+    "decode_result",
+    "encode_result",
+    "pack",
+    "require_op",
+    "require_str",
 ]
 
 Command = Any
@@ -79,8 +84,37 @@ class StateMachine(Protocol):
         ...
 
 
-def _pack(obj: Any) -> bytes:
+def pack(obj: Any) -> bytes:
+    """Plain msgpack bytes of ``obj`` (binary-safe; not the canonical form of
+    :mod:`ruflo_consensus.canonical`: map order is the writer's). Raises ``TypeError``
+    or ``ValueError`` for what msgpack cannot carry."""
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode_result(result: Result) -> list[Any]:
+    """A command's result as it crosses the wire (client replies, forwards, PBFT replies).
+
+    ``["ok", value]`` for a value, ``["rejected", code, message]`` for a
+    :class:`CommandRejected`: one shape for every backend and driver.
+    """
+    if isinstance(result, CommandRejected):
+        return ["rejected", result.code, result.message]
+    return ["ok", result]
+
+
+def decode_result(raw: Any) -> Result:
+    """Inverse of :func:`encode_result`; raise ``ValueError`` on any other shape."""
+    if isinstance(raw, list) and len(raw) == 2 and raw[0] == "ok":
+        return raw[1]
+    if (
+        isinstance(raw, list)
+        and len(raw) == 3
+        and raw[0] == "rejected"
+        and isinstance(raw[1], str)
+        and isinstance(raw[2], str)
+    ):
+        return CommandRejected(raw[1], raw[2])
+    raise ValueError("a result is ['ok', value] or ['rejected', code, message]")
 
 
 def _unpack(data: bytes) -> Any:
@@ -95,10 +129,11 @@ def _unpack(data: bytes) -> Any:
 
 def _same(a: Any, b: Any) -> bool:
     """Value equality as replicas see it: by encoding, so 1, 1.0 and True differ."""
-    return _pack(a) == _pack(b)
+    return pack(a) == pack(b)
 
 
-def _require_str(command: dict[str, Any], field: str) -> str:
+def require_str(command: dict[str, Any], field: str) -> str:
+    """``command[field]`` when it is a string; else ``CommandError("BAD_ARGUMENT")``."""
     value = command.get(field)
     if not isinstance(value, str):
         raise CommandError(
@@ -107,7 +142,8 @@ def _require_str(command: dict[str, Any], field: str) -> str:
     return value
 
 
-def _require_op(command: Command) -> tuple[dict[str, Any], str]:
+def require_op(command: Command) -> tuple[dict[str, Any], str]:
+    """``(command, op)`` for a map with a string ``op``; else ``CommandError("BAD_COMMAND")``."""
     if not isinstance(command, dict):
         raise CommandError("BAD_COMMAND", f"command must be a map, got {type(command).__name__}")
     op = command.get("op")
@@ -136,20 +172,20 @@ class KVStateMachine:
 
     def apply(self, command: Command) -> Result:
         """Apply one KV command; raise :class:`CommandError` on a malformed one."""
-        cmd, op = _require_op(command)
-        key = _require_str(cmd, "key")
+        cmd, op = require_op(command)
+        key = require_str(cmd, "key")
         if op == "get":
             return self.data.get(key, "")
         if op == "put":
-            self.data[key] = _require_str(cmd, "value")
+            self.data[key] = require_str(cmd, "value")
             return None
         if op == "append":
-            value = _require_str(cmd, "value")
+            value = require_str(cmd, "value")
             self.data[key] = self.data.get(key, "") + value
             return None
         if op == "cas":
-            old = _require_str(cmd, "old")
-            new = _require_str(cmd, "new")
+            old = require_str(cmd, "old")
+            new = require_str(cmd, "new")
             if self.data.get(key, "") != old:
                 return False
             self.data[key] = new
@@ -158,7 +194,7 @@ class KVStateMachine:
 
     def snapshot(self) -> bytes:
         """Serialise the map with keys in sorted order (equal maps give equal bytes)."""
-        return _pack(sorted(self.data.items()))
+        return pack(sorted(self.data.items()))
 
     def restore(self, data: bytes) -> None:
         """Load a snapshot made by :meth:`snapshot`."""
@@ -184,7 +220,7 @@ class RegisterStateMachine:
 
     def apply(self, command: Command) -> Result:
         """Apply one register command; raise :class:`CommandError` on a malformed one."""
-        cmd, op = _require_op(command)
+        cmd, op = require_op(command)
         if op == "read":
             return self.value
         if op == "write":
@@ -203,7 +239,7 @@ class RegisterStateMachine:
 
     def snapshot(self) -> bytes:
         """Serialise the register value."""
-        return _pack([self.value])
+        return pack([self.value])
 
     def restore(self, data: bytes) -> None:
         """Load a snapshot made by :meth:`snapshot`."""
@@ -263,7 +299,7 @@ class SessionTable:
             )
             for c, (s, r) in self.sessions.items()
         )
-        return _pack([sessions, self.machine.snapshot()])
+        return pack([sessions, self.machine.snapshot()])
 
     def restore(self, data: bytes) -> None:
         """Load a snapshot made by :meth:`snapshot`; on a bad one nothing changes."""

@@ -31,7 +31,7 @@ from .base import (
     Snapshot,
 )
 from .raft import RaftConfig, RaftCore
-from .raft_membership import Configuration
+from .raft.membership import Configuration
 
 if TYPE_CHECKING:
     from .crdt import CRDT_MESSAGES, CrdtConfig, CrdtCore, CrdtUpdate, SyncReply, SyncRequest

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "Capabilities",
     "CommandResult",
     "Committed",
     "ConfChange",
@@ -36,7 +37,13 @@ __all__ = [
     "ConsensusError",
     "CoreFactory",
     "Entry",
+    "FollowerProgress",
     "HardState",
+    "LeadershipTransfer",
+    "LogCompaction",
+    "LogStatus",
+    "MemberSet",
+    "MembershipChanges",
     "Message",
     "NodeId",
     "NotLeader",
@@ -44,8 +51,11 @@ __all__ = [
     "Proposal",
     "ProposalDropped",
     "ProtocolError",
+    "ReadIndexReads",
     "ReadState",
     "Ready",
+    "RejectionCounts",
+    "ReplicationProgress",
     "Role",
     "RoleChange",
     "Snapshot",
@@ -378,3 +388,170 @@ class CoreFactory(Protocol):
     ) -> ConsensusCore:
         """Return the core for ``node_id``, restored from the given stored state."""
         ...
+
+
+# ---------------------------------------------------------------------- capabilities
+#
+# What a core offers beyond the contract above. Each is a small runtime-checkable
+# protocol; a driver resolves them once, when it builds the core
+# (:meth:`Capabilities.of`), and then calls them through typed references, so that a
+# core without one is a clear ``None`` at one place rather than a probe at every use.
+# ``docs/backend-contract.md`` lists which core has which.
+
+
+@runtime_checkable
+class ReadIndexReads(Protocol):
+    """Linearizable reads confirmed by the core (Raft's ReadIndex, or a lease).
+
+    ``read_index(ctx)`` asks for a read point; it arrives later as a :class:`ReadState`
+    in :attr:`Ready.reads`, and the driver serves the read once it has applied through
+    ``ReadState.index``. Raises :class:`NotLeader` when nobody can confirm it now.
+    """
+
+    def read_index(self, ctx: Any) -> None:
+        """Ask for a read point for ``ctx`` (answered in a later ``Ready.reads``)."""
+        ...
+
+
+@runtime_checkable
+class LogCompaction(Protocol):
+    """A log the driver may compact: the answer to :attr:`Ready.snapshot_request`."""
+
+    def compact(self, index: int, data: bytes) -> Snapshot | None:
+        """Take ``data`` (the machine's snapshot after applying exactly through ``index``),
+        drop the log through ``index``; the snapshot, or None when already compacted."""
+        ...
+
+
+@runtime_checkable
+class LeadershipTransfer(Protocol):
+    """A leader that can hand leadership to a chosen voter."""
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Start handing leadership to ``target``; raise :class:`TransferRefused` if not."""
+        ...
+
+
+class MemberSet(Protocol):
+    """A cluster configuration: who votes and who only receives the log."""
+
+    @property
+    def voters(self) -> tuple[NodeId, ...]:
+        """The voting members."""
+        ...
+
+    @property
+    def learners(self) -> tuple[NodeId, ...]:
+        """The members that receive the log without voting."""
+        ...
+
+
+@runtime_checkable
+class MembershipChanges(Protocol):
+    """Single-server membership changes made through the log (Raft's, see docs/raft.md)."""
+
+    @property
+    def configuration(self) -> MemberSet:
+        """The configuration in effect (the latest in the log, committed or not)."""
+        ...
+
+    @property
+    def conf_index(self) -> int:
+        """The log index of the configuration in effect (0 for the bootstrap one)."""
+        ...
+
+    @property
+    def commit(self) -> int:
+        """The commit index (a configuration at or below it is committed)."""
+        ...
+
+    def propose_conf_change(self, kind: ConfChangeKind | str, node: NodeId) -> int:
+        """As leader, append a change; its log index. Raises :class:`ConfChangeRefused`."""
+        ...
+
+    def configuration_at(self, index: int) -> MemberSet:
+        """The configuration in effect as of log index ``index``."""
+        ...
+
+    def entry(self, index: int) -> Entry | None:
+        """The log entry at ``index`` while the log still holds it."""
+        ...
+
+
+@runtime_checkable
+class LogStatus(Protocol):
+    """Positions in a totally ordered log, for a driver's status report."""
+
+    @property
+    def commit(self) -> int:
+        """The highest index known committed."""
+        ...
+
+    @property
+    def last_index(self) -> int:
+        """The index of the last entry in the log."""
+        ...
+
+    @property
+    def snapshot_index(self) -> int:
+        """The last index the snapshot covers (0 without one)."""
+        ...
+
+
+class FollowerProgress(Protocol):
+    """What a leader knows of one member's log."""
+
+    @property
+    def match(self) -> int:
+        """The highest index known replicated on that member."""
+        ...
+
+
+@runtime_checkable
+class ReplicationProgress(Protocol):
+    """A leader's view of how far each member's log has caught up."""
+
+    @property
+    def progress(self) -> Mapping[NodeId, FollowerProgress]:
+        """Per member (on a leader; empty or stale elsewhere)."""
+        ...
+
+
+@runtime_checkable
+class RejectionCounts(Protocol):
+    """Messages the core refused (:class:`ProtocolError`), counted per reason."""
+
+    @property
+    def rejected(self) -> Mapping[str, int]:
+        """Reason -> count."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """The capabilities of one core, each the core itself (typed) or None.
+
+    Resolve them once with :meth:`of` when the core is built; a driver then asks
+    ``caps.transfer is None`` instead of probing the core at every call.
+    """
+
+    reads: ReadIndexReads | None = None
+    compaction: LogCompaction | None = None
+    transfer: LeadershipTransfer | None = None
+    membership: MembershipChanges | None = None
+    log: LogStatus | None = None
+    progress: ReplicationProgress | None = None
+    counters: RejectionCounts | None = None
+
+    @classmethod
+    def of(cls, core: object) -> Capabilities:
+        """What ``core`` offers (``isinstance`` on the protocols above, checked once)."""
+        return cls(
+            reads=core if isinstance(core, ReadIndexReads) else None,
+            compaction=core if isinstance(core, LogCompaction) else None,
+            transfer=core if isinstance(core, LeadershipTransfer) else None,
+            membership=core if isinstance(core, MembershipChanges) else None,
+            log=core if isinstance(core, LogStatus) else None,
+            progress=core if isinstance(core, ReplicationProgress) else None,
+            counters=core if isinstance(core, RejectionCounts) else None,
+        )

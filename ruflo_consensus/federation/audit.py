@@ -27,20 +27,37 @@ import hashlib
 import io
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
-from ruflo_consensus.canonical import canonical_bytes, normalize
+from ruflo_consensus.canonical import canonical_bytes
 from ruflo_consensus.federation.base import PlannedMachine
 from ruflo_consensus.federation.errors import BadArgument, BadSnapshot
 from ruflo_consensus.federation.validation import (
+    MAX_ID_LEN,
+    MAX_NOW_MS,
     Commit,
     check_fields,
+    check_value,
     opt_bool,
     opt_number,
     opt_str,
-    payload_size,
     req_str,
     req_str_list,
+)
+from ruflo_consensus.federation.wire import (
+    w_bool,
+    w_bytes,
+    w_choice,
+    w_clock,
+    w_count,
+    w_float,
+    w_int,
+    w_list,
+    w_map,
+    w_opt_text,
+    w_row,
+    w_text,
+    w_time,
 )
 
 __all__ = [
@@ -97,6 +114,7 @@ GENESIS_HASH = bytes(32)
 
 _MAX_CONTENT = 1 << 20
 _MAX_METADATA = 64 * 1024
+_MAX_LATENCY_MS = 1e12
 
 RECORD_FIELDS = (
     "seq",
@@ -230,17 +248,18 @@ class AuditLog(PlannedMachine):
     def validate_fields(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Check the user-supplied record fields; return them normalised (no state change)."""
         pii_types = (
-            req_str_list(cmd, "pii_types", allowed=PII_TYPES) if cmd.get("pii_types") else []
+            []
+            if cmd.get("pii_types") is None
+            else req_str_list(cmd, "pii_types", allowed=PII_TYPES)
         )
-        threat_types = req_str_list(cmd, "threat_types") if cmd.get("threat_types") else []
+        threat_types = [] if cmd.get("threat_types") is None else req_str_list(cmd, "threat_types")
         metadata = cmd.get("metadata")
         if metadata is None:
             metadata = {}
         if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
             raise BadArgument("'metadata' must be a map with string keys")
-        payload_size(metadata, "metadata", limit=_MAX_METADATA)
-        metadata = normalize(metadata)
-        latency = opt_number(cmd, "latency_ms", None, lo=0.0, hi=1e12)
+        metadata = check_value(metadata, "metadata", limit=_MAX_METADATA)
+        latency = opt_number(cmd, "latency_ms", None, lo=0.0, hi=_MAX_LATENCY_MS)
         size = opt_number(cmd, "size_bytes", None, lo=0.0, hi=float(2**53))
         if size is not None and not size.is_integer():
             raise BadArgument("'size_bytes' must be an integer")
@@ -364,33 +383,95 @@ class AuditLog(PlannedMachine):
             "records": [[r[k] for k in RECORD_FIELDS] for r in self.records],
         }
 
-    def load_wire(self, value: Any) -> None:
-        """Replace the state with a map made by :meth:`to_wire`."""
-        try:
-            records = []
-            for row in value["records"]:
-                if len(row) != len(RECORD_FIELDS):
-                    raise ValueError("record width mismatch")
-                records.append(dict(zip(RECORD_FIELDS, row, strict=True)))
-            state = (
-                int(value["clock"]),
-                str(value["compliance_mode"]),
-                int(value["retention_ms"]),
-                int(value["anchor_seq"]),
-                bytes(value["anchor_hash"]),
-                int(value["next_seq"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadSnapshot(f"not an audit snapshot: {exc}") from None
-        (
-            self.clock,
-            self.compliance_mode,
-            self.retention_ms,
-            self.anchor_seq,
-            self.anchor_hash,
-            self.next_seq,
-        ) = state
-        self.records = records
+    def _blank(self) -> Self:
+        return type(self)(self.compliance_mode, self.retention_ms)
+
+    def _read_wire(self, value: Any) -> None:
+        wire = w_map(
+            value,
+            "audit",
+            (
+                "clock",
+                "compliance_mode",
+                "retention_ms",
+                "anchor_seq",
+                "anchor_hash",
+                "next_seq",
+                "records",
+            ),
+        )
+        self.clock = w_clock(wire["clock"])
+        self.compliance_mode = w_choice(
+            wire["compliance_mode"], "compliance_mode", COMPLIANCE_MODES
+        )
+        self.retention_ms = w_time(wire["retention_ms"], "retention_ms")
+        self.anchor_seq = w_count(wire["anchor_seq"], "anchor_seq")
+        self.anchor_hash = w_bytes(wire["anchor_hash"], "anchor_hash", length=32)
+        self.next_seq = w_count(wire["next_seq"], "next_seq")
+        self.records = [_read_record(row) for row in w_list(wire["records"], "records")]
+
+
+def _read_record(value: Any) -> dict[str, Any]:
+    """One record from its snapshot row, every field checked (the chain itself is not: a
+    broken chain restores, and :meth:`AuditLog.verify` reports where it breaks)."""
+    r = dict(zip(RECORD_FIELDS, w_row(value, "record", len(RECORD_FIELDS)), strict=True))
+
+    def opt_text(name: str, max_len: int = MAX_ID_LEN) -> str | None:
+        return w_opt_text(r[name], name, max_len=max_len)
+
+    def text_list(name: str, allowed: frozenset[str] | None = None) -> list[str]:
+        items = [w_text(x, name, max_len=64) for x in w_list(r[name], name, max_items=64)]
+        if allowed is not None:
+            for item in items:
+                w_choice(item, name, sorted(allowed))
+        return items
+
+    pii_action = r["pii_action"]
+    latency, size = r["latency_ms"], r["size_bytes"]
+    return {
+        "seq": w_count(r["seq"], "seq"),
+        "event_id": w_text(r["event_id"], "event_id"),
+        "timestamp": w_time(r["timestamp"], "timestamp"),
+        "node": opt_text("node"),
+        "session": opt_text("session"),
+        "event_type": w_text(r["event_type"], "event_type", max_len=128),
+        "severity": w_choice(r["severity"], "severity", SEVERITIES),
+        "category": w_choice(r["category"], "category", CATEGORIES),
+        "source": opt_text("source"),
+        "target": opt_text("target"),
+        "agent": opt_text("agent"),
+        "trust_level": opt_text("trust_level", 32),
+        "pii_found": w_bool(r["pii_found"], "pii_found"),
+        "pii_types": text_list("pii_types", PII_TYPES),
+        "pii_action": None
+        if pii_action is None
+        else w_choice(pii_action, "pii_action", PII_ACTIONS),
+        "threat_found": w_bool(r["threat_found"], "threat_found"),
+        "threat_types": text_list("threat_types"),
+        "latency_ms": None
+        if latency is None
+        else w_float(latency, "latency_ms", lo=0.0, hi=_MAX_LATENCY_MS),
+        "size_bytes": None if size is None else w_int(size, "size_bytes", hi=MAX_NOW_MS),
+        "compliance_mode": w_choice(r["compliance_mode"], "compliance_mode", COMPLIANCE_MODES),
+        "data_residency": opt_text("data_residency", 64),
+        "content": None
+        if r["content"] is None
+        else w_text(r["content"], "content", max_len=_MAX_CONTENT, allow_empty=True),
+        "metadata": _read_metadata(r["metadata"]),
+        "hipaa_stripped": w_bool(r["hipaa_stripped"], "hipaa_stripped"),
+        "prev_hash": w_bytes(r["prev_hash"], "prev_hash", length=32),
+        "hash": w_bytes(r["hash"], "hash", length=32),
+    }
+
+
+def _read_metadata(value: Any) -> dict[str, Any]:
+    """A metadata map: string keys, any values. That the values have a canonical encoding is
+    checked once for the whole new state (see ``PlannedMachine.decoded``), not per record."""
+    if not isinstance(value, dict):
+        raise BadSnapshot("'metadata' must be a map with string keys")
+    for name in value:
+        w_text(name, "metadata key", max_len=_MAX_METADATA, allow_empty=True)
+    return value
 
 
 def _missing(name: str) -> str:

@@ -9,11 +9,12 @@ machines' parts of one command first and commits them only when every plan succe
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
-from ruflo_consensus.canonical import canonical_bytes, canonical_loads
-from ruflo_consensus.federation.errors import BadSnapshot, UnknownOp
-from ruflo_consensus.federation.validation import Commit, effective_time, parse_command
+from ruflo_consensus.canonical import canonical_bytes
+from ruflo_consensus.federation.errors import UnknownOp
+from ruflo_consensus.federation.validation import Commit, effective_time, opt_str, parse_command
+from ruflo_consensus.federation.wire import decode_snapshot, ensure_encodable
 
 __all__ = ["PlannedMachine"]
 
@@ -23,7 +24,9 @@ class PlannedMachine:
 
     Subclasses set ``namespace`` and ``ops`` and implement ``_plan_<op>(cmd, t)``;
     :meth:`advance` materialises time-driven transitions (expiries, evictions) after each
-    accepted command.
+    accepted command. For snapshots they implement :meth:`to_wire`, :meth:`_blank` (an empty
+    machine with the same configuration) and :meth:`_read_wire` (fill that empty machine
+    from a decoded snapshot, raising only ``BadSnapshot``).
     """
 
     namespace: ClassVar[str] = ""
@@ -51,6 +54,7 @@ class PlannedMachine:
         if op not in self.ops:
             raise UnknownOp(f"{self.namespace} machine has no op {op!r}")
         t = effective_time(self.clock, cmd)
+        opt_str(cmd, "node")
         commit = self.plan(op, cmd, t)
         result = commit()
         self.clock = t
@@ -63,9 +67,33 @@ class PlannedMachine:
         """The state as plain msgpack-able values (subclasses define it)."""
         raise NotImplementedError
 
-    def load_wire(self, value: Any) -> None:
-        """Replace the state with ``value`` from :meth:`to_wire`; validate before assigning."""
+    def _blank(self) -> Self:
+        """A new, empty machine with this one's configuration (subclasses define it)."""
         raise NotImplementedError
+
+    def _read_wire(self, value: Any) -> None:
+        """Fill this *new* machine from ``value``; raise only ``BadSnapshot``."""
+        raise NotImplementedError
+
+    def decoded(self, value: Any) -> Self:
+        """A new machine, configured like this one, holding the state ``value`` describes.
+
+        Every field is checked (types, ranges, UTF-8 text, sizes, consistency that later
+        commands rely on) and the result must have a canonical encoding; anything else
+        raises :class:`BadSnapshot`. This machine is not changed.
+        """
+        fresh = self._blank()
+        fresh._read_wire(value)
+        ensure_encodable(fresh.to_wire(), self.namespace)
+        return fresh
+
+    def adopt(self, other: Self) -> None:
+        """Take over the whole state of ``other`` (made by :meth:`decoded`); cannot fail."""
+        vars(self).update(vars(other))
+
+    def load_wire(self, value: Any) -> None:
+        """Replace the state with ``value`` from :meth:`to_wire`: validate all, then swap."""
+        self.adopt(self.decoded(value))
 
     def snapshot(self) -> bytes:
         """Canonical bytes of the state: equal states give equal bytes."""
@@ -73,8 +101,4 @@ class PlannedMachine:
 
     def restore(self, data: bytes) -> None:
         """Load a snapshot made by :meth:`snapshot`; a bad one raises BadSnapshot, unchanged."""
-        try:
-            value = canonical_loads(data)
-        except Exception as exc:
-            raise BadSnapshot(f"undecodable snapshot: {exc}") from None
-        self.load_wire(value)
+        self.load_wire(decode_snapshot(data, self.namespace))

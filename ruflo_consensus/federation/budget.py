@@ -38,7 +38,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Self
 
 from ruflo_consensus.federation.base import PlannedMachine
 from ruflo_consensus.federation.errors import (
@@ -56,11 +56,29 @@ from ruflo_consensus.federation.errors import (
     UnknownPeer,
 )
 from ruflo_consensus.federation.validation import (
+    INT_MAX,
+    INT_MIN,
     Commit,
     check_fields,
+    check_number,
     opt_str,
     req_bool,
     req_str,
+)
+from ruflo_consensus.federation.wire import (
+    w_bool,
+    w_choice,
+    w_clock,
+    w_count,
+    w_int,
+    w_map,
+    w_opt_text,
+    w_opt_time,
+    w_pairs,
+    w_row,
+    w_rows,
+    w_text,
+    w_time,
 )
 
 __all__ = [
@@ -92,6 +110,9 @@ USD_MICROS = 1_000_000
 
 _MAX_SPEND_TOKENS = MAX_TOKENS_CEILING
 _MAX_SPEND_USD = float(MAX_USD_CEILING)
+_MAX_USD_MICROS = MAX_USD_CEILING * USD_MICROS
+_REASON_LEN = 512
+_MAX_SAMPLES = 10_000_000
 
 
 class BreakerState(enum.StrEnum):
@@ -164,6 +185,8 @@ def validate_budget(raw: Any) -> Budget:
     if usd is not None:
         if isinstance(usd, bool) or not isinstance(usd, (int, float)):
             raise InvalidBudget("max_usd must be a number")
+        if isinstance(usd, int) and not INT_MIN <= usd <= INT_MAX:
+            raise InvalidBudget(f"max_usd must be in [0, {MAX_USD_CEILING}]")
         usd_f = float(usd)
         if math.isnan(usd_f):
             raise InvalidBudget("max_usd must not be NaN")
@@ -221,17 +244,36 @@ class Delegation:
         ]
 
     @classmethod
-    def from_wire(cls, value: list[Any]) -> Delegation:
-        """Inverse of :meth:`to_wire`."""
-        budget, origin, created, hops, tokens, usd, path = value
+    def from_wire(cls, value: Any) -> Delegation:
+        """Inverse of :meth:`to_wire`; every field checked, ``BadSnapshot`` otherwise."""
+        budget, origin, created, hops, tokens, usd, path = w_row(value, "delegation", 7)
+        max_hops, max_tokens, max_usd = w_row(budget, "budget", 3)
         return cls(
-            budget=Budget(int(budget[0]), budget[1], budget[2]),
-            origin=origin,
-            created_at=int(created),
-            hops=int(hops),
-            tokens_spent=int(tokens),
-            usd_spent_micros=int(usd),
-            path=[(str(p), int(a), int(b), int(c)) for p, a, b, c in path],
+            budget=Budget(
+                max_hops=w_int(max_hops, "max_hops", hi=MAX_HOPS_CEILING),
+                max_tokens=None
+                if max_tokens is None
+                else w_int(max_tokens, "max_tokens", hi=MAX_TOKENS_CEILING),
+                max_usd_micros=None
+                if max_usd is None
+                else w_int(max_usd, "max_usd_micros", hi=_MAX_USD_MICROS),
+            ),
+            origin=w_opt_text(origin, "origin"),
+            created_at=w_time(created, "created_at"),
+            hops=w_int(hops, "hops", hi=MAX_HOPS_CEILING),
+            tokens_spent=w_count(tokens, "tokens_spent"),
+            usd_spent_micros=w_count(usd, "usd_spent_micros"),
+            path=[
+                (
+                    w_text(peer, "path peer"),
+                    w_int(spent_tokens, "path tokens", hi=_MAX_SPEND_TOKENS),
+                    w_int(spent_usd, "path usd", hi=_MAX_USD_MICROS),
+                    w_time(at, "path time"),
+                )
+                for peer, spent_tokens, spent_usd, at in w_rows(
+                    path, "path", 4, max_items=MAX_HOPS_CEILING
+                )
+            ],
         )
 
 
@@ -277,31 +319,33 @@ class PeerBreaker:
         ]
 
     @classmethod
-    def from_wire(cls, value: list[Any]) -> PeerBreaker:
-        """Inverse of :meth:`to_wire`."""
-        state, since, suspended_at, reason, spends, outcomes = value
-        return cls(
-            state=BreakerState(state),
-            since=int(since),
-            suspended_at=suspended_at,
-            reason=reason,
-            spends=deque((int(a), int(b)) for a, b in spends),
-            outcomes=deque((int(a), bool(b)) for a, b in outcomes),
+    def from_wire(cls, value: Any) -> PeerBreaker:
+        """Inverse of :meth:`to_wire`; every field checked, ``BadSnapshot`` otherwise."""
+        state, since, suspended_at, reason, spends, outcomes = w_row(value, "breaker", 6)
+        breaker = cls(
+            state=BreakerState(w_choice(state, "state", [s.value for s in BreakerState])),
+            since=w_time(since, "since"),
+            suspended_at=w_opt_time(suspended_at, "suspended_at"),
+            reason=w_opt_text(reason, "reason", max_len=_REASON_LEN),
+            spends=deque(
+                (w_time(a, "spend time"), w_int(b, "spend", hi=_MAX_USD_MICROS))
+                for a, b in w_rows(spends, "spends", 2, max_items=_MAX_SAMPLES)
+            ),
+            outcomes=deque(
+                (w_time(a, "outcome time"), w_bool(b, "outcome"))
+                for a, b in w_rows(outcomes, "outcomes", 2, max_items=_MAX_SAMPLES)
+            ),
         )
+        if (breaker.state == BreakerState.SUSPENDED) != (breaker.suspended_at is not None):
+            raise BadSnapshot("a breaker has a suspension time exactly when it is SUSPENDED")
+        return breaker
 
 
 def _number(cmd: dict[str, Any], name: str, hi: float) -> float:
-    value = cmd.get(name, 0)
+    value = cmd.get(name)
     if value is None:
-        value = 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadArgument(f"{name!r} must be a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise BadArgument(f"{name!r} must be finite")
-    if number > hi:
-        raise BadArgument(f"{name!r} must be at most {hi}")
-    return max(0.0, number)
+        return 0.0
+    return max(0.0, check_number(value, name, lo=-math.inf, hi=hi))
 
 
 class BudgetLedger(PlannedMachine):
@@ -562,12 +606,13 @@ class BudgetLedger(PlannedMachine):
             "breakers": [[p, self.breakers[p].to_wire()] for p in sorted(self.breakers)],
         }
 
-    def load_wire(self, value: Any) -> None:
-        """Replace the state with a map made by :meth:`to_wire`."""
-        try:
-            clock = int(value["clock"])
-            delegations = {str(d): Delegation.from_wire(w) for d, w in value["delegations"]}
-            breakers = {str(p): PeerBreaker.from_wire(w) for p, w in value["breakers"]}
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BadSnapshot(f"not a budget snapshot: {exc}") from None
-        self.clock, self.delegations, self.breakers = clock, delegations, breakers
+    def _blank(self) -> Self:
+        return type(self)(self.policy)
+
+    def _read_wire(self, value: Any) -> None:
+        wire = w_map(value, "budget", ("clock", "delegations", "breakers"))
+        self.clock = w_clock(wire["clock"])
+        for name, raw in w_pairs(wire["delegations"], "delegations"):
+            self.delegations[name] = Delegation.from_wire(raw)
+        for peer, raw in w_pairs(wire["breakers"], "breakers"):
+            self.breakers[peer] = PeerBreaker.from_wire(raw)

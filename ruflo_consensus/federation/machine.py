@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ruflo_consensus.canonical import canonical_bytes, canonical_loads
+from ruflo_consensus.canonical import canonical_bytes
 from ruflo_consensus.federation.audit import RETENTION_MS, AuditLog
 from ruflo_consensus.federation.budget import BreakerPolicy, BreakerState, BudgetLedger
 from ruflo_consensus.federation.errors import (
@@ -60,11 +60,13 @@ from ruflo_consensus.federation.validation import (
     opt_str,
     req_str,
 )
+from ruflo_consensus.federation.wire import decode_snapshot, w_clock, w_count, w_int, w_map
 
 __all__ = ["SNAPSHOT_VERSION", "FederationStateMachine"]
 
 SNAPSHOT_VERSION = 1
 """Version tag of the combined snapshot format."""
+_PART_NAMES = ("registry", "trust", "budget", "qtable", "audit", "proposals")
 
 _Handler = Callable[[dict[str, Any], int], Commit]
 
@@ -668,43 +670,30 @@ class FederationStateMachine:
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot; on a bad snapshot nothing changes."""
-        try:
-            value = canonical_loads(data)
-        except Exception as exc:
-            raise BadSnapshot(f"undecodable snapshot: {exc}") from None
-        if not isinstance(value, dict) or value.get("version") != SNAPSHOT_VERSION:
-            raise BadSnapshot("not a federation snapshot (or another version)")
-        old = (
-            self.registry,
-            self.trust,
-            self.budget,
-            self.qtable,
-            self.audit,
-            self.proposals,
-            self.clock,
-            self.accepted,
-        )
-        try:
-            self._build()
-            self.registry.load_wire(value["registry"])
-            self.trust.load_wire(value["trust"])
-            self.budget.load_wire(value["budget"])
-            self.qtable.load_wire(value["qtable"])
-            self.audit.load_wire(value["audit"])
-            self.proposals.load_wire(value["proposals"])
-            self.clock = int(value["clock"])
-            self.accepted = int(value["accepted"])
-        except (BadSnapshot, KeyError, TypeError, ValueError) as exc:
-            (
-                self.registry,
-                self.trust,
-                self.budget,
-                self.qtable,
-                self.audit,
-                self.proposals,
-                self.clock,
-                self.accepted,
-            ) = old
-            if isinstance(exc, BadSnapshot):
-                raise
-            raise BadSnapshot(f"not a federation snapshot: {exc}") from None
+        self.load_wire(decode_snapshot(data, "federation"))
+
+    def load_wire(self, value: Any) -> None:
+        """Replace the whole state with ``value`` from :meth:`to_wire`: validate, then swap.
+
+        Every part is decoded into a new object (each checks all of its fields and that it
+        can be encoded again), then the parts are checked against each other; only when all
+        of that passed are the new parts swapped in. Any failure raises ``BadSnapshot`` and
+        leaves this machine as it was.
+        """
+        wire = w_map(value, "federation", ("version", "clock", "accepted", *_PART_NAMES))
+        w_int(wire["version"], "version", lo=SNAPSHOT_VERSION, hi=SNAPSHOT_VERSION)
+        clock = w_clock(wire["clock"])
+        accepted = w_count(wire["accepted"], "accepted")
+        registry = self.registry.decoded(wire["registry"])
+        trust = self.trust.decoded(wire["trust"])
+        budget = self.budget.decoded(wire["budget"])
+        qtable = self.qtable.decoded(wire["qtable"])
+        audit = self.audit.decoded(wire["audit"])
+        proposals = self.proposals.decoded(wire["proposals"])
+        peers = set(registry.peers)
+        if peers != set(trust.peers) or peers != set(budget.breakers):
+            raise BadSnapshot("registry, trust ledger and breakers hold different peers")
+        # Nothing below can fail: swap the new parts in.
+        self.registry, self.trust, self.budget = registry, trust, budget
+        self.qtable, self.audit, self.proposals = qtable, audit, proposals
+        self.clock, self.accepted = clock, accepted

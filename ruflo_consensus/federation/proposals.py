@@ -33,11 +33,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import nacl.signing
 
-from ruflo_consensus.canonical import normalize
 from ruflo_consensus.federation.base import PlannedMachine
 from ruflo_consensus.federation.errors import (
     BadArgument,
@@ -57,13 +56,29 @@ from ruflo_consensus.federation.signing import PUBLIC_KEY_LEN, sign_statement, v
 from ruflo_consensus.federation.validation import (
     Commit,
     check_fields,
+    check_value,
     opt_int,
     opt_str,
-    payload_size,
     req_bool,
     req_bytes,
     req_int,
     req_str,
+)
+from ruflo_consensus.federation.wire import (
+    w_bool,
+    w_bytes,
+    w_choice,
+    w_clock,
+    w_int,
+    w_list,
+    w_map,
+    w_opt_text,
+    w_opt_time,
+    w_row,
+    w_rows,
+    w_text,
+    w_time,
+    w_value,
 )
 
 __all__ = [
@@ -118,6 +133,10 @@ VOTE_KIND = "ruflo.vote.v1"
 """Domain tag of signed votes."""
 ATTESTED = 2
 """Lowest trust level that may vote."""
+MAX_QUORUM_DENOMINATOR = 1_000_000
+"""Largest denominator of a quorum fraction (in lowest terms), so its terms stay small."""
+ROSTER_STATES = ("ACTIVE", "SUSPENDED", "EVICTED")
+"""Standing of a standalone roster entry."""
 
 
 class ProposalStatus(enum.StrEnum):
@@ -157,6 +176,10 @@ def parse_fraction(value: Any) -> Fraction:
         raise BadArgument(f"'quorum_fraction' is invalid: {exc}") from None
     if not 0 < frac <= 1:
         raise BadArgument("'quorum_fraction' must be in (0, 1]")
+    if frac.denominator > MAX_QUORUM_DENOMINATOR:
+        raise BadArgument(
+            f"'quorum_fraction' needs a denominator of at most {MAX_QUORUM_DENOMINATOR}"
+        )
     return frac
 
 
@@ -251,23 +274,35 @@ class Proposal:
         ]
 
     @classmethod
-    def from_wire(cls, value: list[Any]) -> Proposal:
-        """Inverse of :meth:`to_wire`."""
-        pid, mtype, payload, proposer, num, den, created, expires = value[:8]
-        voters, quorum, votes, status, decided = value[8:]
+    def from_wire(cls, value: Any) -> Proposal:
+        """Inverse of :meth:`to_wire`; every field checked, ``BadSnapshot`` otherwise."""
+        row = w_row(value, "proposal", 13)
+        pid, mtype, payload, proposer, num, den, created, expires = row[:8]
+        voters, quorum, votes, status, decided = row[8:]
+        denominator = w_int(den, "denominator", lo=1, hi=MAX_QUORUM_DENOMINATOR)
+        fraction = Fraction(w_int(num, "numerator", lo=1, hi=denominator), denominator)
+        names = [w_text(v, "voter") for v in w_list(voters, "voters")]
+        if len(set(names)) != len(names):
+            raise BadSnapshot("a voter appears twice in an electorate")
+        ballots: dict[str, tuple[bool, int]] = {}
+        for voter, approve, at in w_rows(votes, "votes", 3):
+            name = w_text(voter, "voter")
+            if name in ballots:
+                raise BadSnapshot(f"two votes by {name!r}")
+            ballots[name] = (w_bool(approve, "approve"), w_time(at, "vote time"))
         return cls(
-            proposal_id=str(pid),
-            message_type=str(mtype),
-            payload=payload,
-            proposer=proposer,
-            fraction=Fraction(int(num), int(den)),
-            created_at=int(created),
-            expires_at=int(expires),
-            voters=[str(v) for v in voters],
-            quorum=int(quorum),
-            votes={str(v): (bool(a), int(ts)) for v, a, ts in votes},
-            status=ProposalStatus(status),
-            decided_at=decided,
+            proposal_id=w_text(pid, "proposal_id"),
+            message_type=w_choice(mtype, "message_type", MESSAGE_TYPES),
+            payload=w_value(payload, "payload"),
+            proposer=w_opt_text(proposer, "proposer"),
+            fraction=fraction,
+            created_at=w_time(created, "created_at"),
+            expires_at=w_time(expires, "expires_at"),
+            voters=names,
+            quorum=w_int(quorum, "quorum", hi=len(names)),
+            votes=ballots,
+            status=ProposalStatus(w_choice(status, "status", [x.value for x in ProposalStatus])),
+            decided_at=w_opt_time(decided, "decided_at"),
         )
 
 
@@ -332,7 +367,7 @@ class ProposalBook(PlannedMachine):
         key = req_bytes(cmd, "public_key", length=PUBLIC_KEY_LEN)
         level = req_int(cmd, "level", lo=0, hi=4)
         state = opt_str(cmd, "state") or "ACTIVE"
-        if state not in ("ACTIVE", "SUSPENDED", "EVICTED"):
+        if state not in ROSTER_STATES:
             raise BadArgument("'state' must be ACTIVE, SUSPENDED or EVICTED")
 
         def commit() -> dict[str, Any]:
@@ -363,8 +398,7 @@ class ProposalBook(PlannedMachine):
         mtype = req_str(cmd, "message_type", max_len=64)
         if mtype not in MESSAGE_TYPES:
             raise BadArgument(f"unknown message type {mtype!r}")
-        payload_size(cmd.get("payload"), "payload")
-        payload = normalize(cmd.get("payload"))
+        payload = check_value(cmd.get("payload"), "payload")
         fraction = parse_fraction(cmd.get("quorum_fraction"))
         ttl = opt_int(cmd, "ttl_ms", DEFAULT_TTL_MS, lo=1, hi=MAX_TTL_MS)
         proposer = opt_str(cmd, "proposer")
@@ -456,20 +490,29 @@ class ProposalBook(PlannedMachine):
             "proposals": [self.proposals[p].to_wire() for p in sorted(self.proposals)],
         }
 
-    def load_wire(self, value: Any) -> None:
-        """Replace the state with a map made by :meth:`to_wire`."""
-        try:
-            clock = int(value["clock"])
-            roster = {str(p): (bytes(k), int(lvl), str(st)) for p, k, lvl, st in value["roster"]}
-            proposals = {}
-            for wire in value["proposals"]:
-                proposal = Proposal.from_wire(wire)
-                proposals[proposal.proposal_id] = proposal
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadSnapshot(f"not a proposals snapshot: {exc}") from None
-        self.clock = clock
-        self.roster.voters = roster
-        self.proposals = proposals
+    def _blank(self) -> Self:
+        fresh = type(self)()
+        if self.electorate is not self.roster:
+            fresh.electorate = self.electorate  # the federation's electorate stays in place
+        return fresh
+
+    def _read_wire(self, value: Any) -> None:
+        wire = w_map(value, "proposals", ("clock", "roster", "proposals"))
+        self.clock = w_clock(wire["clock"])
+        for peer, key, level, state in w_rows(wire["roster"], "roster", 4):
+            name = w_text(peer, "roster peer")
+            if name in self.roster.voters:
+                raise BadSnapshot(f"roster peer {name!r} appears twice")
+            self.roster.voters[name] = (
+                w_bytes(key, "public_key", length=PUBLIC_KEY_LEN),
+                w_int(level, "level", hi=4),
+                w_choice(state, "state", ROSTER_STATES),
+            )
+        for raw in w_list(wire["proposals"], "proposals"):
+            proposal = Proposal.from_wire(raw)
+            if proposal.proposal_id in self.proposals:
+                raise BadSnapshot(f"proposal {proposal.proposal_id!r} appears twice")
+            self.proposals[proposal.proposal_id] = proposal
 
 
 # ------------------------------------------------------------- client helpers

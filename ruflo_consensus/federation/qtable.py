@@ -30,23 +30,41 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
 from annoy import AnnoyIndex
 
-from ruflo_consensus.canonical import canonical_bytes, canonical_loads
+from ruflo_consensus.canonical import canonical_bytes
 from ruflo_consensus.federation.base import PlannedMachine
 from ruflo_consensus.federation.errors import BadArgument, BadSnapshot, UnknownOp
 from ruflo_consensus.federation.validation import (
     MAX_ID_LEN,
+    MAX_NOW_MS,
     Commit,
     check_fields,
+    check_number,
+    opt_int,
     opt_str,
     parse_command,
     req_number,
     req_str,
+)
+from ruflo_consensus.federation.wire import (
+    decode_snapshot,
+    ensure_encodable,
+    w_bytes,
+    w_choice,
+    w_clock,
+    w_count,
+    w_float,
+    w_int,
+    w_list,
+    w_map,
+    w_row,
+    w_rows,
+    w_text,
 )
 
 __all__ = [
@@ -72,6 +90,15 @@ DEFAULT_AGENT_TYPES: tuple[str, ...] = (
 """The router's 8 actions (spec)."""
 
 FloatArray = npt.NDArray[np.float64]
+
+MAX_ACTIONS = 256
+"""Most actions a configuration may have."""
+MAX_EMBEDDING_DIM = 4096
+"""Widest task embedding a configuration may ask for (rows are allocated at this width)."""
+MAX_ABS_Q = 1e15
+"""Largest |Q| a snapshot may hold. Updates move Q by at most alpha(1 + gamma|Q'| + |Q|), so
+from here on no sum can overflow to infinity (and then to NaN, which has no encoding)."""
+_INT32 = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +126,12 @@ class QConfig:
             raise ValueError("need max_states >= 1 and 0 <= evict_to < 1")
         if self.embedding_dim < 1 or self.epsilon_decay_steps < 1:
             raise ValueError("embedding_dim and epsilon_decay_steps must be positive")
+        if self.embedding_dim > MAX_EMBEDDING_DIM or len(self.actions) > MAX_ACTIONS:
+            raise ValueError(
+                f"at most {MAX_ACTIONS} actions and {MAX_EMBEDDING_DIM} embedding features"
+            )
+        if self.annoy_trees < 1 or not -_INT32 - 1 <= self.annoy_seed <= _INT32:
+            raise ValueError("annoy_trees must be positive and annoy_seed a 32-bit integer")
 
     def to_wire(self) -> list[Any]:
         """Plain list form (part of snapshots, so a replica cannot silently differ)."""
@@ -117,22 +150,26 @@ class QConfig:
         ]
 
     @classmethod
-    def from_wire(cls, value: list[Any]) -> QConfig:
-        """Inverse of :meth:`to_wire`."""
-        actions, a, g, es, ee, eds, ms, et, dim, trees, seed = value
-        return cls(
-            tuple(str(x) for x in actions),
-            float(a),
-            float(g),
-            float(es),
-            float(ee),
-            int(eds),
-            int(ms),
-            float(et),
-            int(dim),
-            int(trees),
-            int(seed),
+    def from_wire(cls, value: Any) -> QConfig:
+        """Inverse of :meth:`to_wire`; every field checked, ``BadSnapshot`` otherwise."""
+        actions, a, g, es, ee, eds, ms, et, dim, trees, seed = w_row(value, "config", 11)
+        names = [w_text(x, "action") for x in w_list(actions, "actions", max_items=MAX_ACTIONS)]
+        fields = (
+            w_float(a, "alpha", lo=0.0, hi=1.0),
+            w_float(g, "gamma", lo=0.0, hi=1.0),
+            w_float(es, "epsilon_start", lo=0.0, hi=1.0),
+            w_float(ee, "epsilon_end", lo=0.0, hi=1.0),
+            w_count(eds, "epsilon_decay_steps"),
+            w_int(ms, "max_states", hi=_INT32),
+            w_float(et, "evict_to", lo=0.0, hi=1.0),
+            w_int(dim, "embedding_dim", hi=MAX_EMBEDDING_DIM),
+            w_int(trees, "annoy_trees", hi=_INT32),
+            w_int(seed, "annoy_seed", lo=-_INT32 - 1, hi=_INT32),
         )
+        try:
+            return cls(tuple(names), *fields)
+        except ValueError as exc:  # QConfig's own consistency checks
+            raise BadSnapshot(f"bad Q-table config: {exc}") from None
 
 
 def epsilon_at(step: int, config: QConfig) -> float:
@@ -174,11 +211,12 @@ def _parse_embedding(value: Any, dim: int, name: str) -> npt.NDArray[np.float32]
             raise BadArgument(f"{name!r} must be {dim} little-endian float32 values")
         arr = np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)
     elif isinstance(value, (list, tuple)):
-        if len(value) != dim or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
-        ):
+        if len(value) != dim:
             raise BadArgument(f"{name!r} must be a list of {dim} numbers")
-        arr = np.asarray(value, dtype=np.float32)
+        limit = float(np.finfo(np.float32).max)
+        arr = np.asarray(
+            [check_number(x, name, lo=-limit, hi=limit) for x in value], dtype=np.float32
+        )
     else:
         raise BadArgument(f"{name!r} must be a list of numbers or float32 bytes")
     if not bool(np.all(np.isfinite(arr))):
@@ -398,28 +436,31 @@ class QTable(PlannedMachine):
             "emb": {"dtype": "<f4", "shape": list(emb.shape), "data": emb.tobytes()},
         }
 
-    def load_wire(self, value: Any) -> None:
-        """Replace the state with a map made by :meth:`to_wire`."""
-        try:
-            config = QConfig.from_wire(value["config"])
-            keys = [str(k) for k in value["keys"]]
-            updated = [int(u) for u in value["updated"]]
-            qw, ew = value["q"], value["emb"]
-            q = np.frombuffer(qw["data"], dtype=qw["dtype"]).reshape(qw["shape"])
-            emb_keys = [str(k) for k in value["emb_keys"]]
-            emb = np.frombuffer(ew["data"], dtype=ew["dtype"]).reshape(ew["shape"])
-            if q.shape != (len(keys), len(config.actions)) or len(updated) != len(keys):
-                raise ValueError("row count mismatch")
-            if emb.shape[0] != len(emb_keys) or not set(emb_keys) <= set(keys):
-                raise ValueError("embedding rows mismatch")
-            if emb.size and emb.shape[1] != config.embedding_dim:
-                raise ValueError("embedding width mismatch")
-            clock, seq, steps = int(value["clock"]), int(value["seq"]), int(value["steps"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadSnapshot(f"not a Q-table snapshot: {exc}") from None
+    def _blank(self) -> Self:
+        return type(self)(self.config)
+
+    def _read_wire(self, value: Any) -> None:
+        wire = w_map(
+            value,
+            "qtable",
+            ("config", "clock", "seq", "steps", "keys", "updated", "q", "emb_keys", "emb"),
+        )
+        config = QConfig.from_wire(wire["config"])
+        keys = _distinct_keys(wire["keys"], "keys", config.max_states)
+        updated = [w_count(u, "updated") for u in w_list(wire["updated"], "updated")]
+        if len(updated) != len(keys):
+            raise BadSnapshot("'updated' must have one entry per key")
+        q = _read_array(wire["q"], "q", "<f8", (len(keys), len(config.actions)))
+        if float(np.max(np.abs(q), initial=0.0)) > MAX_ABS_Q:
+            raise BadSnapshot(f"Q values must be within +-{MAX_ABS_Q}")
+        emb_keys = _distinct_keys(wire["emb_keys"], "emb_keys", config.max_states)
+        if not set(emb_keys) <= set(keys):
+            raise BadSnapshot("embeddings of unknown states")
+        emb = _read_array(wire["emb"], "emb", "<f4", (len(emb_keys), config.embedding_dim))
         self.config = config
         self._reset(len(keys))
-        self.clock, self.seq, self.steps = clock, seq, steps
+        self.clock = w_clock(wire["clock"])
+        self.seq, self.steps = w_count(wire["seq"], "seq"), w_count(wire["steps"], "steps")
         emb_row = {k: i for i, k in enumerate(emb_keys)}
         for key, u, row_q in zip(keys, updated, q, strict=True):
             row = self._take_row()
@@ -429,6 +470,28 @@ class QTable(PlannedMachine):
             self.has_emb[key] = key in emb_row
             if key in emb_row:
                 self.emb[row] = emb[emb_row[key]]
+
+
+def _distinct_keys(value: Any, name: str, max_items: int) -> list[str]:
+    keys = [w_text(k, name) for k in w_list(value, name, max_items=max_items)]
+    if len(set(keys)) != len(keys):
+        raise BadSnapshot(f"{name!r} has duplicates")
+    return keys
+
+
+def _read_array(value: Any, name: str, dtype: str, shape: tuple[int, int]) -> Any:
+    """A finite little-endian array of exactly ``shape`` (sizes checked before any copy)."""
+    wire = w_map(value, name, ("dtype", "shape", "data"))
+    w_choice(wire["dtype"], f"{name} dtype", (dtype,))
+    rows, cols = (w_count(x, f"{name} shape") for x in w_row(wire["shape"], f"{name} shape", 2))
+    if (rows, cols) != shape:
+        raise BadSnapshot(f"{name!r} must have shape {list(shape)}")
+    item = np.dtype(dtype).itemsize
+    data = w_bytes(wire["data"], f"{name} data", length=rows * cols * item, max_len=2**62)
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if not bool(np.all(np.isfinite(arr))):
+        raise BadSnapshot(f"{name!r} must be finite")
+    return arr
 
 
 class MergeableQTable:
@@ -494,6 +557,8 @@ class MergeableQTable:
     def apply(self, command: Any) -> Any:
         """Apply ``update`` or ``merge``; raise a typed error for a bad command."""
         cmd, op = parse_command(command, self.namespace)
+        opt_int(cmd, "now", 0, hi=MAX_NOW_MS)  # no clock here, but a given ``now`` is checked
+        opt_str(cmd, "node")
         if op == "update":
             check_fields(cmd, ("state", "action", "reward", "next_state"))
             node = req_str(cmd, "node")
@@ -526,20 +591,33 @@ class MergeableQTable:
         )
 
     def restore(self, data: bytes) -> None:
-        """Load a snapshot made by :meth:`snapshot`."""
-        try:
-            value = canonical_loads(data)
-            if tuple(value["actions"]) != self.config.actions:
-                raise ValueError("different actions")
-            n = len(self.config.actions)
-            entries: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
-            for state, nodes in value["entries"]:
-                per: dict[str, tuple[list[int], list[float]]] = {}
-                for node, counts, sums in nodes:
-                    if len(counts) != n or len(sums) != n:
-                        raise ValueError("row width mismatch")
-                    per[str(node)] = ([int(c) for c in counts], [float(v) for v in sums])
-                entries[str(state)] = per
-        except Exception as exc:
-            raise BadSnapshot(f"not a mergeable Q-table snapshot: {exc}") from None
+        """Load a snapshot made by :meth:`snapshot`; a bad one raises BadSnapshot, unchanged."""
+        self.load_wire(decode_snapshot(data, "mergeable Q-table"))
+
+    def load_wire(self, value: Any) -> None:
+        """Replace the entries with those of a decoded snapshot: validate all, then swap."""
+        wire = w_map(value, "mergeable Q-table", ("actions", "entries"))
+        actions = [w_text(a, "action") for a in w_list(wire["actions"], "actions")]
+        if tuple(actions) != self.config.actions:
+            raise BadSnapshot("the snapshot's actions differ from this table's")
+        n = len(actions)
+        entries: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+        for state, nodes in w_rows(wire["entries"], "entries", 2):
+            key = w_text(state, "state")
+            if key in entries:
+                raise BadSnapshot(f"state {key!r} appears twice")
+            per: dict[str, tuple[list[int], list[float]]] = {}
+            for node, counts, sums in w_rows(nodes, "nodes", 3):
+                name = w_text(node, "node")
+                if name in per:
+                    raise BadSnapshot(f"node {name!r} appears twice under {key!r}")
+                per[name] = (
+                    [w_count(c, "count") for c in w_row(counts, "counts", n)],
+                    [
+                        w_float(v, "sum", lo=-MAX_ABS_Q, hi=MAX_ABS_Q)
+                        for v in w_row(sums, "sums", n)
+                    ],
+                )
+            entries[key] = per
+        ensure_encodable(entries, "mergeable Q-table")
         self.entries = entries

@@ -24,7 +24,7 @@ Use :func:`make_join_command`, :func:`make_update_command` and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import nacl.signing
 
@@ -42,12 +42,14 @@ from ruflo_consensus.federation.errors import (
 )
 from ruflo_consensus.federation.signing import (
     PUBLIC_KEY_LEN,
+    SIGNATURE_LEN,
     public_key_bytes,
     sign_statement,
     verify_statement,
 )
 from ruflo_consensus.federation.validation import (
     Commit,
+    ErrorType,
     check_fields,
     opt_int,
     opt_str,
@@ -55,6 +57,18 @@ from ruflo_consensus.federation.validation import (
     req_int,
     req_str,
     req_str_list,
+)
+from ruflo_consensus.federation.wire import (
+    w_bytes,
+    w_choice,
+    w_clock,
+    w_map,
+    w_opt_text,
+    w_opt_time,
+    w_pairs,
+    w_row,
+    w_rows,
+    w_time,
 )
 
 __all__ = [
@@ -94,6 +108,11 @@ CHALLENGE_KIND = "ruflo.challenge-response.v1"
 
 _MANIFEST_FIELDS = ("node_id", "public_key", "endpoint", "capabilities", "version", "timestamp")
 _CAPABILITY_FIELDS = ("agent_types", "max_concurrent_sessions", "protocols", "compliance_modes")
+_NONCE_MIN, _NONCE_MAX = 16, 64
+_MAX_NONCES = 100_000
+_REASON_LEN = 512
+PEER_STATUSES = ("active", "evicted")
+SESSION_STATES = ("none", "active", "ended")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,27 +146,31 @@ class Manifest:
         }
 
     @classmethod
-    def from_wire(cls, value: Any) -> Manifest:
-        """Parse and validate a manifest map; raise :class:`BadArgument` when malformed."""
+    def from_wire(cls, value: Any, error: ErrorType = BadArgument) -> Manifest:
+        """Parse and validate a manifest map; raise ``error`` (``BAD_ARGUMENT``) if malformed."""
         if not isinstance(value, dict):
-            raise BadArgument("'manifest' must be a map")
-        check_fields(value, _MANIFEST_FIELDS)
+            raise error("'manifest' must be a map")
+        check_fields(value, _MANIFEST_FIELDS, error=error)
         caps = value.get("capabilities")
         if not isinstance(caps, dict):
-            raise BadArgument("'capabilities' must be a map")
-        check_fields(caps, _CAPABILITY_FIELDS)
+            raise error("'capabilities' must be a map")
+        check_fields(caps, _CAPABILITY_FIELDS, error=error)
         return cls(
-            node_id=req_str(value, "node_id", max_len=128),
-            public_key=req_bytes(value, "public_key", length=PUBLIC_KEY_LEN),
-            endpoint=req_str(value, "endpoint", max_len=512),
-            agent_types=tuple(req_str_list(caps, "agent_types")),
-            max_concurrent_sessions=req_int(caps, "max_concurrent_sessions", lo=1, hi=100_000),
-            protocols=tuple(req_str_list(caps, "protocols", max_items=16)),
-            compliance_modes=tuple(
-                req_str_list(caps, "compliance_modes", max_items=4, allowed=COMPLIANCE_MODES)
+            node_id=req_str(value, "node_id", max_len=128, error=error),
+            public_key=req_bytes(value, "public_key", length=PUBLIC_KEY_LEN, error=error),
+            endpoint=req_str(value, "endpoint", max_len=512, error=error),
+            agent_types=tuple(req_str_list(caps, "agent_types", error=error)),
+            max_concurrent_sessions=req_int(
+                caps, "max_concurrent_sessions", lo=1, hi=100_000, error=error
             ),
-            version=req_str(value, "version", max_len=64),
-            timestamp=req_int(value, "timestamp", lo=0, hi=2**53),
+            protocols=tuple(req_str_list(caps, "protocols", max_items=16, error=error)),
+            compliance_modes=tuple(
+                req_str_list(
+                    caps, "compliance_modes", max_items=4, allowed=COMPLIANCE_MODES, error=error
+                )
+            ),
+            version=req_str(value, "version", max_len=64, error=error),
+            timestamp=req_int(value, "timestamp", lo=0, hi=2**53, error=error),
         )
 
 
@@ -242,8 +265,8 @@ class PeerRecord:
         ]
 
     @classmethod
-    def from_wire(cls, value: list[Any]) -> PeerRecord:
-        """Inverse of :meth:`to_wire`."""
+    def from_wire(cls, value: Any) -> PeerRecord:
+        """Inverse of :meth:`to_wire`; every field checked, ``BadSnapshot`` otherwise."""
         (
             manifest,
             signature,
@@ -257,21 +280,30 @@ class PeerRecord:
             session_started,
             session_expires,
             nonces,
-        ) = value
-        return cls(
-            manifest=Manifest.from_wire(manifest),
-            signature=bytes(signature),
-            status=str(status),
-            joined_at=int(joined_at),
-            last_seen=int(last_seen),
-            evicted_at=evicted_at,
-            evict_reason=evict_reason,
-            session_state=str(session_state),
-            session_id=session_id,
-            session_started=session_started,
-            session_expires=session_expires,
-            recent_nonces=[(int(ts), bytes(n)) for ts, n in nonces],
+        ) = w_row(value, "peer record", 12)
+        record = cls(
+            manifest=Manifest.from_wire(manifest, error=BadSnapshot),
+            signature=w_bytes(signature, "signature", length=SIGNATURE_LEN),
+            status=w_choice(status, "status", PEER_STATUSES),
+            joined_at=w_time(joined_at, "joined_at"),
+            last_seen=w_time(last_seen, "last_seen"),
+            evicted_at=w_opt_time(evicted_at, "evicted_at"),
+            evict_reason=w_opt_text(evict_reason, "evict_reason", max_len=_REASON_LEN),
+            session_state=w_choice(session_state, "session_state", SESSION_STATES),
+            session_id=w_opt_text(session_id, "session_id"),
+            session_started=w_opt_time(session_started, "session_started"),
+            session_expires=w_opt_time(session_expires, "session_expires"),
+            recent_nonces=[
+                (
+                    w_time(ts, "nonce time"),
+                    w_bytes(n, "nonce", min_len=_NONCE_MIN, max_len=_NONCE_MAX),
+                )
+                for ts, n in w_rows(nonces, "recent_nonces", 2, max_items=_MAX_NONCES)
+            ],
         )
+        if record.session_state == "active" and record.session_expires is None:
+            raise BadSnapshot("an active session needs an expiry time")
+        return record
 
     def describe(self, t: int) -> dict[str, Any]:
         """A summary map (for results and operators)."""
@@ -459,15 +491,21 @@ class PeerRegistry(PlannedMachine):
             "peers": [[pid, self.peers[pid].to_wire()] for pid in sorted(self.peers)],
         }
 
-    def load_wire(self, value: Any) -> None:
-        """Replace the state with a map made by :meth:`to_wire`."""
-        try:
-            clock = int(value["clock"])
-            peers = {str(pid): PeerRecord.from_wire(rec) for pid, rec in value["peers"]}
-        except (KeyError, TypeError, ValueError, BadArgument) as exc:
-            raise BadSnapshot(f"not a registry snapshot: {exc}") from None
-        self.clock = clock
-        self.peers = peers
+    def _blank(self) -> Self:
+        return type(self)()
+
+    def _read_wire(self, value: Any) -> None:
+        wire = w_map(value, "registry", ("clock", "peers"))
+        self.clock = w_clock(wire["clock"])
+        keys: set[bytes] = set()
+        for pid, raw in w_pairs(wire["peers"], "peers", max_key_len=128):
+            record = PeerRecord.from_wire(raw)
+            if record.node_id != pid:
+                raise BadSnapshot(f"peer {pid!r} holds the manifest of {record.node_id!r}")
+            if record.public_key in keys:
+                raise BadSnapshot("two peers are registered under the same public key")
+            keys.add(record.public_key)
+            self.peers[pid] = record
 
 
 # ------------------------------------------------------------- client helpers

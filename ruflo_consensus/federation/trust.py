@@ -45,13 +45,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import nacl.signing
 
 from ruflo_consensus.federation.base import PlannedMachine
 from ruflo_consensus.federation.errors import (
-    BadSnapshot,
     InvalidTransition,
     NotEligible,
     PeerExists,
@@ -74,6 +73,22 @@ from ruflo_consensus.federation.validation import (
     opt_number,
     req_bytes,
     req_str,
+)
+from ruflo_consensus.federation.wire import (
+    w_bool,
+    w_bytes,
+    w_choice,
+    w_clock,
+    w_count,
+    w_float,
+    w_int,
+    w_list,
+    w_map,
+    w_opt_text,
+    w_opt_time,
+    w_pairs,
+    w_row,
+    w_time,
 )
 
 __all__ = [
@@ -98,6 +113,8 @@ APPROVER_KIND = "ruflo.approver-add.v1"
 """Domain tag of an approver endorsing a new approver."""
 
 _MAX_COUNT = 1_000_000
+_MAX_THREAT_SAMPLES = 1_000_000
+_DROP_REASONS = ("integrity-failure", "session-hijack", "threat-detections")
 
 
 class TrustLevel(enum.IntEnum):
@@ -247,23 +264,30 @@ class PeerTrust:
         ]
 
     @classmethod
-    def from_wire(cls, value: list[Any]) -> PeerTrust:
-        """Inverse of :meth:`to_wire`."""
-        (lvl, score, sent, recv, fails, threats, times, up, cand, dropped, why, appr, ch) = value
+    def from_wire(cls, value: Any) -> PeerTrust:
+        """Inverse of :meth:`to_wire`; every field checked, ``BadSnapshot`` otherwise."""
+        row = w_row(value, "trust record", 13)
+        (lvl, score, sent, recv, fails, threats, times, up, cand, dropped, why, appr, ch) = row
+        reason = w_opt_text(why, "drop_reason")
+        if reason is not None:
+            w_choice(reason, "drop_reason", _DROP_REASONS)
         return cls(
-            level=TrustLevel(int(lvl)),
-            score=float(score),
-            sent=int(sent),
-            received=int(recv),
-            integrity_failures=int(fails),
-            threats_total=int(threats),
-            threat_times=[int(x) for x in times],
-            uptime=float(up),
-            privileged_candidate=bool(cand),
-            dropped_at=dropped,
-            drop_reason=why,
-            last_approval=appr,
-            changed_at=int(ch),
+            level=TrustLevel(w_int(lvl, "level", lo=0, hi=int(TrustLevel.PRIVILEGED))),
+            score=w_float(score, "score", lo=0.0, hi=1.0),
+            sent=w_count(sent, "sent"),
+            received=w_count(recv, "received"),
+            integrity_failures=w_count(fails, "integrity_failures"),
+            threats_total=w_count(threats, "threats_total"),
+            threat_times=[
+                w_time(x, "threat time")
+                for x in w_list(times, "threat_times", max_items=_MAX_THREAT_SAMPLES)
+            ],
+            uptime=w_float(up, "uptime", lo=0.0, hi=1.0),
+            privileged_candidate=w_bool(cand, "privileged_candidate"),
+            dropped_at=w_opt_time(dropped, "dropped_at"),
+            drop_reason=reason,
+            last_approval=w_opt_time(appr, "last_approval"),
+            changed_at=w_time(ch, "changed_at"),
         )
 
 
@@ -503,15 +527,16 @@ class TrustLedger(PlannedMachine):
             "peers": [[p, self.peers[p].to_wire()] for p in sorted(self.peers)],
         }
 
-    def load_wire(self, value: Any) -> None:
-        """Replace the state with a map made by :meth:`to_wire`."""
-        try:
-            clock = int(value["clock"])
-            approvers = {str(a): bytes(k) for a, k in value["approvers"]}
-            peers = {str(p): PeerTrust.from_wire(rec) for p, rec in value["peers"]}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadSnapshot(f"not a trust snapshot: {exc}") from None
-        self.clock, self.approvers, self.peers = clock, approvers, peers
+    def _blank(self) -> Self:
+        return type(self)(self.policy)
+
+    def _read_wire(self, value: Any) -> None:
+        wire = w_map(value, "trust", ("clock", "approvers", "peers"))
+        self.clock = w_clock(wire["clock"])
+        for approver, key in w_pairs(wire["approvers"], "approvers"):
+            self.approvers[approver] = w_bytes(key, "approver key", length=PUBLIC_KEY_LEN)
+        for peer, raw in w_pairs(wire["peers"], "peers"):
+            self.peers[peer] = PeerTrust.from_wire(raw)
 
 
 # ------------------------------------------------------------- client helpers

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from .client import ClientError, ClusterClient, NodeClient
 from .embed import BlockingNode, build_node, load_peer_keys, open_node
+from .errors import CapabilityMissing, NodeError, NotLeaderError, NotMemberError, SubmitTimeout
 from .localspec import free_ports, write_local_spec
-from .node import Node, NodeError, NotLeaderError, NotMemberError, SubmitTimeout
+from .node import Node
 from .spec import ClusterSpec, Endpoint, NodeTLS, RuntimeOptions, SpecError, load_spec
 
 __all__ = [
     "BlockingNode",
+    "CapabilityMissing",
     "ClientError",
     "ClusterClient",
     "ClusterSpec",

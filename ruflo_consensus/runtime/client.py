@@ -35,7 +35,7 @@ Every request (the envelope's payload) is one msgpack map::
 without them the node assigns a session lane of its own. A client's sessions live in its
 own namespace (``<client id>/<client>``), so one client cannot touch another's. Replies::
 
-    {"id": 7, "ok": true, "result": [value, null]}          # or [null, [code, message]]
+    {"id": 7, "ok": true, "result": ["ok", value]}   # or ["rejected", code, message]
     {"id": 7, "ok": false, "error": "TIMEOUT", "message": "…"}
     {"id": 11, "ok": false, "error": "REFUSED", "reason": "already-member", "message": "…"}
 
@@ -46,40 +46,32 @@ it is committed, or ``REFUSED`` with the core's ``reason`` (nothing changed).
 Requests on one connection are served concurrently (up to 1024 in flight), so a client
 may pipeline. A malformed or oversized request is answered with ``BAD_REQUEST`` where it
 has an id, counted in the node's ``rejected["client-…"]``, and changes nothing.
+
+This module is the clients' side; the node's side is :mod:`.client_server`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ..core.base import ConfChangeRefused, TransferRefused
 from ..identity import (
-    BadEnvelopeSignature,
     EnvelopeError,
     NodeIdentity,
     NonceSource,
     ReplayWindow,
-    UnknownSender,
     load_key_file,
     load_manifest,
     open_envelope,
-    parse_frame,
     seal,
-    verify_envelope,
 )
-from .node import NodeError, NotLeaderError, SubmitTimeout, decode_result, encode_result
+from ..statemachine import decode_result, pack
 from .spec import ClusterSpec, Endpoint, NodeTLS
 from .transport import NETWORK_ERRORS, connect
-
-if TYPE_CHECKING:
-    from .node import Node
 
 __all__ = [
     "KIND_CLIENT_REPLY",
@@ -88,7 +80,7 @@ __all__ = [
     "ClusterClient",
     "NodeClient",
     "default_client_identity",
-    "serve_client",
+    "is_bare_map",
 ]
 
 KIND_CLIENT_REQUEST = 16
@@ -98,9 +90,7 @@ KIND_CLIENT_REPLY = 17
 """The envelope kind of a node's signed reply to a signed client request."""
 
 _MAX_REPLY = 64 << 20  # a status map or a large read may exceed the request limit
-
-_MAX_IN_FLIGHT = 1024
-_UNSIGNED = "/unsigned"  # the session namespace of unsigned clients (ids cannot hold "/")
+_FINAL = ("UNAUTHENTICATED", "REFUSED")  # answers ClusterClient does not retry elsewhere
 
 
 class ClientError(Exception):
@@ -117,200 +107,10 @@ class ClientError(Exception):
         self.reason = reason
 
 
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-async def serve_client(node: Node, ws: WebSocketConnection) -> None:
-    """Serve one client connection until it closes."""
-    limit = trio.Semaphore(_MAX_IN_FLIGHT)
-    send_lock = trio.Lock()
-
-    async def reply(message: dict[str, Any], origin: _Origin | None) -> None:
-        if origin is None:  # a bare request (or one too broken to say who sent it)
-            data = _pack(message)
-        else:
-            sender, nonce = origin
-            payload = _pack({**message, "re": nonce})
-            data = seal(node.identity, sender, KIND_CLIENT_REPLY, payload, node.nonces)
-        async with send_lock:
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send_message(data)
-
-    async def handle(req: dict[str, Any], principal: str, origin: _Origin | None) -> None:
-        try:
-            await reply(await _answer(node, req, principal), origin)
-        finally:
-            limit.release()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            while True:
-                data = await ws.get_message()
-                try:
-                    req, principal, origin = _parse_request(node, data)
-                except _Refused as exc:
-                    node.rejected[f"client-{exc.reason}"] += 1
-                    await reply(_error(exc.rid, exc.code, exc.message), exc.origin)
-                    continue
-                await limit.acquire()  # back-pressure: stop reading at the in-flight limit
-                nursery.start_soon(handle, req, principal, origin)
-    except* ConnectionClosed:
-        pass
-
-
-_Origin = tuple[str, bytes]
-"""Who signed a request and its nonce: where a signed reply goes and what it names."""
-
-
-class _Refused(Exception):
-    """A client frame that is not served: counted as ``client-<reason>``, answered ``code``
-    (signed to ``origin`` when the frame was an envelope)."""
-
-    def __init__(
-        self,
-        reason: str,
-        message: str,
-        rid: Any = None,
-        code: str = "BAD_REQUEST",
-        origin: _Origin | None = None,
-    ):
-        super().__init__(message)
-        self.reason, self.message, self.rid, self.code = reason, message, rid, code
-        self.origin = origin
-
-
-def _is_bare_map(data: bytes) -> bool:
-    """True when ``data`` starts like a msgpack map (an envelope is a msgpack array)."""
+def is_bare_map(data: bytes) -> bool:
+    """True when ``data`` starts like a msgpack map: a bare (unsigned) request or reply,
+    not an envelope (a msgpack array)."""
     return bool(data[:1]) and (0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF))
-
-
-def _unpack_map(data: bytes) -> dict[str, Any] | None:
-    try:
-        req = msgpack.unpackb(data, raw=False, max_map_len=16)
-    except Exception:
-        return None
-    return req if isinstance(req, dict) else None
-
-
-def _request_id(payload: bytes) -> Any:
-    """The id of a request we do not serve (so that the client can match the refusal)."""
-    req = _unpack_map(payload)
-    rid = None if req is None else req.get("id")
-    return rid if type(rid) is int else None
-
-
-def _parse_request(node: Node, data: Any) -> tuple[dict[str, Any], str, _Origin | None]:
-    """Authenticate and decode one client frame: ``(request, principal, origin)`` (origin
-    None for a bare request), or raise :class:`_Refused`."""
-    if not isinstance(data, bytes):
-        raise _Refused("malformed", "client frames are binary")
-    if len(data) > node.max_frame:
-        raise _Refused("too-large", f"over the {node.max_frame}-byte limit")
-    if _is_bare_map(data):
-        req = _unpack_map(data)
-        rid = _request_id(data)
-        if not node.spec.runtime.allow_unsigned_clients:
-            raise _Refused("unsigned", "requests must be signed by a listed client", rid, _AUTH)
-        principal, origin = _UNSIGNED, None
-    else:
-        try:
-            env, body, signature, _hops = parse_frame(data, node.max_frame)
-        except EnvelopeError as exc:
-            raise _Refused("malformed", str(exc)) from None
-        rid = _request_id(env.payload)
-        origin = (env.sender, env.nonce)
-        try:
-            verify_envelope(env, body, signature, node.client_keys)
-        except UnknownSender:
-            raise _Refused(
-                "unknown-client", f"{env.sender!r:.60} is not a client", rid, _AUTH, origin
-            ) from None
-        except BadEnvelopeSignature:
-            raise _Refused(
-                "bad-signature", "the signature does not verify", rid, _AUTH, origin
-            ) from None
-        if env.dst != node.node_id:
-            raise _Refused(
-                "wrong-destination",
-                f"signed for {env.dst!r:.60}, not this node",
-                rid,
-                _AUTH,
-                origin,
-            )
-        if env.kind != KIND_CLIENT_REQUEST:
-            raise _Refused(
-                "unknown-kind", f"envelope kind {env.kind} is not a request", rid, origin=origin
-            )
-        try:
-            node.client_window.check(env.sender, env.nonce, env.timestamp_ms)
-        except EnvelopeError as exc:
-            raise _Refused(exc.reason, str(exc), rid, _AUTH, origin) from None
-        req = _unpack_map(env.payload)
-        principal = env.sender
-    if req is None or not isinstance(req.get("op"), str):
-        raise _Refused("malformed", "a request is a map with an op", rid, origin=origin)
-    return req, principal, origin
-
-
-_AUTH = "UNAUTHENTICATED"
-_FINAL = (_AUTH, "REFUSED")  # answers ClusterClient does not retry on another node
-
-
-async def _answer(node: Node, req: dict[str, Any], principal: str) -> dict[str, Any]:
-    rid = req.get("id")
-    op = req["op"]
-    timeout = req.get("timeout")
-    if not isinstance(timeout, int | float) or not 0 < timeout <= 600 or math.isnan(timeout):
-        timeout = None
-    try:
-        if op == "submit":
-            client, seq = req.get("client"), req.get("seq")
-            if client is None and seq is None:
-                result = await node.submit(req.get("command"), timeout=timeout)
-            elif isinstance(client, str) and client and type(seq) is int and seq >= 1:
-                limit = timeout or node.spec.runtime.submit_timeout_s
-                session = f"{principal}/{client}"
-                result = await node._submit_as(session, seq, req.get("command"), limit)
-            else:
-                node.rejected["client-bad-field"] += 1
-                return _error(rid, "BAD_REQUEST", "client must be a string and seq an integer >= 1")
-            return {"id": rid, "ok": True, "result": encode_result(result)}
-        if op == "read":
-            result = await node.read(req.get("query"), timeout=timeout)
-            return {"id": rid, "ok": True, "result": encode_result(result)}
-        if op == "status":
-            return {"id": rid, "ok": True, "result": [node.status(), None]}
-        if op == "transfer":
-            target = req.get("target")
-            if not isinstance(target, str):
-                node.rejected["client-bad-field"] += 1
-                return _error(rid, "BAD_REQUEST", "transfer needs a string target")
-            node.transfer_leadership(target)
-            return {"id": rid, "ok": True, "result": [None, None]}
-        if op == "membership":
-            kind, target = req.get("kind"), req.get("node")
-            if not isinstance(kind, str) or not isinstance(target, str):
-                node.rejected["client-bad-field"] += 1
-                return _error(rid, "BAD_REQUEST", "membership needs a string kind and node")
-            conf = await node.change_membership(kind, target, timeout=timeout)
-            return {"id": rid, "ok": True, "result": [conf, None]}
-    except ConfChangeRefused as exc:
-        return {**_error(rid, "REFUSED", exc.detail), "reason": exc.reason}
-    except TransferRefused as exc:
-        return _error(rid, "REFUSED", str(exc))
-    except NotLeaderError as exc:
-        return {**_error(rid, "NOT_LEADER", str(exc)), "leader": exc.leader}
-    except SubmitTimeout as exc:
-        return _error(rid, "TIMEOUT", str(exc))
-    except NodeError as exc:
-        return _error(rid, "UNAVAILABLE", str(exc))
-    node.rejected["client-unknown-op"] += 1
-    return _error(rid, "BAD_REQUEST", f"unknown op {op!r:.40}")
-
-
-def _error(rid: Any, code: str, message: str) -> dict[str, Any]:
-    return {"id": rid, "ok": False, "error": code, "message": message}
 
 
 _CLIENT_ERRORS: tuple[type[Exception], ...] = (*NETWORK_ERRORS, ClientError)
@@ -378,7 +178,7 @@ class NodeClient:
 
     def frame(self, message: dict[str, Any]) -> bytes:
         """The bytes of one request: signed for the node, or the bare map without a key."""
-        data = _pack(message)
+        data = pack(message)
         if self.identity is None:
             return data
         assert self.node_id is not None
@@ -389,7 +189,7 @@ class NodeClient:
         if self.node_key is None:
             return _reply_map(data)
         assert self.identity is not None and self.node_id is not None
-        if not isinstance(data, bytes) or _is_bare_map(data):
+        if not isinstance(data, bytes) or is_bare_map(data):
             self.bad_replies["unsigned"] += 1  # a bare map: anyone on the wire could send it
             return None
         try:

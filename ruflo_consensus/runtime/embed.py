@@ -152,11 +152,16 @@ class BlockingNode:
             self._ready.set()
             await self._stop.wait()
 
-    def _call(self, fn: Any, *args: Any) -> Any:
+    def _running(self) -> Node:
+        """The running node, or the crash's exception / RuntimeError when there is none."""
         if self._error is not None:
             raise self._error
         if self._token is None or self.node is None:
             raise RuntimeError("the node is not running")
+        return self.node
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        self._running()
         try:
             return trio.from_thread.run(fn, *args, trio_token=self._token)
         except trio.RunFinishedError:
@@ -164,14 +169,13 @@ class BlockingNode:
 
     def submit(self, command: Any, timeout: float | None = None) -> Any:
         """Replicate ``command`` and return its result (see :meth:`Node.submit`)."""
-        assert self.node is not None or self._error is not None
-        node = self.node
-        return self._call(lambda: node.submit(command, timeout=timeout))  # type: ignore[union-attr]
+        node = self._running()
+        return self._call(lambda: node.submit(command, timeout=timeout))
 
     def read(self, query: Any, timeout: float | None = None) -> Any:
         """A linearizable read (see :meth:`Node.read`)."""
-        node = self.node
-        return self._call(lambda: node.read(query, timeout=timeout))  # type: ignore[union-attr]
+        node = self._running()
+        return self._call(lambda: node.read(query, timeout=timeout))
 
     def change_membership(
         self, kind: ConfChangeKind | str, node_id: str, timeout: float | None = None
@@ -180,18 +184,17 @@ class BlockingNode:
         :meth:`Node.change_membership`). Raises
         :class:`~ruflo_consensus.core.base.ConfChangeRefused` (with ``.reason``) or
         :class:`~ruflo_consensus.runtime.node.SubmitTimeout`."""
-        node = self.node
+        node = self._running()
         result: dict[str, Any] = self._call(
-            lambda: node.change_membership(kind, node_id, timeout=timeout)  # type: ignore[union-attr]
+            lambda: node.change_membership(kind, node_id, timeout=timeout)
         )
         return result
 
     def status(self) -> dict[str, Any]:
         """The node's status map."""
-        node = self.node
+        node = self._running()
 
         async def get() -> dict[str, Any]:
-            assert node is not None
             return node.status()
 
         result: dict[str, Any] = self._call(get)

@@ -28,42 +28,37 @@ with the exception (trio's nursery semantics): a node is never half-alive.
 
 Bad input never crashes a node: every frame is size-checked, decoded, verified and
 replay-checked before it reaches the core, and each refusal is counted per reason in
-:attr:`Node.rejected`. Frames addressed to another node are relayed unchanged to the next
-hop of the overlay (after their signature is checked).
+:attr:`Node.rejected`.
 
-**Routing around failures.** The next hop of a frame is the first step of a shortest path
-in the overlay minus the links this node knows are down
-(:meth:`~ruflo_consensus.topology.Topology.next_hops`): its own links (from the
-transport), and every other node's, which each node floods as a signed *link-state*
-announcement (kind 3, destination ``*``) when one of its links changes and every
-``link_state_s`` seconds. An announcement older than three periods is forgotten. Every
-frame carries a hop budget (the number of nodes) outside its signature, which each
-relay lowers: a frame that inconsistent knowledge sends round in circles dies out.
+**Where the rest lives.** The overlay (next hops around down links, link-state
+flooding, relays) is :mod:`.routing`; submits and reads in flight, and the forwarding of
+a follower's submit to the leader, :mod:`.forwarding`; membership changes
+:mod:`.membership`; ``/client`` connections :mod:`.client_server`. They use the node's
+public interfaces of :mod:`.services`, never its private members. What the node needs
+of the core beyond the contract (reads, compaction, transfer, membership, status) it
+resolves once into :attr:`Node.capabilities`; a missing one is a typed
+:class:`~.errors.CapabilityMissing` where it is asked for (``docs/backend-contract.md``).
 
-**Membership.** The core starts with the spec's bootstrap voters as ``peers`` and, on a
-spare (``join = true``), ``join=True``; every node of the spec is linked and relays
-whether or not it is a member. :meth:`Node.change_membership` makes single-server
-changes through the leader (:mod:`.membership`); a node outside the configuration keeps
-running and relaying but refuses submits and reads with :class:`NotMemberError`.
+**Membership.** A spare of the spec (``join = true``) starts its core with ``join=True``;
+every node of the spec is linked and relays, member or not, but a node outside the
+configuration refuses submits and reads with :class:`NotMemberError`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVarTuple
 
-import msgpack
 import trio
+from trio_websocket import WebSocketConnection
 
 from ..codec import DecodeError, decode_message, encode_message
 from ..core.base import (
-    CommandResult,
+    Capabilities,
     Committed,
     ConfChangeKind,
     ConsensusCore,
@@ -72,30 +67,19 @@ from ..core.base import (
     HardState,
     Message,
     NodeId,
-    NotLeader,
-    Proposal,
-    ProposalDropped,
     ProtocolError,
-    ReadState,
+    Ready,
     Role,
     RoleChange,
     Snapshot,
 )
 from ..core.raft import AppendEntries, InstallSnapshot, RaftConfig, RaftCore
-from ..identity import (
-    Envelope,
-    EnvelopeError,
-    NodeIdentity,
-    NonceSource,
-    ReplayedEnvelope,
-    ReplayWindow,
-    parse_frame,
-    reframe,
-    seal,
-    verify_envelope,
-)
-from ..statemachine import CommandError, CommandRejected, SessionTable, StateMachine
+from ..identity import Envelope, NodeIdentity, NonceSource, ReplayWindow
+from ..statemachine import SessionTable, StateMachine
 from ..storage import FileStorage, MemoryStorage, RaftStorage
+from .client_server import serve_client
+from .errors import CapabilityMissing, NodeError, NotLeaderError, NotMemberError, SubmitTimeout
+from .forwarding import KIND_FORWARD, KIND_FORWARD_REPLY, PendingReads, Submissions
 from .membership import (
     KIND_CHANGE,
     KIND_CHANGE_REPLY,
@@ -103,15 +87,12 @@ from .membership import (
     configuration_map,
     member_role,
 )
+from .routing import Router
 from .spec import ClusterSpec
-from .transport import Transport
 
 __all__ = [
-    "BROADCAST",
     "KIND_CONSENSUS",
-    "KIND_FORWARD",
-    "KIND_FORWARD_REPLY",
-    "KIND_LINK_STATE",
+    "CapabilityMissing",
     "CoreFactory",
     "Node",
     "NodeError",
@@ -124,35 +105,10 @@ __all__ = [
 log = logging.getLogger("ruflo_consensus.runtime")
 
 KIND_CONSENSUS = 0  # payload: a codec frame (a protocol message)
-KIND_FORWARD = 1  # payload: [client, seq, command] — a follower hands a submit to the leader
-KIND_FORWARD_REPLY = 2  # payload: [client, seq, status, result, rejected]
-KIND_LINK_STATE = 3  # payload: [down neighbour, ...] — flooded to every node
-BROADCAST = "*"  # the destination of a flooded frame
 
-_OK, _NOT_LEADER, _RETRY = 0, 1, 2
-_TIMED_OUT = object()  # what _drive returns when a submit's deadline passed
 _LEADER_MESSAGES = (AppendEntries, InstallSnapshot)  # sent before the leader's own fsync
 
-
-class NodeError(Exception):
-    """Base of the errors the node's client API raises."""
-
-
-class SubmitTimeout(NodeError, TimeoutError):
-    """No answer in time; the command may or may not have been applied (retry is safe)."""
-
-
-class NotLeaderError(NodeError):
-    """This node cannot order the command and was asked not to forward it."""
-
-    def __init__(self, leader: NodeId | None) -> None:
-        super().__init__(f"not the leader (leader hint: {leader})")
-        self.leader = leader
-
-
-class NotMemberError(NodeError):
-    """This node is not in the cluster's configuration (a spare not added yet, or a node
-    whose removal it has seen): it cannot serve clients; ask another node."""
+Ts = TypeVarTuple("Ts")
 
 
 def default_core_factory(
@@ -181,78 +137,6 @@ def default_core_factory(
         raise NodeError(f"cannot start from the stored state: {exc}") from None
 
 
-class _Waiter:
-    """One client waiting for a result; ``poke`` wakes it to re-check (role changed)."""
-
-    __slots__ = ("confirmed", "done", "event", "query", "result")
-
-    def __init__(self, query: Any = None) -> None:
-        self.event = trio.Event()
-        self.done = False
-        self.confirmed = False  # a read whose read point is known: it only waits to apply
-        self.result: Any = None
-        self.query = query
-
-    def resolve(self, result: Any) -> None:
-        if not self.done:
-            self.result = result
-            self.done = True
-            self.event.set()
-
-    def poke(self) -> None:
-        self.event.set()
-
-    async def wait(self) -> None:
-        """Until resolved or poked (the node's sweeper pokes every waiter periodically)."""
-        await self.event.wait()
-        if not self.done:
-            self.event = trio.Event()
-
-
-@dataclass(slots=True)
-class _ApplyWork:
-    """What the ready task hands the apply task from one ``Ready``, in order."""
-
-    snapshot: Snapshot | None
-    committed: list[Committed]
-    reads: list[ReadState]
-    results: list[CommandResult]
-    snapshot_request: int | None
-
-
-@dataclass(slots=True)
-class _Lane:
-    client: str
-    seq: int = 0
-
-
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def encode_result(result: Any) -> list[Any]:
-    """A result as it crosses the wire: ``[value, None]`` or ``[None, [code, message]]``."""
-    if isinstance(result, CommandRejected):
-        return [None, [result.code, result.message]]
-    return [result, None]
-
-
-def decode_result(raw: Any) -> Any:
-    """Inverse of :func:`encode_result`; raise ``ValueError`` on a bad shape."""
-    if not isinstance(raw, list) or len(raw) != 2:
-        raise ValueError("a result is [value, rejected]")
-    value, rejected = raw
-    if rejected is None:
-        return value
-    if (
-        not isinstance(rejected, list)
-        or len(rejected) != 2
-        or not all(isinstance(x, str) for x in rejected)
-    ):
-        raise ValueError("rejected must be [code, message]")
-    return CommandRejected(rejected[0], rejected[1])
-
-
 class Node:
     """One consensus node on real sockets. See the module docstring.
 
@@ -261,6 +145,9 @@ class Node:
     defaults to a :class:`FileStorage` in the spec's data folder for this node, or memory
     when the spec has none. ``relay_hook`` (tests only) may rewrite frames this node
     relays, to play a malicious relay.
+
+    A node satisfies :class:`~.services.NodeServices` and :class:`~.services.ClientAPI`,
+    the interfaces its membership, forwarding and client-server modules use.
     """
 
     def __init__(
@@ -305,7 +192,7 @@ class Node:
         stored = storage.load()
         self.table = SessionTable(state_machine)
         self.applied = 0
-        self.core = core_factory(
+        self.core: ConsensusCore = core_factory(
             node_id,
             spec.voters,
             random.Random(self.rng.getrandbits(64)),
@@ -315,52 +202,41 @@ class Node:
             snapshot=stored.snapshot,
             join=node_id not in spec.voters,
         )
-        self.relay_hook = relay_hook
+        self.capabilities = Capabilities.of(self.core)
+        """What the core offers beyond the contract, resolved once, here."""
         self.rejected: Counter[str] = Counter()
-        self.relayed = 0
         self.delivered = 0
-        self.window = ReplayWindow(spec.runtime.replay_max_age_s)
         self.client_window = ReplayWindow(spec.runtime.replay_max_age_s)
         self.nonces = NonceSource()
-        self.transport = Transport(
+        self.router = Router(
             node_id,
             spec,
-            self._on_frame,
-            self._serve_client,
+            identity,
+            self.nonces,
+            self.peer_keys,
             self.rejected,
             self.rng,
-            self._on_link_change,
+            self._deliver,
+            self._serve_client,
+            relay_hook=relay_hook,
         )
-        # routing: what others say is down, the hop table it gives, how frames fared
-        self._reports: dict[str, tuple[tuple[int, bytes], frozenset[str], float]] = {}
-        self._routes: dict[str, str] | None = None
-        self._links_changed = trio.Event()
-        self._hop_limit = min(len(spec.ids), 255)
-        self.unroutable = 0
-        self.flood_duplicates = 0
+        self.transport = self.router.transport
+        self.window = self.router.window  # the replay window of frames from other nodes
         self.max_frame = spec.runtime.max_frame
         self.tick_s = spec.raft.tick_ms / 1000
-        # how long a waiting client waits before it re-checks who leads and re-sends
-        self._retry_s = max(0.2, 2 * spec.raft.election_timeout_max_ms / 1000)
-        self._sweep_s = self._retry_s / 2  # how often the sweeper pokes every waiter
+        self.retry_s = max(0.2, 2 * spec.raft.election_timeout_max_ms / 1000)
+        """How long a waiting request waits before it re-checks who leads and re-sends."""
         self.role_changes: list[RoleChange] = []
         self._wake_event = trio.Event()
         self._role_event = trio.Event()
         self._applied_event = trio.Event()
-        self._waiters: dict[tuple[str, int], _Waiter] = {}
-        self._readers: dict[int, _Waiter] = {}
-        self._read_points: list[tuple[int, int]] = []
-        self._next_ctx = 0
-        self._apply_send, self._apply_recv = trio.open_memory_channel[_ApplyWork](1024)
+        # the ready task hands each Ready with work for the apply task on, in order
+        self._apply_send, self._apply_recv = trio.open_memory_channel[Ready](1024)
         self.snapshots_taken = 0
         self.snapshots_restored = 0
-        boot = self.nonces.boot.hex()
-        self._lanes_send, self._lanes_recv = trio.open_memory_channel[_Lane](
-            spec.runtime.max_sessions
-        )
-        for k in range(spec.runtime.max_sessions):
-            self._lanes_send.send_nowait(_Lane(f"{node_id}/{boot}/{k}"))
-        self._forward_limit = trio.Semaphore(4096)
+        lanes = f"{node_id}/{self.nonces.boot.hex()}"
+        self.submissions = Submissions(self, lanes, spec.runtime.max_sessions)
+        self.pending_reads = PendingReads(self, lambda query: self.table.machine.apply(query))
         self.membership = MembershipAdmin(self)
         self._nursery: trio.Nursery | None = None
         self.started = trio.Event()
@@ -378,8 +254,8 @@ class Node:
                 nursery.start_soon(self._ready_loop)
                 nursery.start_soon(self._apply_loop)
                 nursery.start_soon(self._sweeper)
-                nursery.start_soon(self._announce_loop)
-                self._wake()
+                nursery.start_soon(self.router.announce_loop)
+                self.wake()
                 self.started.set()
                 log.info(
                     "%s listening on %s", self.node_id, self.spec.endpoints[self.node_id].url()
@@ -390,18 +266,25 @@ class Node:
             with trio.CancelScope(shield=True):
                 self.storage.close()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """The core may have effects: let the ready task take them."""
         self._wake_event.set()
+
+    def spawn(self, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts) -> bool:
+        """Start ``fn(*args)`` in the node's nursery (it dies with the node); False when
+        the node is not running (nothing started)."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
 
     async def _sweeper(self) -> None:
         """Poke every waiting client now and then: lost forwards are re-sent, lost read
         confirmations asked again (a waiter otherwise sleeps until it is resolved)."""
         while True:
-            await trio.sleep(self._sweep_s)
-            for w in self._waiters.values():
-                w.poke()
-            for r in self._readers.values():
-                r.poke()
+            await trio.sleep(self.submissions.sweep_s)
+            self.submissions.poke_all()
+            self.pending_reads.poke_all()
 
     async def _tick_loop(self) -> None:
         deadline = trio.current_time()
@@ -413,7 +296,7 @@ class Node:
             await trio.sleep_until(deadline)
             self.core.tick()
             if self.core.has_ready():
-                self._wake()
+                self.wake()
 
     async def _ready_loop(self) -> None:
         core = self.core
@@ -442,9 +325,7 @@ class Node:
                     self._on_role_change(rc)
                 for proposal, _reason in rd.dropped:
                     if proposal.client is not None:
-                        w = self._waiters.get((proposal.client, proposal.seq))
-                        if w is not None:
-                            w.poke()
+                        self.submissions.poke(proposal.client, proposal.seq)
                 if (
                     rd.snapshot is not None
                     or rd.committed
@@ -452,11 +333,7 @@ class Node:
                     or rd.results
                     or rd.snapshot_request is not None
                 ):
-                    await self._apply_send.send(
-                        _ApplyWork(
-                            rd.snapshot, rd.committed, rd.reads, rd.results, rd.snapshot_request
-                        )
-                    )
+                    await self._apply_send.send(rd)
 
     async def _apply_loop(self) -> None:
         async for work in self._apply_recv:
@@ -469,20 +346,9 @@ class Node:
             for r in work.results:
                 p = r.proposal
                 if p.client is not None:
-                    w = self._waiters.get((p.client, p.seq))
-                    if w is not None:
-                        w.resolve(r.value)
-            for rs in work.reads:
-                reader = self._readers.get(rs.ctx)
-                if reader is None:
-                    continue
-                if rs.index < 0:
-                    reader.poke()
-                else:
-                    reader.confirmed = True
-                    self._read_points.append((rs.index, rs.ctx))
-            if self._read_points:
-                self._serve_reads()
+                    self.submissions.resolve(p.client, p.seq, r.value)
+            self.pending_reads.confirm(work.reads)
+            self.pending_reads.serve(self.applied)
             if work.committed or work.snapshot is not None:
                 self._applied_event.set()
                 self._applied_event = trio.Event()
@@ -498,19 +364,16 @@ class Node:
         self.snapshots_restored += 1
         log.info("%s restored a snapshot through index %d", self.node_id, snapshot.index)
         # submits that the snapshot covers are answered from the restored session table
-        for (client, seq), w in self._waiters.items():
-            session = self.table.sessions.get(client)
-            if session is not None and session[0] == seq:
-                w.resolve(session[1])
+        self.submissions.answer_from(self.table.sessions)
 
     def _compact(self, index: int) -> None:
         """The core asked for a snapshot through ``index``: take it and hand it back."""
-        compact = getattr(self.core, "compact", None)
-        if compact is None or self.applied != index:
+        compaction = self.capabilities.compaction
+        if compaction is None or self.applied != index:
             return  # (the request is a suggestion; the next one comes with more entries)
-        if compact(index, self.table.snapshot()) is not None:
+        if compaction.compact(index, self.table.snapshot()) is not None:
             self.snapshots_taken += 1
-            self._wake()
+            self.wake()
 
     def _apply(self, c: Committed) -> None:
         entry = c.entry
@@ -520,169 +383,47 @@ class Node:
             return
         result = self.table.apply(p.client, p.seq, p.command)
         if p.client is not None:
-            w = self._waiters.get((p.client, p.seq))
-            if w is not None:
-                w.resolve(result)
-
-    def _serve_reads(self) -> None:
-        keep = []
-        for index, ctx in self._read_points:
-            reader = self._readers.get(ctx)
-            if reader is None:
-                continue
-            if index <= self.applied:
-                try:
-                    reader.resolve(self.table.machine.apply(reader.query))
-                except CommandError as exc:
-                    reader.resolve(CommandRejected(exc.code, exc.message))
-            else:
-                keep.append((index, ctx))
-        self._read_points = keep
+            self.submissions.resolve(p.client, p.seq, result)
 
     def _on_role_change(self, rc: RoleChange) -> None:
         self.role_changes.append(rc)
         del self.role_changes[:-100]
         log.info("%s is %s in term %d (leader %s)", rc.node, rc.role, rc.term, rc.leader)
-        for w in self._waiters.values():
-            w.poke()
-        for r in self._readers.values():
-            r.poke()
+        self.submissions.poke_all()
+        self.pending_reads.poke_all()
         self._role_event.set()
         self._role_event = trio.Event()
+
+    async def wait_role_change(self, timeout: float) -> None:
+        """Return at the core's next role (or leader) change, or after ``timeout`` s."""
+        with trio.move_on_after(timeout):
+            await self._role_event.wait()
+
+    async def wait_applied(self, index: int, timeout: float = 10.0) -> None:
+        """Wait until this node has applied ``index`` (tests: a restarted node caught up);
+        ``trio.TooSlowError`` after ``timeout`` seconds."""
+        with trio.fail_after(timeout):
+            while self.applied < index:
+                await self._applied_event.wait()
 
     # ------------------------------------------------------------------ frames
 
     def _send_message(self, m: Message) -> None:
-        self._send_envelope(m.dst, KIND_CONSENSUS, encode_message(m))
+        self.send_envelope(m.dst, KIND_CONSENSUS, encode_message(m))
 
-    def _send_envelope(self, dst: NodeId, kind: int, payload: bytes) -> None:
-        hop = self._next_hop(dst)
-        if hop is None:
-            self.unroutable += 1
-            return
-        frame = seal(self.identity, dst, kind, payload, self.nonces, hops=self._hop_limit)
-        self.transport.send(hop, frame)
+    def send_envelope(self, dst: NodeId, kind: int, payload: bytes) -> None:
+        """Sign ``payload`` as an envelope of ``kind`` for ``dst`` and send it to the next
+        hop on the overlay (dropped and counted ``unroutable`` when there is none)."""
+        self.router.send(dst, kind, payload)
 
-    # ------------------------------------------------------------------ routing
-
-    def _known_down(self) -> set[tuple[str, str]]:
-        """The links this node knows are down: its own, and what fresh reports say."""
-        down = {(self.node_id, p) for p, s in self.transport.links.items() if s.down}
-        horizon = trio.current_time() - 3 * self.spec.runtime.link_state_s
-        for origin, (_order, links, received) in self._reports.items():
-            if received >= horizon:
-                down.update((origin, p) for p in links)
-        return down
-
-    def _next_hop(self, dst: str) -> str | None:
-        """The neighbour a frame for ``dst`` goes to: around known failures, else direct."""
-        routes = self._routes
-        if routes is None:
-            routes = self._routes = self.spec.topology.next_hops(
-                self.node_id, down_links=self._known_down()
-            )
-        hop = routes.get(dst)
-        if hop is None and dst in self.transport.links:
-            return dst  # no way round: queue it for the link's return
-        return hop
-
-    def _on_link_change(self, peer: str) -> None:
-        self._routes = None
-        self._links_changed.set()
-
-    async def _announce_loop(self) -> None:
-        """Flood this node's down links on every change, and every ``link_state_s``."""
-        while True:
-            with trio.move_on_after(self.spec.runtime.link_state_s):
-                await self._links_changed.wait()
-            self._links_changed = trio.Event()
-            self._routes = None  # reports may have aged out
-            down = sorted(p for p, s in self.transport.links.items() if s.down)
-            frame = seal(
-                self.identity,
-                BROADCAST,
-                KIND_LINK_STATE,
-                _pack(down),
-                self.nonces,
-                hops=self._hop_limit,
-            )
-            self._flood(frame)
-            await trio.sleep(self.tick_s)  # at most one announcement per tick
-
-    def _flood(self, frame: bytes, skip: str | None = None) -> None:
-        for peer in self.transport.neighbours:
-            if peer != skip and self.transport.live(peer):
-                self.transport.send(peer, frame)
-
-    def _on_link_state(self, sender: str, env: Envelope, frame: tuple[bytes, bytes, int]) -> None:
-        raw = self._decode_payload(env.payload, None)
-        if raw is None:
-            return
-        neighbours = self.spec.topology.neighbours(sender)
-        if not all(isinstance(p, str) and p in neighbours for p in raw):
-            self.rejected["bad-field"] += 1
-            return
-        order = (env.timestamp_ms, env.nonce)
-        known = self._reports.get(sender)
-        if known is None or known[0] < order:
-            self._reports[sender] = (order, frozenset(raw), trio.current_time())
-            self._routes = None
-        body, signature, hops = frame
-        if hops > 0:
-            self._flood(reframe(body, signature, hops - 1), skip=sender)
-
-    def _on_frame(self, data: bytes) -> None:
-        """Everything that arrives on ``/peer``: check, then relay, flood or deliver."""
-        try:
-            env, body, signature, hops = parse_frame(data, self.max_frame)
-            verify_envelope(env, body, signature, self.peer_keys)
-        except EnvelopeError as exc:
-            self.rejected[exc.reason] += 1
-            return
-        if env.dst == BROADCAST:
-            if env.sender == self.node_id:
-                return  # our own announcement, back from a neighbour
-            try:
-                self.window.check(env.sender, env.nonce, env.timestamp_ms)
-            except ReplayedEnvelope:
-                self.flood_duplicates += 1  # it reached us by another path already
-                return
-            except EnvelopeError as exc:
-                self.rejected[exc.reason] += 1
-                return
-            if env.kind == KIND_LINK_STATE:
-                self._on_link_state(env.sender, env, (body, signature, hops))
-            else:
-                self.rejected["unknown-kind"] += 1
-            return
-        if env.dst != self.node_id:
-            if env.dst not in self.peer_keys:
-                self.rejected["wrong-destination"] += 1
-                return
-            if hops <= 0:
-                self.rejected["hop-limit"] += 1
-                return
-            hop = self._next_hop(env.dst)
-            if hop is None or hop == env.sender:
-                self.rejected["no-route"] += 1
-                return
-            frame = reframe(body, signature, hops - 1)
-            if self.relay_hook is not None:
-                frame = self.relay_hook(frame)
-            if self.transport.send(hop, frame):
-                self.relayed += 1
-            return
-        try:
-            self.window.check(env.sender, env.nonce, env.timestamp_ms)
-        except EnvelopeError as exc:
-            self.rejected[exc.reason] += 1
-            return
+    def _deliver(self, env: Envelope) -> None:
+        """A checked envelope addressed to this node: hand it to the owner of its kind."""
         if env.kind == KIND_CONSENSUS:
-            self._deliver(env.sender, env.payload)
+            self._step(env.sender, env.payload)
         elif env.kind == KIND_FORWARD:
-            self._on_forward(env.sender, env.payload)
+            self.submissions.on_forward(env.sender, env.payload)
         elif env.kind == KIND_FORWARD_REPLY:
-            self._on_forward_reply(env.payload)
+            self.submissions.on_reply(env.payload)
         elif env.kind == KIND_CHANGE:
             self.membership.on_change(env.sender, env.payload)
         elif env.kind == KIND_CHANGE_REPLY:
@@ -690,7 +431,7 @@ class Node:
         else:
             self.rejected["unknown-kind"] += 1
 
-    def _deliver(self, sender: str, payload: bytes) -> None:
+    def _step(self, sender: str, payload: bytes) -> None:
         try:
             message = decode_message(payload, self.max_frame)
         except DecodeError as exc:
@@ -706,67 +447,10 @@ class Node:
             return
         self.delivered += 1
         if self.core.has_ready():
-            self._wake()
+            self.wake()
 
-    def _decode_payload(self, payload: bytes, size: int | None) -> list[Any] | None:
-        """A msgpack list of ``size`` items (any length for None), or None (counted)."""
-        try:
-            raw = msgpack.unpackb(payload, raw=False, max_array_len=1 << 16)
-        except Exception:
-            raw = None
-        if not isinstance(raw, list) or (size is not None and len(raw) != size):
-            self.rejected["malformed"] += 1
-            return None
-        return raw
-
-    def _on_forward(self, sender: str, payload: bytes) -> None:
-        raw = self._decode_payload(payload, 3)
-        if raw is None:
-            return
-        client, seq, command = raw
-        if not isinstance(client, str) or type(seq) is not int or seq < 0:
-            self.rejected["bad-field"] += 1
-            return
-        if self._nursery is None:
-            return
-        self._nursery.start_soon(self._serve_forward, sender, client, seq, command)
-
-    async def _serve_forward(self, sender: str, client: str, seq: int, command: Any) -> None:
-        status, result = _RETRY, None
-        if self._forward_limit.value == 0:
-            self.rejected["forward-busy"] += 1
-        else:
-            async with self._forward_limit:
-                try:
-                    result = await self._submit_as(
-                        client, seq, command, self._retry_s * 2, forward=False
-                    )
-                    status = _OK
-                except NotLeaderError:
-                    status = _NOT_LEADER
-                except SubmitTimeout:
-                    status = _RETRY
-        reply = [client, seq, status, encode_result(result)]
-        self._send_envelope(sender, KIND_FORWARD_REPLY, _pack(reply))
-
-    def _on_forward_reply(self, payload: bytes) -> None:
-        raw = self._decode_payload(payload, 4)
-        if raw is None:
-            return
-        client, seq, status, result = raw
-        if not isinstance(client, str) or type(seq) is not int or type(status) is not int:
-            self.rejected["bad-field"] += 1
-            return
-        w = self._waiters.get((client, seq))
-        if w is None:
-            return
-        if status == _OK:
-            try:
-                w.resolve(decode_result(result))
-            except ValueError:
-                self.rejected["bad-field"] += 1
-        else:
-            w.poke()
+    async def _serve_client(self, ws: WebSocketConnection) -> None:
+        await serve_client(self, ws)
 
     # ------------------------------------------------------------------ client API
 
@@ -782,134 +466,53 @@ class Node:
         are in flight per node; more wait for a free lane (back-pressure).
         """
         limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
-        try:
-            lane = self._lanes_recv.receive_nowait()
-        except trio.WouldBlock:
-            with trio.move_on_after(limit) as scope:
-                lane = await self._lanes_recv.receive()
-            if scope.cancelled_caught:
-                raise SubmitTimeout(f"no free session lane within {limit} s") from None
+        lane = await self.submissions.take_lane(limit)
         try:
             lane.seq += 1
-            return await self._submit_as(lane.client, lane.seq, command, limit)
+            return await self.submit_as(lane.client, lane.seq, command, limit)
         finally:
-            self._lanes_send.send_nowait(lane)
+            self.submissions.return_lane(lane)
 
-    async def _submit_as(
-        self, client: str, seq: int, command: Any, timeout: float, *, forward: bool = True
-    ) -> Any:
-        """Submit as ``(client, seq)``: propose here if leader, else forward (if allowed)."""
-        if forward:
-            self._check_member()
-        key = (client, seq)
-        w = self._waiters.get(key)
-        owner = w is None
-        if w is None:
-            w = self._waiters[key] = _Waiter()
-        try:
-            if timeout < 5 * self._sweep_s:  # a short timeout: exact, with a cancel scope
-                with trio.CancelScope(deadline=trio.current_time() + timeout):
-                    return await self._drive(w, owner, client, seq, command, math.inf, forward)
-            else:
-                # A long one (the usual 30 s) is checked whenever the waiter wakes, which
-                # the sweeper makes happen every _sweep_s: a cancel scope per submit is a
-                # tenth of a busy leader's CPU. The timeout fires up to _sweep_s late.
-                deadline = trio.current_time() + timeout
-                result = await self._drive(w, owner, client, seq, command, deadline, forward)
-                if result is not _TIMED_OUT:
-                    return result
-            raise SubmitTimeout(f"no result for {client}#{seq} within {timeout} s")
-        finally:
-            if owner:
-                self._waiters.pop(key, None)
-
-    async def _drive(
-        self,
-        w: _Waiter,
-        owner: bool,
-        client: str,
-        seq: int,
-        command: Any,
-        deadline: float,
-        forward: bool,
-    ) -> Any:
-        """Propose (as leader) or forward until ``w`` resolves; ``_TIMED_OUT`` at ``deadline``."""
-        attempt: tuple[Any, ...] = ()
-        last_send = -1e9
-        while not w.done:
-            core = self.core
-            now = trio.current_time()
-            if now >= deadline:
-                return _TIMED_OUT
-            if core.role is Role.LEADER:
-                if owner and attempt != ("lead", core.term):
-                    try:
-                        core.propose(Proposal(client, seq, command))
-                        attempt = ("lead", core.term)
-                        self._wake()
-                    except NotLeader:
-                        pass
-                    except ProposalDropped:
-                        await trio.sleep(self.tick_s * 5)
-                        continue
-            elif not forward:
-                raise NotLeaderError(core.leader)
-            elif core.leader is not None:
-                target = ("fwd", core.term, core.leader)
-                if attempt != target or now - last_send > self._retry_s:
-                    attempt, last_send = target, now
-                    self._send_envelope(core.leader, KIND_FORWARD, _pack([client, seq, command]))
-            await w.wait()
-        return w.result
+    async def submit_as(self, client: str, seq: int, command: Any, timeout: float) -> Any:
+        """Like :meth:`submit`, in the caller's session lane ``(client, seq)``: a retry of
+        the same lane (on any node) is applied once. The client server uses it for
+        clients that name their lane; ``timeout`` is in seconds."""
+        self._check_member()
+        return await self.submissions.submit_as(client, seq, command, timeout)
 
     async def read(self, query: Any, *, timeout: float | None = None) -> Any:
         """A linearizable read: ``query`` runs on this node's machine once it has applied
         everything committed before the read started (Raft ReadIndex, on any node).
 
-        ``query`` must not change state (for the KV machine: ``{"op": "get", ...}``).
+        ``query`` must not change state (for the KV machine: ``{"op": "get", ...}``). On a
+        core without :class:`~ruflo_consensus.core.base.ReadIndexReads` (a backend without
+        ordering, CRDT) the query runs on the local machine at once.
         """
         limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
         self._check_member()
-        read_index = getattr(self.core, "read_index", None)
-        if read_index is None:
-            return self.table.machine.apply(query)  # a backend without ordering (CRDT)
+        reads = self.capabilities.reads
+        if reads is None:
+            return self.table.machine.apply(query)
         try:
             with trio.fail_after(limit):
-                while True:
-                    self._next_ctx += 1
-                    ctx = self._next_ctx
-                    w = self._readers[ctx] = _Waiter(query)
-                    try:
-                        try:
-                            read_index(ctx)
-                        except NotLeader:
-                            with trio.move_on_after(self._retry_s):
-                                await self._role_event.wait()
-                            continue
-                        self._wake()
-                        await w.wait()
-                        while w.confirmed and not w.done:
-                            await w.wait()  # confirmed: wait for the apply, do not re-ask
-                        if w.done:
-                            return w.result
-                    finally:
-                        self._readers.pop(ctx, None)
+                return await self.pending_reads.read(reads, query)
         except trio.TooSlowError:
             raise SubmitTimeout(f"read not confirmed within {limit} s") from None
 
     def transfer_leadership(self, target: NodeId) -> None:
         """Ask this node, the leader, to hand leadership to ``target`` (a caught-up voter).
 
-        Raises :class:`NotLeaderError` on a node that does not lead and
-        :class:`~ruflo_consensus.core.base.TransferRefused` when the core refuses.
+        Raises :class:`NotLeaderError` on a node that does not lead,
+        :class:`~ruflo_consensus.core.base.TransferRefused` when the core refuses, and
+        :class:`~.errors.CapabilityMissing` on a core without leadership transfer.
         """
-        transfer = getattr(self.core, "transfer_leadership", None)
+        transfer = self.capabilities.transfer
         if transfer is None:
-            raise NodeError(f"the {type(self.core).__name__} backend has no leadership transfer")
+            raise CapabilityMissing(type(self.core).__name__, "leadership transfer")
         if self.core.role is not Role.LEADER:
             raise NotLeaderError(self.core.leader)
-        transfer(target)
-        self._wake()
+        transfer.transfer_leadership(target)
+        self.wake()
 
     async def change_membership(
         self, kind: ConfChangeKind | str, node_id: NodeId, *, timeout: float | None = None
@@ -924,12 +527,11 @@ class Node:
         "learners": [...], "conf_index": n, "conf_committed": True}``.
 
         A refused change raises :class:`~ruflo_consensus.core.base.ConfChangeRefused`
-        (nothing changed; ``.reason`` says why: ``already-member``, ``unknown-node``,
-        ``learner-behind``, ``not-in-spec`` for a node the spec does not list, …).
-        Transient refusals (``term-not-committed``, ``change-in-progress``, …) are
-        retried until ``timeout`` (default ``submit_timeout_s``); raises
-        :class:`SubmitTimeout` when no answer came in time (the change may or may not
-        have been made: look at :meth:`status`).
+        (nothing changed; ``.reason`` says why: ``already-member``, ``not-in-spec``, …;
+        see :mod:`.membership`); transient refusals are retried until ``timeout``
+        (default ``submit_timeout_s``), then :class:`SubmitTimeout` (the change may or
+        may not have been made: look at :meth:`status`). A core without membership
+        changes raises :class:`~.errors.CapabilityMissing`.
         """
         limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
         deadline = trio.current_time() + limit
@@ -940,7 +542,7 @@ class Node:
     @property
     def member_role(self) -> str:
         """``"voter"``, ``"learner"`` or ``"none"`` in the configuration in effect here."""
-        return member_role(self.core, self.node_id)
+        return member_role(self.capabilities.membership, self.node_id)
 
     def _check_member(self) -> None:
         """Raise :class:`NotMemberError` on a non-leader outside the configuration."""
@@ -948,12 +550,6 @@ class Node:
             raise NotMemberError(
                 f"{self.node_id} is not a member of the cluster's configuration; ask another node"
             )
-
-    async def wait_applied(self, index: int, timeout: float = 10.0) -> None:
-        """Wait until this node has applied ``index`` (tests: a restarted node caught up)."""
-        with trio.fail_after(timeout):
-            while self.applied < index:
-                await self._applied_event.wait()
 
     # ------------------------------------------------------------------ status
 
@@ -967,45 +563,48 @@ class Node:
         """Who the core believes leads."""
         return self.core.leader
 
+    @property
+    def relayed(self) -> int:
+        """Frames for other nodes this node passed on (:attr:`.routing.Router.relayed`)."""
+        return self.router.relayed
+
+    @property
+    def unroutable(self) -> int:
+        """Frames this node sent that had no route (:attr:`.routing.Router.unroutable`)."""
+        return self.router.unroutable
+
     def status(self) -> dict[str, Any]:
         """Role, term, leader, commit/applied indexes, link health, rejection counts and
         membership: ``member`` (this node's ``voter``/``learner``/``none``), ``voters``,
         ``learners``, ``conf_index``, ``conf_committed`` as this node sees them, and on a
-        leader ``progress`` (each member's highest replicated index)."""
-        core = self.core
+        leader ``progress`` (each member's highest replicated index). Fields a core has
+        no capability for are None (``commit``, ``last_index``, ``snapshot_index``) or
+        left out (membership, ``progress``)."""
+        core, caps = self.core, self.capabilities
         rejected = Counter(self.rejected)
-        rejected.update(getattr(core, "rejected", {}))
+        if caps.counters is not None:
+            rejected.update(caps.counters.rejected)
+        positions = caps.log
         out: dict[str, Any] = {
             "id": self.node_id,
             "role": str(core.role),
             "term": core.term,
             "leader": core.leader,
-            "commit": getattr(core, "commit", None),
-            "last_index": getattr(core, "last_index", None),
+            "commit": None if positions is None else positions.commit,
+            "last_index": None if positions is None else positions.last_index,
             "applied": self.applied,
-            "snapshot_index": getattr(core, "snapshot_index", None),
+            "snapshot_index": None if positions is None else positions.snapshot_index,
             "snapshots_taken": self.snapshots_taken,
             "snapshots_restored": self.snapshots_restored,
             "relayed": self.relayed,
             "delivered": self.delivered,
             "unroutable": self.unroutable,
-            "down_links": sorted(list(pair) for pair in self._known_down()),
-            "inbound": self.transport.inbound,
-            "links": [
-                {**s.to_json(), "queued": self.transport.queued(p)}
-                for p, s in self.transport.links.items()
-            ],
+            **self.router.link_status(),
             "rejected": dict(sorted(rejected.items())),
             "member": self.member_role,
-            **configuration_map(core),
+            **configuration_map(caps.membership),
         }
-        if core.role is Role.LEADER and hasattr(core, "progress"):
-            out["progress"] = {p: pr.match for p, pr in sorted(core.progress.items())}
+        if core.role is Role.LEADER and caps.progress is not None:
+            progress = caps.progress.progress
+            out["progress"] = {p: pr.match for p, pr in sorted(progress.items())}
         return out
-
-    # ------------------------------------------------------------------ client protocol
-
-    async def _serve_client(self, ws: Any) -> None:
-        from .client import serve_client
-
-        await serve_client(self, ws)

@@ -19,7 +19,7 @@ from ..identity import IdentityError
 from ..statemachine import KVStateMachine, RegisterStateMachine, StateMachine
 from ..storage import StorageError
 from .embed import build_node
-from .node import NodeError
+from .errors import NodeError
 from .spec import SpecError, load_spec
 
 __all__ = ["MACHINES", "main", "run_node_process"]

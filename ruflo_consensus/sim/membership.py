@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.base import ConfChange, ConfChangeKind, ConfChangeRefused, Entry, Ready, Role
 from ..core.raft import RaftCore
-from ..core.raft_membership import Configuration, apply_change
+from ..core.raft.membership import Configuration, apply_change
 from .engine import FIRST_BACKEND_KIND, EngineNode
 from .invariants import InvariantViolation
 

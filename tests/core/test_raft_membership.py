@@ -30,7 +30,7 @@ from ruflo_consensus.core.raft import (
     TimeoutNow,
     VoteResponse,
 )
-from ruflo_consensus.core.raft_membership import Configuration
+from ruflo_consensus.core.raft.membership import Configuration
 from ruflo_consensus.sim.membership import MembershipInvariants
 from tests.helpers.raft_harness import Harness
 

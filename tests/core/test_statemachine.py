@@ -18,11 +18,10 @@ from ruflo_consensus.statemachine import (
     RegisterStateMachine,
     SessionTable,
     StateMachine,
+    decode_result,
+    encode_result,
+    pack,
 )
-
-
-def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
 
 
 def kv(op: str, key: str, **fields: str) -> dict[str, Any]:
@@ -744,3 +743,24 @@ def test_hypothesis_restored_replica_dedups_identically(
     for _, (client, seq, cmd) in log[cut:]:
         assert a.apply(client, seq, cmd) == b.apply(client, seq, cmd)
     assert a.snapshot() == b.snapshot()
+
+
+@pytest.mark.parametrize(
+    "result",
+    [None, "v", 7, ["ok", 1], {"a": [1, 2]}, b"\x00", CommandRejected("NO_KEY", "missing")],
+)
+def test_one_result_wire_shape_round_trips(result: object) -> None:
+    wire = encode_result(result)
+    assert wire[0] in ("ok", "rejected")
+    back = decode_result(msgpack.unpackb(pack(wire), raw=False))
+    assert pack(encode_result(back)) == pack(wire)
+    assert isinstance(back, CommandRejected) == isinstance(result, CommandRejected)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [None, [], ["ok"], ["ok", 1, 2], [1, None], ["rejected", "C"], ["rejected", 1, "m"], "ok"],
+)
+def test_a_result_of_another_shape_is_a_value_error(raw: object) -> None:
+    with pytest.raises(ValueError, match="a result is"):
+        decode_result(raw)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ruflo_consensus.core.base import CoreFactory, Entry, HardState, NodeId, Snapshot
+from ruflo_consensus.core.base import CoreFactory, Entry, HardState, NodeId, Role, Snapshot
 from ruflo_consensus.core.raft import RaftConfig, RaftCore
 
 
@@ -33,14 +33,21 @@ def factory(cls: type[RaftCore]) -> CoreFactory:
 
 
 class CommitWithoutMajority(RaftCore):
-    """A leader that commits everything it has as soon as one follower acknowledges."""
+    """A leader that commits everything it has as soon as one follower acknowledges.
 
-    def _advance_commit(self) -> bool:
-        if self.last_index > self.commit and self.term_at(self.last_index) == self.term:
-            self.commit = self.last_index
+    It overrides the one commit path's quorum count (whatever it holds counts as held by
+    a majority) and, as a write of its hard state, makes each such commit index durable
+    before its next messages leave.
+    """
+
+    def _committable_index(self) -> int:
+        return self.last_index  # its own log, as if every follower held it too
+
+    def _maybe_commit(self) -> bool:
+        advanced = super()._maybe_commit()
+        if advanced:
             self._hs_dirty = True
-            return True
-        return False
+        return advanced
 
 
 class SkipLogMatching(RaftCore):
@@ -54,10 +61,10 @@ class LeaseIgnoresDrift(RaftCore):
     """A leader whose lease is the full election timeout, as if clocks never drifted."""
 
     def lease_valid(self) -> bool:
-        if self.role.value != "leader":
+        if self.role is not Role.LEADER:
             return False
-        sent = self._round_tick.get(self._quorum_round())
-        return sent is not None and self.ticks < sent + self.config.election_ticks
+        confirmed = self._quorum_round()
+        return self._read_only.lease_holds(confirmed, self.ticks, self.config.election_ticks)
 
 
 class SnapshotSkipsEntries(RaftCore):

@@ -34,7 +34,7 @@ class Harness:
         machine: Callable[[], StateMachine] = KVStateMachine,
     ) -> None:
         self.ids = [f"n{i + 1}" for i in range(n)]
-        self.bootstrap = list(self.ids)  # every core's `peers`, also for nodes added later
+        self.bootstrap = list(self.ids)  # every core's `voters`, also for nodes added later
         self.config = config or RaftConfig()
         self.rng = random.Random(seed)
         self.compact = compact

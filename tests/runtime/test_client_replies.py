@@ -24,6 +24,7 @@ from trio_websocket import (
 from ruflo_consensus.identity import NodeIdentity, NonceSource, parse_frame, seal
 from ruflo_consensus.runtime import ClusterClient, Endpoint, NodeClient
 from ruflo_consensus.runtime.client import KIND_CLIENT_REPLY, KIND_CLIENT_REQUEST
+from ruflo_consensus.statemachine import encode_result
 from tests.helpers.runtime_helpers import local_spec, put, start_nodes, wait_leader
 
 NODE = NodeIdentity.generate("n1", seed=b"n" * 32)
@@ -32,7 +33,7 @@ ADMIN = NodeIdentity.generate("admin", seed=b"a" * 32)
 
 
 def _reply(rid: int, re: bytes, value: Any) -> bytes:
-    return msgpack.packb({"id": rid, "ok": True, "result": [value, None], "re": re})
+    return msgpack.packb({"id": rid, "ok": True, "result": encode_result(value), "re": re})
 
 
 def _tamper(frame: bytes) -> bytes:

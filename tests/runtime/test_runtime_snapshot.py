@@ -52,7 +52,7 @@ async def test_a_node_behind_the_compacted_log_catches_up_by_install_snapshot(
         await halt(nodes.pop(lagger.node_id))
         # one session writes x many times: its last (client, seq) lives only in snapshots
         for seq in range(1, 21):
-            await leader._submit_as("writer", seq, put("x", str(seq)), 30)
+            await leader.submit_as("writer", seq, put("x", str(seq)), 30)
         for i in range(3, 8):
             await leader.submit(put(f"k{i}", str(i)), timeout=30)
         assert leader.snapshots_taken >= 2
@@ -71,7 +71,7 @@ async def test_a_node_behind_the_compacted_log_catches_up_by_install_snapshot(
                 if leader.role is Role.LEADER:
                     leader.transfer_leadership(back.node_id)
                 await trio.sleep(0.3)
-        assert await back._submit_as("writer", 20, put("x", "again"), 30) is None
+        assert await back.submit_as("writer", 20, put("x", "again"), 30) is None
         assert await back.read(get("x"), timeout=30) == "20"
         assert back.table.duplicate_count >= 1
         nursery.cancel_scope.cancel()

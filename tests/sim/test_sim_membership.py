@@ -6,7 +6,7 @@ import pytest
 
 from ruflo_consensus.core.base import ConfChange, ConfChangeKind, Entry
 from ruflo_consensus.core.raft import RaftCore
-from ruflo_consensus.core.raft_membership import Configuration
+from ruflo_consensus.core.raft.membership import Configuration
 from ruflo_consensus.sim import (
     InvariantViolation,
     RaftSimulation,

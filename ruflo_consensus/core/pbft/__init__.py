@@ -8,6 +8,7 @@
 See ``docs/pbft.md``.
 """
 
+from ...statemachine import decode_result
 from .auth import (
     AuthStats,
     Keyring,
@@ -30,7 +31,7 @@ from .messages import (
     sign_request,
     state_digest,
 )
-from .replica import PbftConfig, PbftCore, PbftReady, decode_result, quorum_size
+from .replica import PbftConfig, PbftCore, PbftReady, quorum_size
 
 __all__ = [
     "AuthStats",

@@ -43,7 +43,14 @@ from typing import Any
 import msgpack
 
 from ...canonical import normalize
-from ...statemachine import CommandError, CommandRejected, SessionTable, StateMachine
+from ...statemachine import (
+    CommandError,
+    CommandRejected,
+    SessionTable,
+    StateMachine,
+    encode_result,
+    pack,
+)
 from ..base import (
     Committed,
     Entry,
@@ -188,19 +195,13 @@ class _Slot:
 
 
 def _encode_result(result: Any) -> list[Any]:
-    if isinstance(result, CommandRejected):
-        return ["rejected", result.code, result.message]
+    """:func:`~ruflo_consensus.statemachine.encode_result` in canonical form, as replies
+    are signed and matched by their bytes (a value with no canonical form travels as its
+    ``repr``)."""
     try:
-        return ["ok", normalize(result)]
+        return normalize(encode_result(result))  # type: ignore[no-any-return]
     except (TypeError, ValueError):
-        return ["ok", repr(result)]
-
-
-def decode_result(result: list[Any]) -> Any:
-    """A reply's result as the state machine returned it (a :class:`CommandRejected` too)."""
-    if result[0] == "rejected" and len(result) == 3:
-        return CommandRejected(str(result[1]), str(result[2]))
-    return result[1] if len(result) > 1 else None
+        return encode_result(repr(result))
 
 
 class PbftCore:
@@ -1206,7 +1207,7 @@ class PbftCore:
         for s in sorted(self._slots):
             slot = self._slots[s]
             if slot.durable is None:
-                slot.durable = _pack(
+                slot.durable = pack(
                     [
                         s,
                         slot.pp_view,
@@ -1219,7 +1220,7 @@ class PbftCore:
                     ]
                 )
             slots.append(slot.durable)
-        return _pack(
+        return pack(
             [
                 1,
                 self.view,
@@ -1319,10 +1320,6 @@ def _coalesce(messages: list[Message]) -> list[Message]:
         by_dst.setdefault(m.dst, []).extend(m.items)
     src = messages[0].src
     return [PbftFrame(src, dst, tuple(items)) for dst, items in by_dst.items()]
-
-
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _cert_wire(view: int, cert: PreparedCert) -> list[Any]:

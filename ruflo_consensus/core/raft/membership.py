@@ -8,24 +8,28 @@ is in the log — committed or not — and rolls back if that entry is truncated
 
 This module holds the parts that do not depend on the rest of the core: the
 :class:`Configuration` value, :func:`apply_change` (which refuses what is not a valid
-single-server step, with a typed :class:`~.base.ConfChangeRefused`), the structural
-check of a configuration received from the wire, and :class:`ConfigHistory` — the
-configuration at the snapshot point plus every configuration entry after it, which is
-what truncation and compaction need.
+single-server step, with a typed :class:`~ruflo_consensus.core.base.ConfChangeRefused`),
+the structural checks of a configuration and of a configuration entry received from the
+wire, and :class:`ConfigHistory` — the configuration at the snapshot point plus every
+configuration entry after it, which is what truncation and compaction need. The leader's
+rules for when a change may be proposed at all are in :mod:`.leader`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ConfChange, ConfChangeKind, ConfChangeRefused, Entry, NodeId
+from ..base import ConfChange, ConfChangeKind, ConfChangeRefused, Entry, NodeId
 
 __all__ = [
     "ConfigHistory",
     "Configuration",
     "apply_change",
+    "conf_entry_problem",
     "configuration_problem",
 ]
+
+_KINDS = frozenset(k.value for k in ConfChangeKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +79,24 @@ def configuration_problem(voters: tuple[NodeId, ...], learners: tuple[NodeId, ..
     return None
 
 
+def conf_entry_problem(e: Entry) -> str | None:
+    """What is wrong with configuration entry ``e`` from the wire (None: nothing)."""
+    c = e.conf
+    assert c is not None
+    problem = configuration_problem(c.voters, c.learners)
+    if e.proposal is not None:
+        problem = "an entry carries either a proposal or a configuration"
+    elif not isinstance(c.kind, ConfChangeKind | str) or c.kind not in _KINDS:
+        problem = f"unknown change kind {c.kind!r}"
+    return problem
+
+
 def apply_change(conf: Configuration, kind: ConfChangeKind | str, node: NodeId) -> ConfChange:
     """The change entry that makes ``kind`` of ``node`` to ``conf``; refuse an invalid one.
 
-    Raises :class:`~.base.ConfChangeRefused` with reason ``bad-kind``, ``bad-node``,
-    ``already-member``, ``unknown-node`` (not a voter/learner as the kind needs) or
-    ``no-voters`` (removing the last voter).
+    Raises :class:`~ruflo_consensus.core.base.ConfChangeRefused` with reason
+    ``bad-kind``, ``bad-node``, ``already-member``, ``unknown-node`` (not a voter/learner
+    as the kind needs) or ``no-voters`` (removing the last voter).
     """
     try:
         kind = ConfChangeKind(kind)
@@ -125,6 +141,7 @@ class ConfigHistory:
     __slots__ = ("base", "entries")
 
     def __init__(self, base: Configuration) -> None:
+        """A history with ``base`` in effect and no configuration entries yet."""
         self.base = base
         self.entries: list[tuple[int, Configuration]] = []
 
