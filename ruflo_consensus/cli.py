@@ -20,10 +20,12 @@ from .topology import KINDS, TopologyError, load_topology
 
 if TYPE_CHECKING:
     from .sim.config import SimConfig
+    from .sim.workload import WorkloadFactory
 
-# The simulator (``.sim``, which pulls in every backend and the federation) is imported
-# only by the commands that use it: ``kv``, ``cluster status`` and ``node`` start without
-# it. Its options are added to ``simulate`` and ``bench sim`` when those are parsed.
+# The simulator (``.sim``, which pulls in every backend) and the federation are imported
+# only by the commands that use them: ``kv``, ``cluster status`` and ``node`` start without
+# them. The simulator's options are added to ``simulate`` and ``bench sim`` when those are
+# parsed.
 
 __all__ = ["build_parser", "main"]
 
@@ -234,6 +236,18 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
     return config
 
 
+def _workload_factory(name: str) -> WorkloadFactory:
+    """The simulator workload ``--workload NAME`` runs: the simulator's own KV workload, or
+    the federation's (the simulator does not import the federation; this command does)."""
+    if name == "federation":
+        from .federation.workload import federation_sim_workload
+
+        return federation_sim_workload
+    from .sim.workload import kv_workload
+
+    return kv_workload
+
+
 def _simulate_setup(sim: argparse.ArgumentParser) -> None:
     """The ``simulate`` description and options (they need the simulator's settings)."""
     from .sim.config import BYZANTINE_DESCRIPTIONS, FAULT_DESCRIPTIONS
@@ -417,7 +431,12 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
         seeds = parse_seed_range(args.seeds)
         base = _config_from(args)
         result = run_sweep(
-            base, seeds, processes=args.processes, console=err, progress=not args.json
+            base,
+            seeds,
+            processes=args.processes,
+            console=err,
+            progress=not args.json,
+            workload=_workload_factory(base.workload),
         )
         if args.json:
             print(
@@ -436,8 +455,11 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
         if result.failures:
             return EXIT_FAIL
         return EXIT_UNKNOWN if result.unknown else EXIT_OK
+    config = _config_from(args, seed=args.seed)
     try:
-        summary = run_simulation(_config_from(args, seed=args.seed), history_path=args.history)
+        summary = run_simulation(
+            config, history_path=args.history, workload=_workload_factory(config.workload)
+        )
     except OSError as exc:
         raise SimConfigError(f"cannot write the history to {args.history}: {exc}") from None
     if args.json:
@@ -508,7 +530,14 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     if args.seeds < 1:
         raise SimConfigError("--seeds must be at least 1")
-    result = run_bench_sim(_config_from(args), args.seeds, console=err, progress=not args.json)
+    config = _config_from(args)
+    result = run_bench_sim(
+        config,
+        args.seeds,
+        console=err,
+        progress=not args.json,
+        workload=_workload_factory(config.workload),
+    )
     if args.json:
         print(json.dumps(result))
     else:

@@ -139,10 +139,6 @@ def test_the_import_parser_sees_relative_lazy_and_absolute_imports() -> None:
     assert "numpy" not in found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sim/simulator.py imports the federation workload; the CLI is to choose it (#11)",
-)
 def test_every_import_follows_the_layering() -> None:
     broken = [
         f"{why}: {module} ({_layer(module)}) imports {imported} ({_layer(imported)})"

@@ -16,6 +16,10 @@ are checked against three properties instead of a sequential model:
 The simulator records :class:`AckedWrite` and :class:`ClientRead` values while it runs and
 calls these functions at the end; each returns a list of human-readable violations (empty
 when the property holds) or, for :func:`converged`, a :class:`ConvergenceReport`.
+
+Values are compared as encoded states (:func:`~ruflo_consensus.check.encoded.state_bytes`:
+msgpack with maps in key order), never with ``==``: a value holding a NaN is not ``==`` to
+itself, and replicas that hold the very same bytes must not be reported as diverged.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ruflo_consensus.check.encoded import same_state, state_bytes
 from ruflo_consensus.core.crdt import decode_state_vector
 from ruflo_consensus.crdt_machines import HlcTimestamp
 
@@ -86,15 +91,11 @@ class ConvergenceReport:
 
 
 def _group(items: Mapping[NodeId, Any]) -> tuple[tuple[NodeId, ...], ...]:
-    groups: list[tuple[Any, list[NodeId]]] = []
+    """Nodes grouped by equal encoded state (see :func:`state_bytes`)."""
+    groups: dict[bytes, list[NodeId]] = {}
     for node in sorted(items):
-        for key, members in groups:
-            if key == items[node]:
-                members.append(node)
-                break
-        else:
-            groups.append((items[node], [node]))
-    ordered = sorted((tuple(members) for _, members in groups), key=lambda g: (-len(g), g))
+        groups.setdefault(state_bytes(items[node]), []).append(node)
+    ordered = sorted((tuple(members) for members in groups.values()), key=lambda g: (-len(g), g))
     return tuple(ordered)
 
 
@@ -303,7 +304,7 @@ def check_acknowledged_writes(
                 f"{w.op} {w.key!r}={expected!r} at {tuple(w.ts)} on {w.node} lost: the "
                 f"converged winner {won[0]!r} is older, at {tuple(won[1])}"
             )
-        elif won[1] == w.ts and won[0] != expected:
+        elif won[1] == w.ts and not same_state(won[0], expected):
             problems.append(
                 f"{w.op} {w.key!r} at {tuple(w.ts)} on {w.node} acknowledged {expected!r} "
                 f"but converged to {won[0]!r} with the same timestamp"
@@ -365,7 +366,7 @@ def check_monotonic_reads(reads: Sequence[ClientRead]) -> list[str]:
                     f"{prev.value!r} at {tuple(prev.ts)} from {prev.node}"
                 )
                 continue
-            if r.ts == prev.ts and r.value != prev.value:
+            if r.ts == prev.ts and not same_state(r.value, prev.value):
                 problems.append(
                     f"client {r.client} read {r.key!r} at {tuple(r.ts)} as {prev.value!r} "
                     f"and then {r.value!r}"

@@ -22,10 +22,12 @@ import hashlib
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nacl.signing
 
+from ruflo_consensus.check.encoded import state_bytes
+from ruflo_consensus.check.history import Op
 from ruflo_consensus.federation.errors import BadSnapshot
 from ruflo_consensus.federation.machine import FederationStateMachine
 from ruflo_consensus.federation.proposals import (
@@ -40,10 +42,17 @@ from ruflo_consensus.federation.signing import public_key_bytes
 from ruflo_consensus.federation.trust import make_privileged_approval_command
 from ruflo_consensus.statemachine import CommandError, CommandRejected
 
+if TYPE_CHECKING:  # the simulator's interface, for the type checker only (no runtime import)
+    from ruflo_consensus.sim.config import SimConfig
+    from ruflo_consensus.sim.kv_workload import KVClient
+    from ruflo_consensus.sim.workload import ReplicaState, SimWorkload
+
 __all__ = [
+    "FederationSimWorkload",
     "FederationWorkload",
     "check_cross_replica",
     "check_replica",
+    "federation_sim_workload",
     "replay",
 ]
 
@@ -376,6 +385,88 @@ class FederationWorkload:
         return {"op": "registry.teleport", "peer": peer, "now": self.now}
 
 
+# ------------------------------------------------------------- in the simulator
+
+
+class FederationSimWorkload:
+    """The federation workload as the Raft simulation runs it (``--workload federation``).
+
+    It implements the simulator's ``SimWorkload`` interface (the simulator does not import
+    the federation; the CLI hands :func:`federation_sim_workload` to it). Commands come from a
+    :class:`FederationWorkload`; a command is ``ok`` unless the replicas rejected it, and
+    rejections are counted by code; at the end of a clean run :func:`check_cross_replica`
+    judges the live replicas.
+    """
+
+    name = "federation"
+
+    def __init__(self, seed: int, peers: int | Sequence[str], node_ids: Sequence[str]) -> None:
+        self.commands = FederationWorkload(seed, peers=peers, node_ids=node_ids)
+        self.rejected: dict[str, int] = {}
+
+    def new_machine(self) -> FederationStateMachine:
+        """A fresh replica configured with the workload's approver keys."""
+        return self.commands.new_machine()
+
+    def next_command(self, client: KVClient[Any], rng: random.Random) -> tuple[dict[str, Any], Op]:
+        """The workload's next command (from its own seeded generator, not ``rng``)."""
+        command = self.commands.next_command()
+        return command, Op(client.process, "invoke", "fed", command["op"])
+
+    def outcome(self, op: Op, result: Any, client: KVClient[Any]) -> Op:
+        """``fail`` for a rejected command (counted by its code), else ``ok``."""
+        if isinstance(result, CommandRejected):
+            self.rejected[result.code] = self.rejected.get(result.code, 0) + 1
+            return Op(op.process, "fail", op.f, op.key, op.value)
+        return Op(op.process, "ok", op.f, op.key, None)
+
+    def check_replicas(self, replicas: Sequence[ReplicaState]) -> tuple[dict[str, Any], list[str]]:
+        """Cross-replica properties of the live replicas (see :func:`check_cross_replica`).
+
+        Replicas that applied the same number of entries must also hold byte-identical
+        snapshots; the most advanced replica's machine gives the counts reported.
+        """
+        snapshots = [r.machine.snapshot() for r in replicas]
+        violations = check_cross_replica(snapshots, require_equal=False)
+        by_applied: dict[int, set[bytes]] = {}
+        for replica, snap in zip(replicas, snapshots, strict=True):
+            by_applied.setdefault(replica.applied, set()).add(snap)
+        for applied, snaps in sorted(by_applied.items()):
+            if len(snaps) > 1:
+                violations.append(f"replicas that applied {applied} entries hold different states")
+        fed = max(replicas, key=lambda r: r.applied).machine
+        assert isinstance(fed, FederationStateMachine)
+        decided = [p for p in fed.proposals.proposals.values() if p.status.value != "pending"]
+
+        def holds(*needles: str) -> bool:
+            return not any(n in v for v in violations for n in needles)
+
+        properties: dict[str, Any] = {
+            "replicas compared": len(snapshots),
+            "replicas at the same position agree": holds("different states", "differ in"),
+            "no spend above a cap": holds("above cap", "hops >"),
+            "identical trust levels": holds(" vs ", "UNTRUSTED with"),
+            "one outcome per proposal": holds("proposal "),
+            "audit chain verifies": holds("audit"),
+            "commands accepted": fed.accepted,
+            "commands rejected by code": dict(sorted(self.rejected.items())),
+            "proposals decided": len(decided),
+            "peers": len(fed.registry.peers),
+        }
+        return properties, violations
+
+
+def federation_sim_workload(
+    config: SimConfig, rng: random.Random, node_ids: Sequence[str]
+) -> SimWorkload:
+    """The simulator's workload factory for ``--workload federation``.
+
+    Draws the workload's seed from the simulation's generator (32 bits, once), and uses
+    ``config.keys`` as the number of federation peers.
+    """
+    return FederationSimWorkload(rng.getrandbits(32), peers=config.keys, node_ids=node_ids)
+
+
 # --------------------------------------------------------------------- checks
 
 
@@ -432,7 +523,7 @@ def check_cross_replica(snapshots: Sequence[bytes], *, require_equal: bool = Tru
         for i, fed in group[1:]:
             wire = fed.to_wire()
             for part in sorted(base_wire):
-                if wire[part] != base_wire[part]:
+                if state_bytes(wire.get(part)) != state_bytes(base_wire[part]):
                     out.append(
                         f"replicas {base_i} and {i} accepted {accepted} commands but differ in "
                         f"{part}"

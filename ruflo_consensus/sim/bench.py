@@ -19,7 +19,8 @@ from ..core.crdt import CrdtUpdate, SyncReply
 from .config import SimConfig
 from .crdt_sim import CrdtSimulation
 from .engine import EngineNode
-from .simulator import Simulation
+from .raft_sim import RaftSimulation
+from .workload import WorkloadFactory
 
 __all__ = ["render_bench_sim", "run_bench_sim"]
 
@@ -165,7 +166,7 @@ def _ed25519_costs(rounds: int = 2000) -> tuple[float, float]:
     return sign_us, verify_us
 
 
-def _raft_committed(sim: Simulation) -> int:
+def _raft_committed(sim: RaftSimulation) -> int:
     return sum(1 for e in sim.invariants.applied if e.proposal is not None)
 
 
@@ -188,7 +189,7 @@ def run_bench_pbft(
     def run_seed(seed: int) -> dict[str, Any]:
         pbft = PbftSimulation(base.with_seed(seed))
         pr = pbft.run()
-        raft = Simulation(raft_base.with_seed(seed))
+        raft = RaftSimulation(raft_base.with_seed(seed))
         rr = raft.run()
         sig = pr.properties["signatures"]
         return {
@@ -286,11 +287,16 @@ def render_bench_pbft(result: dict[str, Any], console: Console) -> None:
 
 
 def run_bench_sim(
-    base: SimConfig, seeds: int, console: Console | None = None, progress: bool = True
+    base: SimConfig,
+    seeds: int,
+    console: Console | None = None,
+    progress: bool = True,
+    workload: WorkloadFactory | None = None,
 ) -> dict[str, Any]:
     """Run ``seeds`` seeds one after another on one core; measure simulation speed only.
 
     The linearizability check is not part of the timing (``bench check`` measures it).
+    ``workload`` builds the Raft runs' workload (see :func:`.report.run_simulation`).
     Returns a JSON-ready dict: per-seed rows and the totals.
     """
     if base.backend == "crdt":
@@ -299,7 +305,7 @@ def run_bench_sim(
         return run_bench_pbft(base, seeds, console, progress)
 
     def run_seed(seed: int) -> dict[str, Any]:
-        result = Simulation(base.with_seed(seed)).run()
+        result = RaftSimulation(base.with_seed(seed), workload=workload).run()
         return {
             "seed": seed,
             "messages": result.messages_delivered,

@@ -15,17 +15,24 @@ first violation with a report of what broke, where and when.
 A log is given as a list whose element 0 stands for its snapshot point (an entry with the
 snapshot's index and term, or ``(0, 0)`` without one) and element *k* is the entry at
 index ``log[0].index + k``.
+
+Entries are compared by what was replicated — term, index, configuration, client, sequence
+number and the command's encoded bytes (:func:`~ruflo_consensus.check.encoded.wire_bytes`)
+— never by ``==`` on the decoded command: a command carrying a NaN is not ``==`` to its own
+copy read back from a WAL, and that is no safety violation.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..check.encoded import wire_bytes
 from ..core.base import Entry, NodeId, Snapshot
 
-__all__ = ["InvariantViolation", "RaftInvariants", "ReferenceReplica"]
+__all__ = ["InvariantViolation", "RaftInvariants", "ReferenceReplica", "same_entry"]
 
 
 class ReferenceReplica(Protocol):
@@ -56,11 +63,26 @@ class InvariantViolation(Exception):
         return f"{self.invariant} violated at t={self.time_us / 1e6:.6f}s: {self.detail}"
 
 
+def _replicated(entry: Entry) -> tuple[object, ...]:
+    p = entry.proposal
+    command = None if p is None else (p.client, p.seq, wire_bytes(p.command))
+    return (entry.term, entry.index, entry.conf, command)
+
+
+def same_entry(a: Entry, b: Entry) -> bool:
+    """True when ``a`` and ``b`` are the same replicated entry (byte for byte, not ``==``)."""
+    return a is b or _replicated(a) == _replicated(b)
+
+
 def _describe(entry: Entry | None) -> str:
     if entry is None:
         return "nothing"
     p = entry.proposal
-    what = "no-op" if p is None else f"{p.client}#{p.seq} {p.command!r}"
+    if p is None:
+        what = "no-op" if entry.conf is None else f"configuration {entry.conf!r}"
+    else:
+        digest = hashlib.blake2b(wire_bytes(p.command), digest_size=6).hexdigest()
+        what = f"{p.client}#{p.seq} {p.command!r} (encoded {digest})"
     return f"[index {entry.index}, term {entry.term}: {what}]"
 
 
@@ -112,7 +134,7 @@ class RaftInvariants:
         for i in range(base + 1, known + 1):
             k = i - base
             mine = log[k] if k < len(log) else None
-            if mine is None or mine != self.applied[i]:
+            if mine is None or not same_entry(mine, self.applied[i]):
                 raise InvariantViolation(
                     "leader-completeness",
                     now,
@@ -126,7 +148,7 @@ class RaftInvariants:
         self.checks["state-machine-safety"] += 1
         i = entry.index
         if i < len(self.applied):
-            if self.applied[i] != entry:
+            if not same_entry(self.applied[i], entry):
                 raise InvariantViolation(
                     "state-machine-safety",
                     now,
@@ -164,14 +186,14 @@ class RaftInvariants:
                 if i <= lo:
                     continue
                 if la[lo - base_a].term == lb[lo - base_b].term and all(
-                    la[k - base_a] == lb[k - base_b] for k in range(lo + 1, i + 1)
+                    same_entry(la[k - base_a], lb[k - base_b]) for k in range(lo + 1, i + 1)
                 ):
                     continue
                 j = next(
                     k
                     for k in range(lo, i + 1)
                     if (la[k - base_a].term != lb[k - base_b].term)
-                    or (k > lo and la[k - base_a] != lb[k - base_b])
+                    or (k > lo and not same_entry(la[k - base_a], lb[k - base_b]))
                 )
                 raise InvariantViolation(
                     "log-matching",

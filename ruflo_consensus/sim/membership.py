@@ -31,7 +31,7 @@ from .engine import FIRST_BACKEND_KIND, EngineNode
 from .invariants import InvariantViolation
 
 if TYPE_CHECKING:
-    from .simulator import Simulation
+    from .raft_sim import RaftSimulation
 
 __all__ = ["MEMBERSHIP_STEP", "MembershipInvariants", "MembershipNemesis"]
 
@@ -59,13 +59,12 @@ class MembershipInvariants:
         self.max_commit = 0
         self.checks: dict[str, int] = {self.NAME: 0}
 
-    def on_ready(self, node: EngineNode, core: Any, rd: Ready, now: int) -> None:
+    def on_ready(self, node: EngineNode, core: RaftCore, rd: Ready, now: int) -> None:
         """A node produced ``rd``: note its commit; check a leader's new configuration entry."""
-        commit = getattr(core, "commit", 0)
-        if commit > self.max_commit:
-            self.max_commit = commit
+        if core.commit > self.max_commit:
+            self.max_commit = core.commit
         entries = rd.persist.entries
-        if not entries or core.role is not Role.LEADER or not isinstance(core, RaftCore):
+        if not entries or core.role is not Role.LEADER:
             return
         for e in entries:
             if e.conf is not None and e.term == core.term:
@@ -137,7 +136,7 @@ def _one_step(prev: Configuration, new: Configuration, kind: ConfChangeKind, nod
 class MembershipNemesis:
     """The operator behind the ``membership`` fault (see the module docstring)."""
 
-    def __init__(self, sim: Simulation) -> None:
+    def __init__(self, sim: RaftSimulation) -> None:
         self.sim = sim
         self.desired: dict[int, str] = {}
         self._was_out: set[int] = set()
@@ -150,9 +149,8 @@ class MembershipNemesis:
 
     def _leader(self) -> tuple[EngineNode, RaftCore] | None:
         best: tuple[EngineNode, RaftCore] | None = None
-        for n in self.sim._leaders():
-            core = self.sim.raft[n.index].core
-            if isinstance(core, RaftCore) and (best is None or core.term > best[1].term):
+        for n, core in self.sim.leaders():
+            if best is None or core.term > best[1].term:
                 best = (n, core)
         return best
 

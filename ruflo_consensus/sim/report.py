@@ -9,8 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..check import check_history, dump_history_jsonl
+from ..core.base import CoreFactory
 from .config import FAULT_DESCRIPTIONS, SimConfig
-from .simulator import CoreFactory, SimResult, Simulation, default_core_factory
+from .raft_sim import RaftSimulation, SimResult, default_core_factory
+from .workload import WorkloadFactory
 
 __all__ = ["SimSummary", "render_summary", "run_simulation", "summarize"]
 
@@ -112,13 +114,16 @@ def run_simulation(
     config: SimConfig,
     core_factory: CoreFactory = default_core_factory,
     history_path: str | None = None,
+    workload: WorkloadFactory | None = None,
 ) -> SimSummary:
     """Run one seed end to end: simulate, check invariants and linearizability, summarise.
 
     ``config.backend`` picks the simulation (``raft``, ``crdt`` or ``pbft``); ``core_factory``
-    replaces the Raft core (tests use it to run deliberately broken ones). With
-    ``history_path`` the clients' history is written there as JSON Lines, ready for
-    ``ruflo-consensus check`` or any Jepsen-style tool.
+    replaces the Raft core (tests use it to run deliberately broken ones); ``workload``
+    builds the Raft run's workload (needed when ``config.workload`` is not ``kv``: the
+    simulator has only the KV workload built in). With ``history_path`` the clients'
+    history is written there as JSON Lines, ready for ``ruflo-consensus check`` or any
+    Jepsen-style tool.
     """
     if config.backend == "crdt":
         from .crdt_sim import CrdtSimulation
@@ -129,7 +134,7 @@ def run_simulation(
 
         result = PbftSimulation(config).run()
     else:
-        result = Simulation(config, core_factory).run()
+        result = RaftSimulation(config, core_factory, workload=workload).run()
     if history_path is not None:
         dump_history_jsonl(result.history, history_path)
     return summarize(result)

@@ -11,9 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..core.base import CoreFactory
 from .config import SimConfig, SimConfigError
+from .raft_sim import default_core_factory
 from .report import SimSummary, run_simulation
-from .simulator import CoreFactory, default_core_factory
+from .workload import WorkloadFactory
 
 __all__ = ["SweepResult", "parse_seed_range", "render_sweep", "run_sweep"]
 
@@ -51,16 +53,19 @@ class SweepResult:
         return [s for s in self.summaries if s.status == "unknown"]
 
 
+# what every seed of the sweep runs with, set in each worker process by _init_worker
 _worker_factory: CoreFactory = default_core_factory
+_worker_workload: WorkloadFactory | None = None
 
 
-def _init_worker(factory: CoreFactory) -> None:
-    global _worker_factory
+def _init_worker(factory: CoreFactory, workload: WorkloadFactory | None) -> None:
+    global _worker_factory, _worker_workload
     _worker_factory = factory
+    _worker_workload = workload
 
 
 def _run_seed(config: SimConfig) -> SimSummary:
-    return run_simulation(config, _worker_factory)
+    return run_simulation(config, _worker_factory, workload=_worker_workload)
 
 
 def run_sweep(
@@ -70,11 +75,14 @@ def run_sweep(
     core_factory: CoreFactory = default_core_factory,
     console: Console | None = None,
     progress: bool = True,
+    workload: WorkloadFactory | None = None,
 ) -> SweepResult:
     """Run ``base`` for every seed, spread over ``processes`` workers (default: all cores).
 
     Each seed is independent and deterministic, so the order workers finish in does not
-    matter; results come back sorted by seed.
+    matter; results come back sorted by seed. ``core_factory`` and ``workload`` (see
+    :func:`run_simulation`) reach every worker through its initializer; both are pickled
+    when the platform starts workers by spawning, so pass module-level functions.
     """
     configs = [base.with_seed(s) for s in seeds]
     workers = max(1, min(processes or os.cpu_count() or 1, len(configs)))
@@ -91,7 +99,7 @@ def run_sweep(
         task = bar.add_task("sweep", total=len(configs), failed=0)
         failed = 0
         if workers == 1:
-            _init_worker(core_factory)
+            _init_worker(core_factory, workload)
             results: Iterable[SimSummary] = map(_run_seed, configs)
             for summary in results:
                 summaries.append(summary)
@@ -99,7 +107,9 @@ def run_sweep(
                 bar.update(task, advance=1, failed=failed)
         else:
             ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(core_factory,)) as pool:
+            with ctx.Pool(
+                workers, initializer=_init_worker, initargs=(core_factory, workload)
+            ) as pool:
                 for summary in pool.imap_unordered(_run_seed, configs):
                     summaries.append(summary)
                     failed += summary.status == "fail"

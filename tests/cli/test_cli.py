@@ -124,3 +124,22 @@ def test_history_with_a_sweep_or_an_unwritable_path_exits_2(tmp_path, capsys) ->
     assert main(["simulate", "--seeds", "0:2", "--history", str(tmp_path / "h")]) == 2
     assert main(["simulate", "--duration", "1", "--history", str(tmp_path / "no" / "h")]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_command_hands_the_federation_workload_to_a_run_a_sweep_and_a_bench(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the simulator does not know the federation: the command picks its workload and
+    # hands it over, to one run, to the sweep's worker processes and to bench sim
+    args = ["--workload", "federation", "--duration", "2", "--faults", "none", "--json"]
+    assert main(["simulate", "--seed", "2", *args]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert single["properties"]["commands accepted"] > 0
+    assert single["replay"].startswith("ruflo-consensus simulate --seed 2 --duration 2")
+    assert "--workload federation" in single["replay"]
+    assert main(["simulate", "--seeds", "1:3", "--processes", "2", *args]) == 0
+    sweep = json.loads(capsys.readouterr().out)
+    assert sweep["passed"] == 2
+    assert sweep["trace_hashes"]["2"] == single["trace_hash"]
+    assert main(["bench", "sim", "--seeds", "1", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"][0]["ops_completed"] > 0

@@ -3,34 +3,43 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
+from collections.abc import Sequence
+from typing import Any
 
+import msgpack
 import pytest
 
+from ruflo_consensus.check.history import Op
 from ruflo_consensus.core.base import Entry, Proposal
 from ruflo_consensus.sim import (
     ALL_FAULTS,
     InvariantViolation,
     RaftInvariants,
+    RaftSimulation,
     SimConfig,
     SimConfigError,
-    Simulation,
     parse_faults,
     run_simulation,
     run_sweep,
 )
+from ruflo_consensus.sim.kv_workload import KVClient
+from ruflo_consensus.sim.raft_sim import NotARaftCore
+from ruflo_consensus.sim.workload import KVWorkload, ReplicaState
+from ruflo_consensus.statemachine import CommandRejected
 from tests.helpers.broken_raft import commit_without_majority, skip_log_matching
 
 REPLAY_SNIPPET = (
-    "import sys; from ruflo_consensus.sim import SimConfig, Simulation; "
-    "print(Simulation(SimConfig(seed=int(sys.argv[1]), duration_s=4)).run().trace_hash)"
+    "import sys; from ruflo_consensus.sim import SimConfig, RaftSimulation; "
+    "print(RaftSimulation(SimConfig(seed=int(sys.argv[1]), duration_s=4)).run().trace_hash)"
 )
 
 
 def test_same_seed_gives_the_same_trace_hash_in_this_process_and_another() -> None:
-    a = Simulation(SimConfig(seed=11, duration_s=4)).run()
-    b = Simulation(SimConfig(seed=11, duration_s=4)).run()
+    a = RaftSimulation(SimConfig(seed=11, duration_s=4)).run()
+    b = RaftSimulation(SimConfig(seed=11, duration_s=4)).run()
     assert a.trace_hash == b.trace_hash
     assert a.history == b.history
     # another interpreter, with a different string-hash seed
@@ -45,7 +54,7 @@ def test_same_seed_gives_the_same_trace_hash_in_this_process_and_another() -> No
 
 
 def test_different_seeds_give_different_runs() -> None:
-    hashes = {Simulation(SimConfig(seed=s, duration_s=2)).run().trace_hash for s in range(5)}
+    hashes = {RaftSimulation(SimConfig(seed=s, duration_s=2)).run().trace_hash for s in range(5)}
     assert len(hashes) == 5
 
 
@@ -147,6 +156,115 @@ def test_invariants_catch_a_leader_missing_a_committed_entry() -> None:
     assert exc.value.invariant == "leader-completeness"
 
 
+def _budget_command(bad: float) -> dict[str, Any]:
+    # the federation workload's deliberately bad budget, which every replica rejects
+    return {"op": "budget.open", "delegation": "bad7", "budget": {"max_hops": bad}, "now": 7}
+
+
+def _read_back(entry: Entry) -> Entry:
+    """The entry as a restarted node holds it: decoded from its encoded bytes (new floats)."""
+    p = entry.proposal
+    assert p is not None
+    command = msgpack.unpackb(msgpack.packb(p.command, use_bin_type=True), raw=False)
+    return Entry(entry.term, entry.index, Proposal(p.client, p.seq, command))
+
+
+def test_invariants_accept_byte_identical_entries_that_carry_nan() -> None:
+    # seed 8 of --workload federation failed this way: two copies of one replicated
+    # command, each with its own NaN, are not == although their bytes are identical
+    ours = Entry(1, 1, Proposal("c", 1, _budget_command(float("nan"))))
+    theirs = _read_back(ours)
+    assert ours != theirs  # Python equality: NaN != NaN
+    inv = RaftInvariants()
+    inv.on_apply("n1", ours, 1)
+    inv.on_apply("n2", theirs, 2)
+    inv.on_leader("n2", 2, [_e(0, 0), theirs], 3)
+    inv.check_logs({"n1": [_e(0, 0), ours], "n2": [_e(0, 0), theirs]}, 4)
+    for bad in (float("inf"), float("-inf")):  # infinities: equal before, equal still
+        entry = Entry(3, 1, Proposal("c", 1, _budget_command(bad)))
+        copy = _read_back(entry)
+        fresh = RaftInvariants()
+        fresh.on_apply("n1", entry, 5)
+        fresh.on_apply("n2", copy, 6)
+        fresh.check_logs({"n1": [_e(0, 0), entry], "n2": [_e(0, 0), copy]}, 7)
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [(float("nan"), float("inf")), (float("inf"), float("-inf")), (float("nan"), 1.0)],
+)
+def test_invariants_catch_entries_that_differ_in_a_non_finite_value(ours, theirs) -> None:
+    a = Entry(1, 1, Proposal("c", 1, _budget_command(ours)))
+    b = Entry(1, 1, Proposal("c", 1, _budget_command(theirs)))
+    inv = RaftInvariants()
+    inv.on_apply("n1", a, 1)
+    with pytest.raises(InvariantViolation) as exc:
+        inv.on_apply("n2", b, 2)
+    assert exc.value.invariant == "state-machine-safety"
+    with pytest.raises(InvariantViolation) as exc:
+        inv.on_leader("n2", 2, [_e(0, 0), b], 3)
+    assert exc.value.invariant == "leader-completeness"
+    with pytest.raises(InvariantViolation) as exc:
+        inv.check_logs({"n1": [_e(0, 0), a, _e(1, 2, "y")], "n2": [_e(0, 0), b, _e(1, 2, "y")]}, 4)
+    assert exc.value.invariant == "log-matching"
+
+
+_NON_FINITE = (float("nan"), float("inf"), float("-inf"))
+
+
+class _KVWithNonFiniteCommands(KVWorkload):
+    """The KV mix, and about one command in ten a put of a NaN or an infinity.
+
+    The value is bare or nested as in the federation workload's bad budgets; the KV machine
+    rejects it, but Raft replicates it first, through WALs, restarts and snapshots.
+    """
+
+    def __init__(self, keys: int) -> None:
+        super().__init__(keys)
+        self.rejected = 0
+
+    def next_command(self, client: KVClient[Any], rng: random.Random) -> tuple[dict[str, Any], Op]:
+        if rng.random() >= 0.1:
+            return super().next_command(client, rng)
+        bad = _NON_FINITE[rng.randrange(len(_NON_FINITE))]
+        value: Any = bad if rng.random() < 0.5 else {"budget": {"max_hops": bad}}
+        key = f"k{rng.randrange(self.keys)}"
+        return {"op": "put", "key": key, "value": value}, Op(
+            client.process, "invoke", "put", key, value
+        )
+
+    def outcome(self, op: Op, result: Any, client: KVClient[Any]) -> Op:
+        self.rejected += isinstance(result, CommandRejected)
+        return super().outcome(op, result, client)
+
+    def check_replicas(self, replicas: Sequence[ReplicaState]) -> tuple[dict[str, Any], list[str]]:
+        return {"commands rejected": self.rejected}, []
+
+
+def _kv_with_non_finite(
+    config: SimConfig, rng: random.Random, node_ids: Sequence[str]
+) -> _KVWithNonFiniteCommands:
+    return _KVWithNonFiniteCommands(config.keys)
+
+
+def test_a_sweep_whose_commands_carry_nan_and_infinity_passes() -> None:
+    # NaN-carrying commands read back from WALs and snapshots must not look different
+    result = run_sweep(
+        SimConfig(duration_s=6),
+        range(40),
+        processes=2,
+        progress=False,
+        workload=_kv_with_non_finite,
+    )
+    assert [(s.seed, s.violations) for s in result.failures] == []
+    assert [s.seed for s in result.unknown] == []
+    assert sum(s.properties["commands rejected"] for s in result.summaries) > 40 * 20
+    restarts = sum(
+        s.faults.get("crash", 0) + s.faults.get("disk-lose", 0) for s in result.summaries
+    )
+    assert restarts > 5
+
+
 def test_invariants_catch_logs_that_break_log_matching() -> None:
     inv = RaftInvariants()
     a = [_e(0, 0), _e(1, 1, "x"), _e(2, 2, "y")]
@@ -215,7 +333,7 @@ def test_summary_json_is_serialisable_and_complete() -> None:
 
 @pytest.mark.parametrize("kind", ["exponential", "uniform", "pareto", "fixed"])
 def test_latency_distributions_have_the_configured_floor_and_mean(kind: str) -> None:
-    sim = Simulation(SimConfig(seed=1, faults=(), latency=kind))
+    sim = RaftSimulation(SimConfig(seed=1, faults=(), latency=kind))
     draws = [sim.latency() for _ in range(20_000)]
     assert min(draws) >= 500  # latency_min_ms = 0.5 ms
     mean = sum(draws) / len(draws)
@@ -233,3 +351,17 @@ def test_raft_is_correct_under_each_latency_distribution(kind: str) -> None:
     summary = run_simulation(SimConfig(seed=4, duration_s=6, latency=kind))
     assert summary.status == "pass", summary.violations
     assert f"--latency {kind}" in summary.replay
+
+
+class _SomeOtherCore:
+    """Not a RaftCore: the Raft simulation has no way to drive it."""
+
+
+def test_a_core_factory_that_builds_no_raft_core_is_refused_by_name() -> None:
+    def build_other(
+        node_id, voters, rng, config, hard_state, entries, *, snapshot=None, join=False
+    ):
+        return _SomeOtherCore()
+
+    with pytest.raises(NotARaftCore, match="_SomeOtherCore"):
+        RaftSimulation(SimConfig(seed=0, duration_s=1), build_other)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ruflo_consensus.core.base import Snapshot
-from ruflo_consensus.sim import SimConfig, Simulation, run_simulation, run_sweep
+from ruflo_consensus.sim import RaftSimulation, SimConfig, run_simulation, run_sweep
 from ruflo_consensus.sim.invariants import InvariantViolation, RaftInvariants
 from ruflo_consensus.statemachine import KVStateMachine, SessionTable
 from tests.helpers.broken_raft import lease_ignores_drift, snapshot_skips_entries
@@ -70,7 +70,7 @@ def test_power_cuts_do_lose_unsynced_writes_and_nothing_acknowledged() -> None:
 def test_a_node_whose_disk_cannot_be_read_stays_down_then_rejoins() -> None:
     seen: list[str] = []
 
-    class Watch(Simulation):
+    class Watch(RaftSimulation):
         def trace(self, line: str) -> None:
             super().trace(line)
             if "disk open failed" in line or " restart " in line:
@@ -90,17 +90,17 @@ def test_a_node_whose_disk_cannot_be_read_stays_down_then_rejoins() -> None:
 
 
 REPLAY = (
-    "import sys; from ruflo_consensus.sim import SimConfig, Simulation; "
+    "import sys; from ruflo_consensus.sim import SimConfig, RaftSimulation; "
     "c = SimConfig(seed=5, duration_s=4, faults=('disk-lose', 'disk-torn', 'disk-read-error',"
-    " 'leader-slow', 'crash', 'partition')); print(Simulation(c).run().trace_hash)"
+    " 'leader-slow', 'crash', 'partition')); print(RaftSimulation(c).run().trace_hash)"
 )
 
 
 def test_runs_with_disk_faults_replay_bit_for_bit_in_another_process() -> None:
     faults = ("disk-lose", "disk-torn", "disk-read-error", "leader-slow", "crash", "partition")
     config = SimConfig(seed=5, duration_s=4, faults=faults)
-    a = Simulation(config).run()
-    b = Simulation(config).run()
+    a = RaftSimulation(config).run()
+    b = RaftSimulation(config).run()
     assert a.trace_hash == b.trace_hash and a.history == b.history
     assert a.properties["storage"] == b.properties["storage"]
     out = subprocess.run(

@@ -7,14 +7,20 @@ import pytest
 from ruflo_consensus.core.base import ConfChange, ConfChangeKind, Entry
 from ruflo_consensus.core.raft import RaftCore
 from ruflo_consensus.core.raft.membership import Configuration
-from ruflo_consensus.sim import InvariantViolation, SimConfig, Simulation, run_simulation, run_sweep
+from ruflo_consensus.sim import (
+    InvariantViolation,
+    RaftSimulation,
+    SimConfig,
+    run_simulation,
+    run_sweep,
+)
 from ruflo_consensus.sim.membership import MembershipInvariants
 from tests.helpers.broken_raft import two_conf_changes_at_once
 
 MIXED = ("membership", "crash", "partition", "transfer", "disk-lose")
 
 
-class _Watched(Simulation):
+class _Watched(RaftSimulation):
     """Records, at every periodic check, the voters of the newest leader."""
 
     def __init__(self, config: SimConfig) -> None:

@@ -53,15 +53,7 @@ from ..core.raft import (
     RequestVote,
     VoteResponse,
 )
-from ..federation.machine import FederationStateMachine
-from ..federation.workload import FederationWorkload, check_cross_replica
-from ..statemachine import (
-    CommandError,
-    CommandRejected,
-    KVStateMachine,
-    SessionTable,
-    StateMachine,
-)
+from ..statemachine import CommandError, SessionTable, StateMachine
 from ..storage import (
     FileStorage,
     SimDisk,
@@ -78,8 +70,16 @@ from .engine import FIRST_BACKEND_KIND, EngineNode, SimResult
 from .invariants import InvariantViolation, RaftInvariants
 from .kv_workload import ClientSimEngine, KVClient, PendingOp
 from .membership import MembershipInvariants, MembershipNemesis
+from .workload import ReplicaState, SimWorkload, WorkloadFactory, build_workload
 
-__all__ = ["ClientReply", "ClientRequest", "CoreFactory", "SimResult", "Simulation"]
+__all__ = [
+    "ClientReply",
+    "ClientRequest",
+    "NotARaftCore",
+    "RaftSimulation",
+    "SimResult",
+    "default_core_factory",
+]
 
 
 # Raft simulation event kinds (the engine and the clients own the shared ones)
@@ -92,6 +92,10 @@ __all__ = ["ClientReply", "ClientRequest", "CoreFactory", "SimResult", "Simulati
 ) = range(FIRST_BACKEND_KIND, FIRST_BACKEND_KIND + 5)
 
 DISK_FAULTS = ("disk-lose", "disk-torn", "disk-read-error")
+
+
+class NotARaftCore(TypeError):
+    """A core factory given to :class:`RaftSimulation` built something that is not a RaftCore."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +154,7 @@ class _Held:
 
 @dataclass(slots=True)
 class _RaftNode:
-    core: ConsensusCore | None
+    core: RaftCore | None
     disk: SimDisk
     hook: _TornWrite
     table: SessionTable
@@ -205,18 +209,19 @@ def default_core_factory(
     *,
     snapshot: Snapshot | None = None,
     join: bool = False,
-) -> ConsensusCore:
+) -> RaftCore:
     """Build a :class:`RaftCore` (the simulator's default backend)."""
     return RaftCore(node_id, voters, rng, config, hard_state, entries, snapshot=snapshot, join=join)
 
 
-class Simulation(ClientSimEngine[_Client]):
+class RaftSimulation(ClientSimEngine[_Client]):
     """One deterministic run of a Raft cluster under a workload and a nemesis.
 
     ``core_factory`` builds each node's core (on start and on every restart from its
     persisted state); tests pass deliberately broken cores to prove the checks can fail.
     ``topology`` wires the nodes (default: a full mesh); messages between nodes without a
-    direct link are relayed along it.
+    direct link are relayed along it. ``workload`` builds the clients' workload and the
+    replicas' state machine (default: the KV workload; see :mod:`.workload`).
     """
 
     def __init__(
@@ -225,6 +230,7 @@ class Simulation(ClientSimEngine[_Client]):
         core_factory: CoreFactory = default_core_factory,
         raft_config: RaftConfig | None = None,
         topology: Topology | None = None,
+        workload: WorkloadFactory | None = None,
     ) -> None:
         faults = set(config.faults)
         self.raft_config = raft_config or RaftConfig(
@@ -241,14 +247,9 @@ class Simulation(ClientSimEngine[_Client]):
         super().__init__(config, topology, self.raft_config.tick_ms)
         self.core_factory = core_factory
         self.leader_changes = 0
-        self.fed_rejected: dict[str, int] = {}
         self.transfers_refused = 0
         self.storage_stats: dict[str, int] = {}
-        self.federation: FederationWorkload | None = None
-        if config.workload == "federation":
-            self.federation = FederationWorkload(
-                self.rng.getrandbits(32), peers=config.keys, node_ids=self.ids
-            )
+        self.workload: SimWorkload = build_workload(workload, config, self.rng, self.ids)
         self.invariants = RaftInvariants(reference=lambda: SessionTable(self._new_machine()))
         self.membership = MembershipNemesis(self)
         self.membership_invariants = MembershipInvariants()
@@ -271,16 +272,14 @@ class Simulation(ClientSimEngine[_Client]):
 
     def _new_machine(self) -> StateMachine:
         """A fresh replica state machine for the configured workload."""
-        if self.federation is not None:
-            return self.federation.new_machine()
-        return KVStateMachine()
+        return self.workload.new_machine()
 
     def _count(self, key: str, n: int = 1) -> None:
         self.storage_stats[key] = self.storage_stats.get(key, 0) + n
 
-    def _make_core(self, node: EngineNode, stored: StoredState) -> ConsensusCore:
+    def _make_core(self, node: EngineNode, stored: StoredState) -> RaftCore:
         rng = random.Random(self.rng.getrandbits(64))
-        return self.core_factory(
+        core: ConsensusCore = self.core_factory(
             node.id,
             self.ids,
             rng,
@@ -289,6 +288,12 @@ class Simulation(ClientSimEngine[_Client]):
             stored.entries,
             snapshot=stored.snapshot,
         )
+        if not isinstance(core, RaftCore):
+            raise NotARaftCore(
+                f"the core factory {self.core_factory!r} built a {type(core).__name__} for "
+                f"{node.id}; the Raft simulation drives a RaftCore (or a subclass of it)"
+            )
+        return core
 
     def _open_storage(self, node: EngineNode, rn: _RaftNode) -> StoredState | None:
         """Open the node's WAL on its disk (running recovery); None if the disk fails.
@@ -328,10 +333,9 @@ class Simulation(ClientSimEngine[_Client]):
         A running node's is its core's (everything it wrote, and proposals not yet
         written); a crashed node's is the one it had when it crashed.
         """
-        log = getattr(rn.core, "log", None) if rn.core is not None else None
-        return rn.last_log if log is None else log
+        return rn.last_log if rn.core is None else rn.core.log
 
-    def core_of(self, node: EngineNode) -> ConsensusCore | None:
+    def core_of(self, node: EngineNode) -> RaftCore | None:
         """The node's Raft core (None while crashed)."""
         return self.raft[node.index].core
 
@@ -381,7 +385,7 @@ class Simulation(ClientSimEngine[_Client]):
         snap = stored.snapshot
         self.trace(
             f"{node.id} restart term {rn.core.term} snapshot {snap.index if snap else 0} "
-            f"log {getattr(rn.core, 'last_index', 0)}"
+            f"log {rn.core.last_index}"
         )
         self.process_ready(node)
 
@@ -406,8 +410,8 @@ class Simulation(ClientSimEngine[_Client]):
         for n in self.nodes:
             rn = self.raft[n.index]
             log = self._log_of(rn)
-            at = getattr(rn.core, "configuration_at", None)
-            logs[n.id] = (log, at(log[0].index) if at is not None else None)
+            at = rn.core.configuration_at(log[0].index) if rn.core is not None else None
+            logs[n.id] = (log, at)
         self.membership_invariants.check_logs(logs, self.now)
 
     # ------------------------------------------------------------------ the driver
@@ -501,13 +505,11 @@ class Simulation(ClientSimEngine[_Client]):
             if proposal.client is not None:
                 rn.waiting.pop((proposal.client, proposal.seq), None)
             self.trace(f"{node.id} dropped {proposal.client}#{proposal.seq}: {reason}")
-        if rd.snapshot_request is not None and rn.core is not None:
-            compact = getattr(rn.core, "compact", None)
-            if compact is not None and rd.snapshot_request == rn.applied:
-                snap = compact(rn.applied, rn.table.snapshot())
-                if snap is not None:
-                    self.invariants.on_snapshot(node.id, snap, "took", self.now)
-                    self._count("snapshots taken")
+        if rn.core is not None and rd.snapshot_request == rn.applied:
+            snap = rn.core.compact(rn.applied, rn.table.snapshot())
+            if snap is not None:
+                self.invariants.on_snapshot(node.id, snap, "took", self.now)
+                self._count("snapshots taken")
 
     def _serve_reads(self, node: EngineNode, rn: _RaftNode) -> None:
         applied = rn.applied
@@ -522,15 +524,14 @@ class Simulation(ClientSimEngine[_Client]):
 
     # ------------------------------------------------------------------ faults
 
-    def _leaders(self) -> list[EngineNode]:
-        return [
-            n
-            for n in self.nodes
-            if n.up
-            and not n.paused
-            and self.raft[n.index].core is not None
-            and self.raft[n.index].core.role is Role.LEADER  # type: ignore[union-attr]
-        ]
+    def leaders(self) -> list[tuple[EngineNode, RaftCore]]:
+        """The running, unpaused nodes that believe they lead, with their cores."""
+        found = []
+        for n in self.nodes:
+            core = self.raft[n.index].core
+            if n.up and not n.paused and core is not None and core.role is Role.LEADER:
+                found.append((n, core))
+        return found
 
     def _crash_candidate(self) -> EngineNode | None:
         """A node the nemesis may take down, keeping at most a minority down or armed."""
@@ -590,11 +591,10 @@ class Simulation(ClientSimEngine[_Client]):
             self.membership.heal(detail)
 
     def _slow_leader(self) -> Any:
-        leaders = self._leaders()
+        leaders = self.leaders()
         if not leaders:
             return None
-        core_of = self.raft
-        leader = max(leaders, key=lambda n: core_of[n.index].core.term)  # type: ignore[union-attr]
+        leader = max(leaders, key=lambda found: found[1].term)[0]
         d = self.config.max_drift
         for n in self.nodes:
             n.rate = 1.0 - d if n is leader else 1.0 + d
@@ -605,21 +605,18 @@ class Simulation(ClientSimEngine[_Client]):
         return links
 
     def _transfer(self) -> Any:
-        leaders = self._leaders()
+        leaders = self.leaders()
         if not leaders or len(self.nodes) < 2:
             return None
-        leader = leaders[0]
+        leader, core = leaders[0]
         others = [n for n in self.ids if n != leader.id]
         target = others[self.rng.randrange(len(others))]
-        core = self.raft[leader.index].core
         try:
-            core.transfer_leadership(target)  # type: ignore[union-attr]
+            core.transfer_leadership(target)
         except TransferRefused as exc:
             self.transfers_refused += 1
             self.trace(f"transfer {leader.id}->{target} refused: {exc}")
             return (leader.index, target, False)
-        except AttributeError:
-            return None  # a core without leadership transfer
         self.trace(f"transfer {leader.id}->{target}")
         self.process_ready(leader)
         return (leader.index, target, True)
@@ -646,11 +643,8 @@ class Simulation(ClientSimEngine[_Client]):
     # ------------------------------------------------------------------ clients
 
     def choose_command(self, client: _Client) -> tuple[dict[str, Any], Op]:
-        """A federation command under ``--workload federation``, else the KV mix."""
-        if self.federation is not None:
-            fed_cmd = self.federation.next_command()
-            return fed_cmd, Op(client.process, "invoke", "fed", fed_cmd["op"])
-        return super().choose_command(client)
+        """The workload's next command for ``client``."""
+        return self.workload.next_command(client, self.rng)
 
     def start_op(self, client: _Client, command: dict[str, Any], op: Op) -> None:
         """Send to the node the client believes leads (a random one if it has no idea)."""
@@ -682,7 +676,7 @@ class Simulation(ClientSimEngine[_Client]):
             return
         if self.config.reads != "log" and _is_read(req.command):
             try:
-                core.read_index(req)  # type: ignore[attr-defined]
+                core.read_index(req)
             except NotLeader:
                 self._reply(node, req.client, req.client_index, req.seq, False, None)
                 return
@@ -723,15 +717,9 @@ class Simulation(ClientSimEngine[_Client]):
         self.complete(client, reply.result)
 
     def outcome(self, client: _Client, result: Any) -> Op:
-        """A federation command is ok unless rejected (counted by code); KV as usual."""
+        """What the workload makes of the result of the client's pending operation."""
         assert client.pending is not None
-        op = client.pending.op
-        if op.f != "fed":
-            return super().outcome(client, result)
-        if isinstance(result, CommandRejected):
-            self.fed_rejected[result.code] = self.fed_rejected.get(result.code, 0) + 1
-            return Op(op.process, "fail", op.f, op.key, op.value)
-        return Op(op.process, "ok", op.f, op.key, None)
+        return self.workload.outcome(client.pending.op, result, client)
 
     def retry(self, client: _Client) -> None:
         """No answer in time: try the next node, with no idea who leads."""
@@ -750,40 +738,15 @@ class Simulation(ClientSimEngine[_Client]):
     # ------------------------------------------------------------------ properties
 
     def _final_properties(self, clean: bool) -> tuple[dict[str, Any], list[str]]:
-        """Cross-node properties of the replicated state at the end of the run."""
-        if self.federation is None or not clean:
+        """The workload's cross-replica properties of the live replicas after a clean run."""
+        if not clean:
             return {}, []
-        live = [(n, self.raft[n.index]) for n in self.nodes if n.up]
-        snapshots = [rn.table.machine.snapshot() for _, rn in live]
-        violations = check_cross_replica(snapshots, require_equal=False)
-        # replicas at the same log position must hold byte-identical state
-        by_commit: dict[int, set[bytes]] = {}
-        for (_, rn), snap in zip(live, snapshots, strict=True):
-            by_commit.setdefault(rn.applied, set()).add(snap)
-        for applied, snaps in sorted(by_commit.items()):
-            if len(snaps) > 1:
-                violations.append(f"replicas that applied {applied} entries hold different states")
-        leader_state = max(live, key=lambda x: x[1].applied)[1]
-        fed = leader_state.table.machine
-        assert isinstance(fed, FederationStateMachine)
-        decided = [p for p in fed.proposals.proposals.values() if p.status.value != "pending"]
-
-        def holds(*needles: str) -> bool:
-            return not any(n in v for v in violations for n in needles)
-
-        properties: dict[str, Any] = {
-            "replicas compared": len(snapshots),
-            "replicas at the same position agree": holds("different states", "differ in"),
-            "no spend above a cap": holds("above cap", "hops >"),
-            "identical trust levels": holds(" vs ", "UNTRUSTED with"),
-            "one outcome per proposal": holds("proposal "),
-            "audit chain verifies": holds("audit"),
-            "commands accepted": fed.accepted,
-            "commands rejected by code": dict(sorted(self.fed_rejected.items())),
-            "proposals decided": len(decided),
-            "peers": len(fed.registry.peers),
-        }
-        return properties, violations
+        replicas = [
+            ReplicaState(n.id, self.raft[n.index].applied, self.raft[n.index].table.machine)
+            for n in self.nodes
+            if n.up
+        ]
+        return self.workload.check_replicas(replicas)
 
     # ------------------------------------------------------------------ run
 
@@ -810,7 +773,7 @@ class Simulation(ClientSimEngine[_Client]):
             leader_changes=self.leader_changes,
             terms=max((c.term for c in cores), default=0),
             rejected=self.rejected,
-            commit_index=max((getattr(c, "commit", 0) for c in cores), default=0),
+            commit_index=max((c.commit for c in cores), default=0),
             properties=properties,
             property_violations=property_violations,
         )
