@@ -50,7 +50,7 @@ import logging
 import random
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVarTuple
 
 import trio
@@ -63,8 +63,6 @@ from ..core.base import (
     ConfChangeKind,
     ConsensusCore,
     CoreFactory,
-    Entry,
-    HardState,
     Message,
     NodeId,
     ProtocolError,
@@ -73,7 +71,7 @@ from ..core.base import (
     RoleChange,
     Snapshot,
 )
-from ..core.raft import AppendEntries, InstallSnapshot, RaftConfig, RaftCore
+from ..core.raft import AppendEntries, InstallSnapshot, RaftCoreFactory
 from ..identity import Envelope, NodeIdentity, NonceSource, ReplayWindow
 from ..statemachine import SessionTable, StateMachine
 from ..storage import FileStorage, MemoryStorage, RaftStorage
@@ -111,30 +109,13 @@ _LEADER_MESSAGES = (AppendEntries, InstallSnapshot)  # sent before the leader's 
 Ts = TypeVarTuple("Ts")
 
 
-def default_core_factory(
-    node_id: NodeId,
-    voters: Sequence[NodeId],
-    rng: random.Random,
-    config: RaftConfig,
-    hard_state: HardState | None,
-    entries: Sequence[Entry],
-    *,
-    snapshot: Snapshot | None = None,
-    join: bool = False,
-) -> ConsensusCore:
-    """Build a :class:`RaftCore` from what storage returned (snapshot, hard state, log).
+default_core_factory = RaftCoreFactory()
+"""Builds a :class:`RaftCore` from what storage returned (snapshot, hard state, log).
 
-    ``voters`` are the bootstrap voters (:attr:`ClusterSpec.voters`). The node starts a
-    node that is not one of them as a spare, with ``join=True`` — on every start: the core
-    itself notices when its stored log or snapshot already names it (it has joined) and
-    then votes and campaigns as its configuration says.
-    """
-    try:
-        return RaftCore(
-            node_id, voters, rng, config, hard_state, entries, snapshot=snapshot, join=join
-        )
-    except ValueError as exc:  # a snapshot of another membership, a gap in the log
-        raise NodeError(f"cannot start from the stored state: {exc}") from None
+The node passes the bootstrap voters (:attr:`ClusterSpec.voters`) and starts a node that
+is not one of them as a spare, with ``join=True`` — on every start: the core itself
+notices when its stored log or snapshot already names it (it has joined) and then votes
+and campaigns as its configuration says."""
 
 
 class Node:
@@ -192,16 +173,19 @@ class Node:
         stored = storage.load()
         self.table = SessionTable(state_machine)
         self.applied = 0
-        self.core: ConsensusCore = core_factory(
-            node_id,
-            spec.voters,
-            random.Random(self.rng.getrandbits(64)),
-            spec.raft,
-            stored.hard_state,
-            stored.entries,
-            snapshot=stored.snapshot,
-            join=node_id not in spec.voters,
-        )
+        try:
+            self.core: ConsensusCore = core_factory(
+                node_id,
+                spec.voters,
+                random.Random(self.rng.getrandbits(64)),
+                spec.raft,
+                stored.hard_state,
+                stored.entries,
+                snapshot=stored.snapshot,
+                join=node_id not in spec.voters,
+            )
+        except ValueError as exc:  # a snapshot of another membership, a gap in the log
+            raise NodeError(f"cannot start from the stored state: {exc}") from None
         self.capabilities = Capabilities.of(self.core)
         """What the core offers beyond the contract, resolved once, here."""
         self.rejected: Counter[str] = Counter()

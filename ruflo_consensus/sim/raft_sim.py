@@ -25,7 +25,6 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,6 @@ from ..core.base import (
     ConsensusCore,
     CoreFactory,
     Entry,
-    HardState,
     Message,
     NodeId,
     NotLeader,
@@ -42,7 +40,6 @@ from ..core.base import (
     ProposalDropped,
     Ready,
     Role,
-    Snapshot,
     TransferRefused,
 )
 from ..core.raft import (
@@ -50,6 +47,7 @@ from ..core.raft import (
     AppendResponse,
     RaftConfig,
     RaftCore,
+    RaftCoreFactory,
     RequestVote,
     VoteResponse,
 )
@@ -199,19 +197,8 @@ def _trace_key(m: Message) -> str:
     return repr(m)
 
 
-def default_core_factory(
-    node_id: NodeId,
-    voters: Sequence[NodeId],
-    rng: random.Random,
-    config: RaftConfig,
-    hard_state: HardState | None,
-    entries: Sequence[Entry],
-    *,
-    snapshot: Snapshot | None = None,
-    join: bool = False,
-) -> RaftCore:
-    """Build a :class:`RaftCore` (the simulator's default backend)."""
-    return RaftCore(node_id, voters, rng, config, hard_state, entries, snapshot=snapshot, join=join)
+default_core_factory = RaftCoreFactory()
+"""Builds a plain :class:`RaftCore` (the simulator's default backend)."""
 
 
 class RaftSimulation(ClientSimEngine[_Client]):

@@ -304,3 +304,21 @@ def test_single_node_cluster_commits_alone() -> None:
     core.propose(Proposal("c", 1, "x"))
     rd = core.ready()
     assert [c.entry.proposal for c in rd.committed][-1] == Proposal("c", 1, "x")
+
+
+def test_the_core_factory_builds_its_class_and_survives_pickling() -> None:
+    import pickle
+
+    from ruflo_consensus.core.raft import RaftCoreFactory
+
+    class Marked(RaftCore):
+        pass
+
+    plain = pickle.loads(pickle.dumps(RaftCoreFactory()))
+    core = plain("n1", ["n1", "n2", "n3"], random.Random(1), RaftConfig(), None, [])
+    assert type(core) is RaftCore and core.voters == ("n1", "n2", "n3")
+    spare = RaftCoreFactory(Marked)(
+        "n4", ["n1", "n2", "n3"], random.Random(1), RaftConfig(), None, [], join=True
+    )
+    assert type(spare) is Marked and not spare.is_voter
+    assert repr(RaftCoreFactory(Marked)) == "RaftCoreFactory(Marked)"

@@ -5,31 +5,13 @@ They live in tests only; the library's core has no switches for being wrong.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
-
-from ruflo_consensus.core.base import CoreFactory, Entry, HardState, NodeId, Role, Snapshot
-from ruflo_consensus.core.raft import RaftConfig, RaftCore
+from ruflo_consensus.core.base import CoreFactory, Role, Snapshot
+from ruflo_consensus.core.raft import RaftCore, RaftCoreFactory
 
 
 def factory(cls: type[RaftCore]) -> CoreFactory:
-    """A simulator core factory that builds ``cls`` (from storage, on every restart)."""
-
-    def build(
-        node_id: NodeId,
-        voters: Sequence[NodeId],
-        rng: random.Random,
-        config: RaftConfig,
-        hard_state: HardState | None,
-        entries: Sequence[Entry],
-        *,
-        snapshot: Snapshot | None = None,
-        join: bool = False,
-    ) -> RaftCore:
-        return cls(node_id, voters, rng, config, hard_state, entries, snapshot=snapshot, join=join)
-
-    build.__name__ = build.__qualname__ = f"build_{cls.__name__}"
-    return build
+    """A core factory (for the simulator or the runtime) that builds ``cls``."""
+    return RaftCoreFactory(cls)
 
 
 class CommitWithoutMajority(RaftCore):

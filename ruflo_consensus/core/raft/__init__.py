@@ -12,13 +12,15 @@ Where things are (the seams follow etcd-io/raft's):
 - :mod:`.membership` — configurations, single-server changes, the configuration history;
 - :mod:`.state` — the state every role shares; :mod:`.leader`, :mod:`.election` and
   :mod:`.follower` — one step function per role; :mod:`.core` — :class:`RaftCore`, the
-  events in and the effects out.
+  events in and the effects out; :mod:`.factory` — :class:`RaftCoreFactory`, how the
+  drivers build one from storage.
 
 See ``docs/raft.md``.
 """
 
 from .config import RaftConfig
 from .core import RaftCore
+from .factory import RaftCoreFactory
 from .membership import ConfigHistory, Configuration, apply_change, configuration_problem
 from .messages import (
     RAFT_MESSAGES,
@@ -44,6 +46,7 @@ __all__ = [
     "InstallSnapshotResponse",
     "RaftConfig",
     "RaftCore",
+    "RaftCoreFactory",
     "ReadIndexRequest",
     "ReadIndexResponse",
     "RequestVote",
