@@ -134,13 +134,24 @@ def render_status(statuses: list[dict[str, Any]]) -> Table:
     members = membership_roles(statuses)
     shown = {"voter": "voter", "learner": "learner", "none": "not a member"}
     table = Table(title="cluster status")
-    cols = ("node", "role", "member", "term", "leader", "commit", "applied", "links", "rejected")
+    cols = (
+        "node",
+        "backend",
+        "role",
+        "member",
+        "term",
+        "leader",
+        "commit",
+        "applied",
+        "links",
+        "rejected",
+    )
     for col in cols:
         table.add_column(col, justify="right" if col in ("term", "commit", "applied") else "left")
     for s in statuses:
         member = shown.get(members[s["id"]], members[s["id"]])
         if "error" in s:
-            table.add_row(s["id"], "[red]down[/red]", member, "", "", "", "", s["error"], "")
+            table.add_row(s["id"], "", "[red]down[/red]", member, "", "", "", "", s["error"], "")
             continue
         links = " ".join(
             f"{ln['peer']}:{'[green]up[/green]' if ln['connected'] else '[red]down[/red]'}"
@@ -151,6 +162,7 @@ def render_status(statuses: list[dict[str, Any]]) -> Table:
         role = f"[bold]{s['role']}[/bold]" if s["role"] == "leader" else s["role"]
         table.add_row(
             s["id"],
+            str(s.get("backend", "?")),
             role,
             member,
             str(s["term"]),

@@ -574,12 +574,13 @@ class Node:
         return self.router.unroutable
 
     def status(self) -> dict[str, Any]:
-        """Role, term, leader, commit/applied indexes, link health, rejection counts and
-        membership: ``member`` (this node's ``voter``/``learner``/``none``), ``voters``,
-        ``learners``, ``conf_index``, ``conf_committed`` as this node sees them, and on a
-        leader ``progress`` (each member's highest replicated index). Fields a core has
-        no capability for are None (``commit``, ``last_index``, ``snapshot_index``) or
-        left out (membership, ``progress``)."""
+        """The spec's ``backend``, role, term, leader, commit/applied indexes, link health,
+        rejection counts and membership: ``member`` (this node's
+        ``voter``/``learner``/``none``), ``voters``, ``learners``, ``conf_index``,
+        ``conf_committed`` as this node sees them, and on a leader ``progress`` (each
+        member's highest replicated index). Fields a core has no capability for are None
+        (``commit``, ``last_index``, ``snapshot_index``) or left out (membership,
+        ``progress``)."""
         core, caps = self.core, self.capabilities
         rejected = Counter(self.rejected)
         if caps.counters is not None:
@@ -587,6 +588,7 @@ class Node:
         positions = caps.log
         out: dict[str, Any] = {
             "id": self.node_id,
+            "backend": self.spec.backend,
             "role": str(core.role),
             "term": core.term,
             "leader": core.leader,

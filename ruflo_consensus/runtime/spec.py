@@ -1,7 +1,9 @@
 """A cluster spec for real nodes: the topology plus endpoints, keys, TLS and timing.
 
 The same TOML file drives the simulator (``simulate --topology FILE`` reads only the
-topology) and real nodes. The runtime reads these extra, optional parts::
+topology) and real nodes. ``backend`` (default ``"raft"``) must be one the runtime can
+run (:data:`RUNTIME_BACKENDS`): any other is refused with :class:`SpecError`, never run
+as Raft. The runtime reads these extra, optional parts::
 
     [raft]                       # RaftConfig fields (milliseconds)
     tick_ms = 10
@@ -56,6 +58,7 @@ from ..core.raft import RaftConfig
 from ..topology import Topology, TopologyError, load_topology
 
 __all__ = [
+    "RUNTIME_BACKENDS",
     "ClientSpec",
     "ClusterSpec",
     "Endpoint",
@@ -64,6 +67,10 @@ __all__ = [
     "SpecError",
     "load_spec",
 ]
+
+
+RUNTIME_BACKENDS: tuple[str, ...] = ("raft",)
+"""The ``backend`` values real nodes can run today (the simulator runs more)."""
 
 
 class SpecError(ValueError):
@@ -177,11 +184,22 @@ class ClusterSpec:
     spares: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        if self.backend not in RUNTIME_BACKENDS:
+            raise SpecError(
+                f"backend {self.backend!r} cannot run on real nodes; the runtime runs "
+                f"{', '.join(repr(b) for b in RUNTIME_BACKENDS)} (the simulator runs more: "
+                "simulate --backend)"
+            )
         unknown = self.spares - set(self.topology.ids)
         if unknown:
             raise SpecError(f"spare node(s) not in the spec: {', '.join(sorted(unknown))}")
         if not self.voters:
             raise SpecError("every node is a spare (join = true): the cluster needs a voter")
+
+    @property
+    def backend(self) -> str:
+        """The consensus backend the nodes run (the spec's ``backend``)."""
+        return self.topology.backend
 
     @property
     def ids(self) -> list[str]:

@@ -1,0 +1,95 @@
+"""Traps that lost operators data or time: each test failed before its fix.
+
+Processes a test starts are stopped in a ``finally`` (SIGKILL of what is left), also
+when the test fails. Everything binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from ruflo_consensus.runtime import load_spec, write_local_spec
+from ruflo_consensus.runtime.cluster import read_state
+from ruflo_consensus.runtime.spec import SpecError
+from tests.helpers.runtime_helpers import FAST_RAFT, cli, local_spec, start_node
+
+
+def _with_backend(path: Path, backend: str) -> Path:
+    text = path.read_text()
+    path.write_text(re.sub(r'^backend = ".*"$', f'backend = "{backend}"', text, flags=re.M))
+    return path
+
+
+def _kill_run(run: Path) -> None:
+    """SIGKILL every process a run folder records (teardown, whatever happened)."""
+    try:
+        pids = read_state(run)["pids"].values()
+    except Exception:
+        return
+    for pid in pids:
+        with contextlib.suppress(OSError):  # `cluster up` starts each in its own session
+            os.killpg(int(pid), signal.SIGKILL)
+
+
+# --------------------------------------------------------------- 1. backend fallback
+
+
+@pytest.mark.parametrize("backend", ["pbft", "crdt", "pysyncobj", "Raft"])
+def test_a_spec_with_a_backend_the_runtime_cannot_run_is_refused(
+    tmp_path: Path, backend: str
+) -> None:
+    path = _with_backend(write_local_spec(tmp_path, "mesh", 3), backend)
+    with pytest.raises(SpecError, match=f"backend {backend!r}.*raft"):
+        load_spec(path)
+
+
+def test_cluster_up_on_a_pbft_spec_exits_2_and_starts_nothing(tmp_path: Path) -> None:
+    path = _with_backend(write_local_spec(tmp_path, "mesh", 3), "pbft")
+    run = tmp_path / "run"
+    try:
+        up = cli("cluster", "up", str(path), "--dir", str(run))
+    finally:
+        _kill_run(run)
+    assert up.returncode == 2
+    lines = up.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pbft" in lines[0] and "raft" in lines[0]
+    assert not (run / "cluster.json").exists()
+
+
+def test_the_runtime_backends_are_named() -> None:
+    from ruflo_consensus.runtime.spec import RUNTIME_BACKENDS
+
+    assert RUNTIME_BACKENDS == ("raft",)
+
+
+async def test_node_status_names_its_backend(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path, "mesh", 1, runtime={"data_dir": None})
+    assert spec.backend == "raft"
+    async with trio.open_nursery() as nursery:
+        node = await start_node(nursery, spec, "n1")
+        status = node.status()
+        nursery.cancel_scope.cancel()
+    assert status["backend"] == "raft"
+
+
+def test_cluster_status_shows_the_backend(tmp_path: Path) -> None:
+    path = write_local_spec(tmp_path, "mesh", 1, raft=FAST_RAFT)
+    run = tmp_path / "run"
+    try:
+        assert cli("cluster", "up", str(path), "--dir", str(run)).returncode == 0
+        st = cli("cluster", "status", str(path), "--json")
+        assert st.returncode == 0, st.stderr
+        assert [s["backend"] for s in json.loads(st.stdout)] == ["raft"]
+        table = cli("cluster", "status", str(path))
+        assert "backend" in table.stdout and "raft" in table.stdout
+    finally:
+        cli("cluster", "down", str(path), "--dir", str(run))
+        _kill_run(run)
