@@ -51,7 +51,16 @@ __all__ = [
 
 
 class ClusterError(Exception):
-    """A cluster could not be started or stopped as asked."""
+    """A cluster could not be started or stopped as asked.
+
+    ``exit_code`` is the command line's for it: 3 (unavailable: nodes did not start or
+    answer) unless said otherwise — 1 for a ``down`` that found nothing to stop, 2 when a
+    node refused to start on bad input (its key file, its spec).
+    """
+
+    def __init__(self, message: str, exit_code: int = 3) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def default_run_dir(spec_path: str | Path) -> Path:
@@ -271,7 +280,7 @@ class MembershipError(ClusterError):
 
     def __init__(self, reason: str, message: str) -> None:
         what = "failed" if reason in ("timeout", "unavailable") else "refused"
-        super().__init__(f"membership change {what} ({reason}): {message}")
+        super().__init__(f"membership change {what} ({reason}): {message}", 1)
         self.reason = reason
 
 

@@ -1,7 +1,10 @@
 """The command-line side of the runtime: keygen, node, cluster up/status/down/add/remove, kv.
 
-Exit codes follow the CLI's: 0 success, 1 the operation failed (a node or the cluster is
-unavailable, a timeout), 2 bad input (a clear one-line message, never a traceback).
+Exit codes follow the CLI's one scheme (:data:`EXIT_CODES` is the ``--help`` epilog):
+0 success; 1 the answer is "no" (``kv cas`` did not swap, a node in ``cluster status``
+did not answer, the cluster refused the request, ``cluster down`` found nothing to
+stop); 2 bad input (a clear one-line message, never a traceback); 3 unavailable (no
+answer in time: a write may or may not have been applied; nodes that did not start).
 """
 
 from __future__ import annotations
@@ -16,15 +19,27 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["render_status", "run_runtime_command"]
+__all__ = ["EXIT_CODES", "render_status", "run_runtime_command"]
 
-EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  the answer is no: kv cas did not swap (prints false); cluster status: a node did
+     not answer; the cluster refused the request (unknown client key, a refused
+     membership change); cluster down: no running node was recorded for the spec
+  2  bad input: usage, spec, key file, node id, a command the state machine rejects
+  3  unavailable: no answer in time (a write may or may not have been applied);
+     cluster up: a node did not start (it was stopped again)"""
+"""The exit codes of keygen, node, cluster and kv: the epilog of their ``--help``."""
+
+_REFUSALS = ("UNAUTHENTICATED", "REFUSED")  # client errors that are an answer: "no"
 
 
 def run_runtime_command(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Dispatch ``keygen``, ``node``, ``cluster …`` and ``kv …``."""
     from ..identity import IdentityError
-    from .cluster import ClusterError
+    from .cluster import ClusterError, MembershipError
     from .spec import SpecError
 
     try:
@@ -40,9 +55,12 @@ def run_runtime_command(args: argparse.Namespace, out: Console, err: Console) ->
     except (SpecError, IdentityError) as exc:
         print(f"ruflo-consensus: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MembershipError as exc:
+        print(f"ruflo-consensus: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if exc.reason in ("timeout", "unavailable") else EXIT_FAIL
     except ClusterError as exc:
         print(f"ruflo-consensus: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return exc.exit_code
 
 
 def _keygen(args: argparse.Namespace, out: Console) -> int:
@@ -200,9 +218,11 @@ def _kv(args: argparse.Namespace, out: Console) -> int:
         _node, result = trio.run(lambda: client.call(op, args.timeout, **fields))
     except ClientError as exc:
         print(f"ruflo-consensus kv: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAIL if exc.code in _REFUSALS else EXIT_UNAVAILABLE
     if isinstance(result, CommandRejected):
         print(f"ruflo-consensus kv: rejected: {result.code}: {result.message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(json.dumps(result))
+    if args.kv == "cas" and result is False:
+        return EXIT_FAIL  # the value was not OLD: nothing changed
     return EXIT_OK

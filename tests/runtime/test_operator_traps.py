@@ -93,3 +93,31 @@ def test_cluster_status_shows_the_backend(tmp_path: Path) -> None:
     finally:
         cli("cluster", "down", str(path), "--dir", str(run))
         _kill_run(run)
+
+
+# --------------------------------------------------------------- 6. kv cas exit code
+
+
+def test_kv_cas_that_does_not_swap_exits_1_and_unavailable_exits_3(tmp_path: Path) -> None:
+    path = write_local_spec(tmp_path, "mesh", 1, raft=FAST_RAFT)
+    run = tmp_path / "run"
+    spec = str(path)
+    try:
+        # nobody is running yet: no answer is "unavailable", not "no"
+        none = cli("kv", "get", "a", "--spec", spec, "--timeout", "1")
+        assert none.returncode == 3, none.stderr
+        assert cli("cluster", "up", spec, "--dir", str(run)).returncode == 0
+        assert cli("kv", "put", "a", "x", "--spec", spec).returncode == 0
+        swapped = cli("kv", "cas", "a", "x", "y", "--spec", spec)
+        assert (swapped.returncode, swapped.stdout.strip()) == (0, "true")
+        kept = cli("kv", "cas", "a", "x", "z", "--spec", spec)
+        assert (kept.returncode, kept.stdout.strip()) == (1, "false")
+        assert cli("kv", "get", "a", "--spec", spec).stdout.strip() == '"y"'
+    finally:
+        cli("cluster", "down", spec, "--dir", str(run))
+        _kill_run(run)
+
+
+def test_kv_help_lists_the_exit_codes() -> None:
+    text = cli("kv", "cas", "--help").stdout
+    assert "exit codes" in text and "did not swap" in text and "3" in text
