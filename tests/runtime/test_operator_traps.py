@@ -121,3 +121,41 @@ def test_kv_cas_that_does_not_swap_exits_1_and_unavailable_exits_3(tmp_path: Pat
 def test_kv_help_lists_the_exit_codes() -> None:
     text = cli("kv", "cas", "--help").stdout
     assert "exit codes" in text and "did not swap" in text and "3" in text
+
+
+# --------------------------------------------------------------- 7. pysyncobj binds 127.0.0.1
+
+
+def _listening_hosts(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp spells them) listening on ``port``."""
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                host, hexport = local.rsplit(":", 1)
+                if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                    hosts.add(host)
+    return hosts
+
+
+def test_bench_pysyncobj_nodes_bind_loopback_only() -> None:
+    import time
+
+    from pysyncobj import SyncObj
+
+    from ruflo_consensus.runtime.bench import pysyncobj_conf
+    from ruflo_consensus.runtime.localspec import free_ports
+
+    (port,) = free_ports(1)
+    me = f"127.0.0.1:{port}"
+    conf = pysyncobj_conf(me)
+    assert conf.bindAddress == me
+    node = SyncObj(me, [], conf)
+    try:
+        deadline = time.monotonic() + 30
+        while not _listening_hosts(port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _listening_hosts(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
+    finally:
+        node.destroy()
