@@ -325,8 +325,12 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     sub = _EpilogAdder(sub, EXIT_CODES, raw)
     kg = sub.add_parser("keygen", help="write an Ed25519 key file (mode 0600) and its manifest")
-    kg.add_argument("--id", required=True, help="the node id")
-    kg.add_argument("--out", default=None, help="key file path (default keys/ID.key)")
+    kg.add_argument("--id", required=True, help="the node (or client) id")
+    where = kg.add_mutually_exclusive_group()
+    where.add_argument(
+        "--spec", default=None, help="write the key file where this cluster spec reads it"
+    )
+    where.add_argument("--out", default=None, help="key file path (default ./keys/ID.key)")
     kg.add_argument("--force", action="store_true", help="replace an existing key file")
 
     node = sub.add_parser("node", help="run one node of a cluster spec in this process")

@@ -64,11 +64,28 @@ def run_runtime_command(args: argparse.Namespace, out: Console, err: Console) ->
 
 
 def _keygen(args: argparse.Namespace, out: Console) -> int:
-    from ..identity import keygen, manifest_path
+    """Write the key file where ``--out`` says, where ``--spec`` reads it, or in ./keys."""
+    from ..identity import check_node_id, keygen, manifest_path
+    from .spec import SpecError, load_spec
 
-    path = Path(args.out or f"keys/{args.id}.key")
+    check_node_id(args.id)
+    if args.spec is not None:
+        spec = load_spec(args.spec)
+        client = spec.clients.get(args.id)
+        if args.id in spec.key_files:
+            path = spec.key_files[args.id]
+        elif client is not None and client.key_file is not None:
+            path = client.key_file
+        else:
+            raise SpecError(
+                f"{args.spec}: {args.id!r} is neither a node nor a client with a key_file "
+                f"(nodes: {', '.join(spec.ids)}; clients: {', '.join(spec.clients) or '-'})"
+            )
+    else:
+        path = Path(args.out or f"keys/{args.id}.key")
+    path = path.resolve()
     ident = keygen(args.id, path, overwrite=args.force)
-    out.print(f"wrote {path} (mode 0600) and {manifest_path(path)}")
+    print(f"wrote {path} (mode 0600) and {manifest_path(path)}")
     out.print(f"public key {ident.public_key.hex()}")
     return EXIT_OK
 

@@ -250,6 +250,8 @@ def _table(data: dict[str, Any], name: str, allowed: set[str], where: Path) -> d
 
 def load_spec(path: str | Path) -> ClusterSpec:
     """Load a spec file for real nodes; raise :class:`SpecError` naming the file."""
+    from ..identity import IdentityError, check_node_id
+
     p = Path(path)
     try:
         topology = load_topology(p)
@@ -270,6 +272,10 @@ def load_spec(path: str | Path) -> ClusterSpec:
     spares: set[str] = set()
     raw_nodes = {n["id"]: n for n in data["nodes"]}
     for node in topology.nodes:
+        try:
+            check_node_id(node.id)
+        except IdentityError as exc:
+            raise SpecError(f"{p}: {exc}") from None
         if node.endpoint is None:
             raise SpecError(f"{p}: node {node.id!r} needs an endpoint")
         try:

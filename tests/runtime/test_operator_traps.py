@@ -11,6 +11,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,52 @@ def test_bench_pysyncobj_nodes_bind_loopback_only() -> None:
         assert _listening_hosts(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
     finally:
         node.destroy()
+
+
+# --------------------------------------------------------------- 3. keygen
+
+
+def _cli_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ruflo-consensus ARGS`` run in ``folder`` (keygen's default paths are relative)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ruflo_consensus.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=folder,
+        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path.cwd())},
+    )
+
+
+def test_keygen_with_spec_writes_where_the_spec_reads_and_says_so(tmp_path: Path) -> None:
+    from ruflo_consensus.identity import load_key_file
+
+    path = write_local_spec(tmp_path / "cluster", "mesh", 3)
+    key = tmp_path / "cluster" / "keys" / "n2.key"
+    key.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    made = _cli_in(elsewhere, "keygen", "--id", "n2", "--spec", str(path))
+    assert made.returncode == 0, made.stderr
+    assert load_key_file(key, "n2").node_id == "n2"
+    assert str(key) in made.stdout.replace("\n", "")
+    assert not (elsewhere / "keys").exists()
+    # the spec's client key too; an id the spec does not list is refused
+    (tmp_path / "cluster" / "keys" / "admin.key").unlink()
+    assert _cli_in(elsewhere, "keygen", "--id", "admin", "--spec", str(path)).returncode == 0
+    stranger = _cli_in(elsewhere, "keygen", "--id", "n9", "--spec", str(path))
+    assert stranger.returncode == 2 and "n9" in stranger.stderr
+
+
+def test_keygen_without_spec_says_the_absolute_path(tmp_path: Path) -> None:
+    made = _cli_in(tmp_path, "keygen", "--id", "n1")
+    assert made.returncode == 0, made.stderr
+    assert str(tmp_path / "keys" / "n1.key") in made.stdout.replace("\n", "")
+
+
+@pytest.mark.parametrize("bad", ["a/b", "../n1", "", ".hidden", "n 1", "x" * 129])
+def test_keygen_refuses_an_id_that_is_not_a_node_id(tmp_path: Path, bad: str) -> None:
+    made = _cli_in(tmp_path, "keygen", "--id", bad)
+    assert made.returncode == 2
+    assert len(made.stderr.strip().splitlines()) == 1 and "node id" in made.stderr
+    assert list(tmp_path.iterdir()) == []
