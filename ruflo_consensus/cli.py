@@ -344,7 +344,9 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     )
     up = csub.add_parser("up", help="start every node (logs in RUN_DIR/logs)")
     st = csub.add_parser("status", help="roles, terms, commit indexes and link health")
-    down = csub.add_parser("down", help="stop the nodes 'cluster up' started")
+    down = csub.add_parser(
+        "down", help="stop the nodes 'cluster up' started (exit 1 when none was running)"
+    )
     add = csub.add_parser(
         "add", help="add a node of the spec: as a learner, then a voter once it caught up"
     )
@@ -355,7 +357,11 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         c.add_argument("node", help="the node id (a node of the spec)")
         c.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds")
     for c in (up, down):
-        c.add_argument("--dir", default=None, help="run folder (default .ruflo-cluster/NAME)")
+        c.add_argument(
+            "--dir",
+            default=None,
+            help="run folder (default: .ruflo-cluster/NAME beside the spec, from any folder)",
+        )
     up.add_argument("--only", default=None, help="comma list of node ids to start")
     up.add_argument("--machine", default="kv", choices=["kv", "register"])
     st.add_argument("--json", action="store_true")

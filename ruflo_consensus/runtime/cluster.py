@@ -64,8 +64,11 @@ class ClusterError(Exception):
 
 
 def default_run_dir(spec_path: str | Path) -> Path:
-    """Where ``cluster up`` keeps logs and pids by default: ``.ruflo-cluster/<spec name>``."""
-    return Path(".ruflo-cluster") / Path(spec_path).stem
+    """Where ``cluster up`` keeps logs and pids by default: ``.ruflo-cluster/<spec name>``
+    in the spec's folder — it follows the spec, not the current folder, so ``down`` and
+    ``up --only`` find it from anywhere."""
+    p = Path(spec_path).resolve()
+    return p.parent / ".ruflo-cluster" / p.stem
 
 
 def node_command(spec_path: str | Path, node_id: str, machine: str = "kv") -> list[str]:

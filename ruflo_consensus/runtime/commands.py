@@ -92,6 +92,7 @@ def _keygen(args: argparse.Namespace, out: Console) -> int:
 
 def _cluster(args: argparse.Namespace, out: Console) -> int:
     from .cluster import cluster_down, cluster_status, cluster_up, default_run_dir
+    from .spec import SpecError
 
     if args.cluster == "up":
         only = [x for x in args.only.split(",") if x] if args.only else None
@@ -101,9 +102,19 @@ def _cluster(args: argparse.Namespace, out: Console) -> int:
             out.print(f"{node_id} running as pid {pid} (log {run_dir / 'logs' / node_id}.log)")
         return EXIT_OK
     if args.cluster == "down":
+        if not Path(args.spec).is_file():
+            raise SpecError(f"{args.spec}: no such spec file")
         run_dir = Path(args.dir) if args.dir else default_run_dir(args.spec)
-        for node_id, how in cluster_down(run_dir).items():
+        outcome = cluster_down(run_dir)
+        for node_id, how in outcome.items():
             out.print(f"{node_id}: {how}")
+        if not any(how in ("stopped", "killed") for how in outcome.values()):
+            print(
+                f"ruflo-consensus: nothing to stop: no running node is recorded in "
+                f"{run_dir.resolve() / 'cluster.json'}",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
         return EXIT_OK
     if args.cluster in ("add", "remove"):
         return _membership(args, out)

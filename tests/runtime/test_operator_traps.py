@@ -210,3 +210,52 @@ def test_keygen_refuses_an_id_that_is_not_a_node_id(tmp_path: Path, bad: str) ->
     assert made.returncode == 2
     assert len(made.stderr.strip().splitlines()) == 1 and "node id" in made.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------- 4. cluster down
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie (not reaped yet) is not running
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+def test_cluster_down_from_another_folder_stops_what_up_started(tmp_path: Path) -> None:
+    path = write_local_spec(tmp_path / "specs", "mesh", 1, raft=FAST_RAFT)
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    runs = [tmp_path / "specs" / ".ruflo-cluster" / "cluster", here / ".ruflo-cluster" / "cluster"]
+    try:
+        up = _cli_in(here, "cluster", "up", str(path))
+        assert up.returncode == 0, up.stderr
+        assert (runs[0] / "cluster.json").exists()  # the run folder follows the spec
+        pid = int(read_state(runs[0])["pids"]["n1"])
+        down = _cli_in(there, "cluster", "down", str(path))
+        assert down.returncode == 0, down.stderr
+        assert "n1: stopped" in down.stdout
+        assert not _pid_alive(pid)
+        # a relative spec path from the spec's own folder finds the same run folder
+        again = _cli_in(tmp_path / "specs", "cluster", "down", "cluster.toml")
+        assert again.returncode == 1 and "nothing to stop" in again.stderr
+    finally:
+        for run in runs:
+            _kill_run(run)
+
+
+def test_cluster_down_of_a_spec_that_does_not_exist_exits_2(tmp_path: Path) -> None:
+    down = _cli_in(tmp_path, "cluster", "down", "nonexistent.toml")
+    assert down.returncode == 2 and "nonexistent.toml" in down.stderr
+
+
+def test_cluster_down_that_finds_nothing_exits_1(tmp_path: Path) -> None:
+    path = write_local_spec(tmp_path, "mesh", 1)
+    down = _cli_in(tmp_path, "cluster", "down", str(path))
+    assert down.returncode == 1
+    assert len(down.stderr.strip().splitlines()) == 1 and "nothing to stop" in down.stderr
