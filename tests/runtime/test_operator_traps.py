@@ -259,3 +259,77 @@ def test_cluster_down_that_finds_nothing_exits_1(tmp_path: Path) -> None:
     down = _cli_in(tmp_path, "cluster", "down", str(path))
     assert down.returncode == 1
     assert len(down.stderr.strip().splitlines()) == 1 and "nothing to stop" in down.stderr
+
+
+# --------------------------------------------------------------- 5. cluster up failures
+
+
+def _recorded_pids(run: Path) -> list[int]:
+    try:
+        return [int(p) for p in read_state(run)["pids"].values()]
+    except Exception:
+        return []
+
+
+def test_cluster_up_with_an_insecure_client_key_fails_at_once_and_says_why(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    path = write_local_spec(tmp_path, "mesh", 3, raft=FAST_RAFT)
+    os.chmod(tmp_path / "keys" / "admin.key", 0o644)
+    run = tmp_path / "run"
+    started = time.monotonic()
+    try:
+        up = cli("cluster", "up", str(path), "--dir", str(run))
+    finally:
+        _kill_run(run)
+    assert time.monotonic() - started < 20  # not the 30 s start-up wait
+    assert up.returncode == 2
+    lines = up.stderr.strip().splitlines()
+    assert len(lines) == 1 and "admin.key" in lines[0] and "group or others" in lines[0]
+    assert not any(_pid_alive(p) for p in _recorded_pids(run))
+
+
+def test_cluster_up_with_an_insecure_node_key_starts_nothing(tmp_path: Path) -> None:
+    path = write_local_spec(tmp_path, "mesh", 3, raft=FAST_RAFT)
+    os.chmod(tmp_path / "keys" / "n2.key", 0o644)
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "n2.log").write_text("an old run's line\n" * 50)
+    try:
+        up = cli("cluster", "up", str(path), "--dir", str(run))
+        pids = _recorded_pids(run)
+    finally:
+        _kill_run(run)
+    assert up.returncode == 2
+    lines = up.stderr.strip().splitlines()
+    assert len(lines) == 1 and "n2.key" in lines[0] and "old run" not in up.stderr
+    assert not any(_pid_alive(p) for p in pids)
+
+
+def test_a_failed_cluster_up_stops_what_it_started(tmp_path: Path) -> None:
+    """n3 cannot listen (its port is taken): the others are stopped again, and the one
+    line of n3's own error from this run is shown, not its whole log."""
+    import socket
+
+    path = write_local_spec(tmp_path, "mesh", 3, raft=FAST_RAFT)
+    spec = load_spec(path)
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "n3.log").write_text("an old run's line\n" * 50)
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", spec.endpoints["n3"].port))
+    blocker.listen()
+    try:
+        up = cli("cluster", "up", str(path), "--dir", str(run))
+        pids = _recorded_pids(run)
+    finally:
+        blocker.close()
+        _kill_run(run)
+    assert up.returncode in (2, 3), up.stderr
+    lines = up.stderr.strip().splitlines()
+    assert len(lines) == 1 and "n3" in lines[0] and "old run" not in up.stderr, up.stderr
+    assert "stopped" in lines[0]
+    assert not any(_pid_alive(p) for p in pids)
