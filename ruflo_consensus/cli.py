@@ -337,6 +337,12 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     node.add_argument("--spec", required=True, help="the cluster spec (TOML)")
     node.add_argument("--id", required=True, help="which node of the spec to run")
     node.add_argument("--machine", default="kv", choices=["kv", "register"])
+    rejoin_help = (
+        "a node that saved state once and lost it (a wiped disk, memory storage) starts as "
+        "a spare that never votes, instead of refusing to start (exit 2); use it after "
+        "'cluster remove', then 'cluster add'"
+    )
+    node.add_argument("--rejoin", action="store_true", help=rejoin_help)
 
     cl = sub.add_parser("cluster", help="run a spec's nodes as local processes")
     csub = _EpilogAdder(
@@ -364,6 +370,7 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         )
     up.add_argument("--only", default=None, help="comma list of node ids to start")
     up.add_argument("--machine", default="kv", choices=["kv", "register"])
+    up.add_argument("--rejoin", action="store_true", help=rejoin_help)
     st.add_argument("--json", action="store_true")
     key_help = "client key file to sign requests with (default: the spec's first [[clients]] key)"
     for c in (st, add, rm):

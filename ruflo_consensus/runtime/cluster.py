@@ -79,7 +79,9 @@ def default_run_dir(spec_path: str | Path) -> Path:
     return p.parent / ".ruflo-cluster" / p.stem
 
 
-def node_command(spec_path: str | Path, node_id: str, machine: str = "kv") -> list[str]:
+def node_command(
+    spec_path: str | Path, node_id: str, machine: str = "kv", *, rejoin: bool = False
+) -> list[str]:
     """The command line that runs one node of a spec."""
     return [
         sys.executable,
@@ -91,6 +93,7 @@ def node_command(spec_path: str | Path, node_id: str, machine: str = "kv") -> li
         node_id,
         "--machine",
         machine,
+        *(["--rejoin"] if rejoin else []),
     ]
 
 
@@ -172,8 +175,12 @@ def cluster_up(
     only: list[str] | None = None,
     machine: str = "kv",
     wait_s: float = 30.0,
+    rejoin: bool = False,
 ) -> dict[str, int]:
     """Start the spec's nodes (or ``only`` those) as processes; return ``{node: pid}``.
+
+    ``rejoin`` starts a node that lost its saved state as a spare (``node --rejoin``)
+    instead of letting it refuse to start; use it after ``cluster remove``.
 
     Nodes already running from this run folder are left alone. Key files are checked
     first (:func:`check_keys`): a bad one starts nothing. When a node exits during
@@ -204,7 +211,7 @@ def cluster_up(
             try:
                 log_start[node_id] = log.tell()
                 proc = subprocess.Popen(
-                    node_command(spec_path, node_id, machine),
+                    node_command(spec_path, node_id, machine, rejoin=rejoin),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -48,7 +48,7 @@ def run_runtime_command(args: argparse.Namespace, out: Console, err: Console) ->
         if args.command == "node":
             from .process import run_node_process
 
-            return run_node_process(args.spec, args.id, args.machine)
+            return run_node_process(args.spec, args.id, args.machine, rejoin=args.rejoin)
         if args.command == "cluster":
             return _cluster(args, out)
         return _kv(args, out)
@@ -97,7 +97,7 @@ def _cluster(args: argparse.Namespace, out: Console) -> int:
     if args.cluster == "up":
         only = [x for x in args.only.split(",") if x] if args.only else None
         run_dir = Path(args.dir) if args.dir else default_run_dir(args.spec)
-        pids = cluster_up(args.spec, run_dir, only=only, machine=args.machine)
+        pids = cluster_up(args.spec, run_dir, only=only, machine=args.machine, rejoin=args.rejoin)
         for node_id, pid in pids.items():
             out.print(f"{node_id} running as pid {pid} (log {run_dir / 'logs' / node_id}.log)")
         return EXIT_OK
@@ -196,6 +196,8 @@ def render_status(statuses: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="right" if col in ("term", "commit", "applied") else "left")
     for s in statuses:
         member = shown.get(members[s["id"]], members[s["id"]])
+        if s.get("rejoining"):
+            member += " (rejoining: lost its state, does not vote)"
         if "error" in s:
             table.add_row(s["id"], "", "[red]down[/red]", member, "", "", "", "", s["error"], "")
             continue

@@ -162,6 +162,7 @@ class Node:
         seed: int | None = None,
         relay_hook: Callable[[bytes], bytes] | None = None,
         client_keys: dict[str, bytes] | None = None,
+        rejoin: bool = False,
     ) -> None:
         node_id = identity.node_id
         spec.check_node(node_id)
@@ -190,6 +191,26 @@ class Node:
         self._persist_in_thread = isinstance(storage, FileStorage)
         self._early_append = spec.runtime.parallel_leader_append
         stored = storage.load()
+        self._marker = spec.state_marker(node_id)
+        empty = (
+            stored.hard_state is None
+            and stored.snapshot is None
+            and not stored.entries
+            and stored.state is None
+        )
+        self.rejoining = empty and self._marker.exists()
+        """This node saved state once and lost it: it starts as a spare (see below)."""
+        if self.rejoining and not rejoin:
+            storage.close()
+            raise NodeError(
+                f"{node_id} has saved state before ({self._marker} exists) but its storage "
+                "is empty: it may have voted and acknowledged entries it no longer holds, so "
+                "it must not start as a voter. Restore its data, or remove it from the "
+                f"cluster (cluster remove SPEC {node_id}), start it with --rejoin (a spare "
+                f"that takes the log and never votes) and add it again (cluster add SPEC "
+                f"{node_id})"
+            )
+        self._marker_pending = empty and not self.rejoining
         self.table = SessionTable(state_machine)
         self.applied = 0
         self.core: ConsensusCore = core_factory(
@@ -200,7 +221,7 @@ class Node:
             stored.hard_state,
             stored.entries,
             snapshot=stored.snapshot,
-            join=node_id not in spec.voters,
+            join=node_id not in spec.voters or self.rejoining,
         )
         self.capabilities = Capabilities.of(self.core)
         """What the core offers beyond the contract, resolved once, here."""
@@ -319,6 +340,8 @@ class Node:
                         await trio.to_thread.run_sync(self.storage.save, rd.persist)
                     else:
                         self.storage.save(rd.persist)
+                    if self._marker_pending:
+                        self._mark_initialised()
                 for m in messages:
                     self._send_message(m)
                 for rc in rd.role_changes:
@@ -334,6 +357,15 @@ class Node:
                     or rd.snapshot_request is not None
                 ):
                     await self._apply_send.send(rd)
+
+    def _mark_initialised(self) -> None:
+        """This node's first state is saved (before any message that tells of it leaves):
+        write the marker that makes a later start from empty storage refuse to vote."""
+        self._marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._marker.with_name(self._marker.name + ".tmp")
+        tmp.write_text(f"{self.node_id} saved state; an empty storage later means it lost it\n")
+        tmp.replace(self._marker)
+        self._marker_pending = False
 
     async def _apply_loop(self) -> None:
         async for work in self._apply_recv:
@@ -539,6 +571,10 @@ class Node:
             return await self.membership.change(kind, node_id, deadline - 0.05 * limit)
         raise SubmitTimeout(f"membership change {kind} {node_id} not done within {limit} s")
 
+    def _votes(self) -> bool:
+        """True when the core votes (a voter of its configuration that is not joining)."""
+        return bool(getattr(self.core, "is_voter", True))
+
     @property
     def member_role(self) -> str:
         """``"voter"``, ``"learner"`` or ``"none"`` in the configuration in effect here."""
@@ -604,6 +640,7 @@ class Node:
             **self.router.link_status(),
             "rejected": dict(sorted(rejected.items())),
             "member": self.member_role,
+            "rejoining": self.rejoining and not self._votes(),
             **configuration_map(caps.membership),
         }
         if core.role is Role.LEADER and caps.progress is not None:

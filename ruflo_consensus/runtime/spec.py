@@ -12,7 +12,11 @@ as Raft. The runtime reads these extra, optional parts::
     heartbeat_ms = 50
 
     [runtime]
-    data_dir = "data"            # per-node WAL at <data_dir>/<node id>; relative to the spec
+    storage = "file"             # "file" (the default: a WAL per node) or "memory"
+    data_dir = "data"            # the default: WAL at <data_dir>/<node id>, relative to
+                                 # the spec; <data_dir>/<node id>.initialised marks a node
+                                 # that has saved state (see Node: a node that lost it
+                                 # refuses to start as a voter)
     fsync = true
     max_frame = 1048576          # bytes; bigger frames are refused before decoding
     send_queue = 1024            # frames per peer link before frames are dropped
@@ -121,7 +125,8 @@ class NodeTLS:
 class RuntimeOptions:
     """Transport and storage settings of the runtime (the ``[runtime]`` table)."""
 
-    data_dir: str | None = None
+    data_dir: str = "data"
+    storage: str = "file"
     fsync: bool = True
     max_frame: int = 1 << 20
     send_queue: int = 1024
@@ -135,6 +140,10 @@ class RuntimeOptions:
     parallel_leader_append: bool = True
 
     def __post_init__(self) -> None:
+        if self.storage not in ("file", "memory"):
+            raise SpecError(f"runtime.storage must be 'file' or 'memory', not {self.storage!r}")
+        if not isinstance(self.data_dir, str) or not self.data_dir:
+            raise SpecError("runtime.data_dir must be a folder name (storage = 'memory': no WAL)")
         if self.max_frame < 1024:
             raise SpecError("runtime.max_frame must be at least 1024 bytes")
         if self.send_queue < 1 or self.max_sessions < 1:
@@ -222,10 +231,16 @@ class ClusterSpec:
         return manifest_path(self.key_files[node_id])
 
     def data_dir(self, node_id: str) -> Path | None:
-        """The node's WAL folder (``None``: keep the log in memory)."""
-        if self.runtime.data_dir is None:
+        """The node's WAL folder (``None``: ``storage = "memory"``, the log in memory)."""
+        if self.runtime.storage == "memory":
             return None
         return _resolve(self.base, self.runtime.data_dir) / node_id
+
+    def state_marker(self, node_id: str) -> Path:
+        """``<data_dir>/<node id>.initialised``: written once the node has saved state (with
+        memory storage too), beside — not in — its WAL folder, so that a wiped WAL or a
+        restart from memory is told apart from a node's very first start."""
+        return _resolve(self.base, self.runtime.data_dir) / f"{node_id}.initialised"
 
     def check_node(self, node_id: str) -> None:
         """Raise :class:`SpecError` unless ``node_id`` is in the spec."""

@@ -333,3 +333,89 @@ def test_a_failed_cluster_up_stops_what_it_started(tmp_path: Path) -> None:
     assert len(lines) == 1 and "n3" in lines[0] and "old run" not in up.stderr, up.stderr
     assert "stopped" in lines[0]
     assert not any(_pid_alive(p) for p in pids)
+
+
+# --------------------------------------------------------------- 2. durable by default,
+# and a node that lost its state neither votes nor counts until it has rejoined
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "topologies").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_specs_keep_the_log_on_disk(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.runtime.storage == "file"
+    assert spec.data_dir("n1") == path.parent / "data" / "n1"
+
+
+def test_open_node_is_durable_without_a_runtime_table(tmp_path: Path) -> None:
+    from ruflo_consensus.runtime import build_node
+    from ruflo_consensus.statemachine import KVStateMachine
+    from ruflo_consensus.storage import FileStorage
+
+    path = write_local_spec(tmp_path, "mesh", 3)
+    text = path.read_text()
+    path.write_text(re.sub(r'^data_dir = "data"\n', "", text, flags=re.M))
+    assert load_spec(path).runtime.data_dir == "data"  # the default
+    node = build_node(path, "n1", KVStateMachine())
+    try:
+        assert isinstance(node.storage, FileStorage)
+    finally:
+        node.storage.close()
+
+
+async def _lose_state_and_restart(tmp_path: Path, storage: str) -> None:
+    import shutil
+
+    from ruflo_consensus.runtime import NodeError
+    from tests.helpers.runtime_helpers import (
+        PATIENCE,
+        get,
+        halt,
+        put,
+        start_nodes,
+        wait_leader,
+        wait_until,
+    )
+
+    runtime = {"data_dir": None} if storage == "memory" else {}
+    spec = local_spec(tmp_path, "mesh", 3, runtime=runtime)
+    async with trio.open_nursery() as nursery:
+        nodes = await start_nodes(nursery, spec)
+        leader = await wait_leader(nodes)
+        victim = next(n for n in nodes.values() if n is not leader)
+        for i in range(5):
+            await leader.submit(put(f"k{i}", str(i)), timeout=PATIENCE)
+        await victim.wait_applied(leader.applied, timeout=PATIENCE)
+        await halt(nodes.pop(victim.node_id))
+        data = spec.data_dir(victim.node_id)
+        if data is not None:
+            shutil.rmtree(data)  # the wiped disk
+        # it acknowledged entries and may have voted: it must not come back a voter
+        with pytest.raises(NodeError, match="rejoin"):
+            await start_node(nursery, spec, victim.node_id)
+        # the way back: remove it, start it to rejoin (a spare), add it again
+        await leader.change_membership("remove-voter", victim.node_id, timeout=PATIENCE)
+        back = await start_node(nursery, spec, victim.node_id, rejoin=True)
+        assert not back.core.is_voter  # type: ignore[attr-defined]
+        assert back.status()["rejoining"] is True
+        await leader.change_membership("add-learner", victim.node_id, timeout=PATIENCE)
+        await back.wait_applied(leader.applied, timeout=PATIENCE)  # the learner catches up
+        assert not back.core.is_voter  # type: ignore[attr-defined]
+        last = leader.core.last_index  # type: ignore[attr-defined]
+        await wait_until(lambda: leader.status()["progress"].get(victim.node_id, 0) >= last)
+        await leader.change_membership("promote-learner", victim.node_id, timeout=PATIENCE)
+        await wait_until(lambda: back.core.is_voter)  # type: ignore[attr-defined]
+        assert back.status()["rejoining"] is False
+        assert await back.read(get("k4"), timeout=PATIENCE) == "4"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_voter_whose_disk_was_wiped_refuses_to_start_until_it_rejoins(
+    tmp_path: Path,
+) -> None:
+    await _lose_state_and_restart(tmp_path, "file")
+
+
+async def test_a_memory_storage_node_does_not_come_back_as_a_voter(tmp_path: Path) -> None:
+    await _lose_state_and_restart(tmp_path, "memory")
