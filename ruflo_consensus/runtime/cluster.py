@@ -299,7 +299,7 @@ def _cause(path: Path, start: int) -> str:
         return "no output"
     errors = [ln for ln in lines if "error" in ln.lower()]
     line = (errors or lines)[-1]
-    return line if len(line) <= 300 else line[:297] + "..."
+    return line if len(line) <= 600 else line[:597] + "..."
 
 
 def _answers(spec: ClusterSpec, node_id: str) -> bool:

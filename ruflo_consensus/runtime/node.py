@@ -203,12 +203,10 @@ class Node:
         if self.rejoining and not rejoin:
             storage.close()
             raise NodeError(
-                f"{node_id} has saved state before ({self._marker} exists) but its storage "
-                "is empty: it may have voted and acknowledged entries it no longer holds, so "
-                "it must not start as a voter. Restore its data, or remove it from the "
-                f"cluster (cluster remove SPEC {node_id}), start it with --rejoin (a spare "
-                f"that takes the log and never votes) and add it again (cluster add SPEC "
-                f"{node_id})"
+                f"{node_id} lost its saved state (storage empty, {self._marker} exists): it "
+                "may have voted and acknowledged entries, so it will not start as a voter. "
+                f"Restore its data, or: cluster remove SPEC {node_id}; start it with "
+                f"--rejoin; cluster add SPEC {node_id}"
             )
         self._marker_pending = empty and not self.rejoining
         self.table = SessionTable(state_machine)

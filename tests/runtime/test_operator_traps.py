@@ -419,3 +419,37 @@ async def test_a_voter_whose_disk_was_wiped_refuses_to_start_until_it_rejoins(
 
 async def test_a_memory_storage_node_does_not_come_back_as_a_voter(tmp_path: Path) -> None:
     await _lose_state_and_restart(tmp_path, "memory")
+
+
+def test_sigkilled_memory_node_restarted_with_up_only_must_rejoin(tmp_path: Path) -> None:
+    """The reported scenario, end to end: memory storage, SIGKILL, ``cluster up --only``.
+    The empty node refuses (one line, exit 2) instead of voting; remove, rejoin, add."""
+    path = write_local_spec(tmp_path, "mesh", 3, raft=FAST_RAFT, runtime={"data_dir": None})
+    run = tmp_path / "run"
+    spec = str(path)
+    try:
+        assert cli("cluster", "up", spec, "--dir", str(run)).returncode == 0
+        assert cli("kv", "put", "a", "1", "--spec", spec).returncode == 0
+        status = json.loads(cli("cluster", "status", spec, "--json").stdout)
+        victim = next(s["id"] for s in status if s["role"] != "leader")
+        pid = int(read_state(run)["pids"][victim])
+        os.kill(pid, signal.SIGKILL)
+        again = cli("cluster", "up", spec, "--dir", str(run), "--only", victim)
+        assert again.returncode == 2, again.stderr
+        lines = again.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--rejoin" in lines[0] and victim in lines[0]
+        removed = cli("cluster", "remove", spec, victim)
+        assert removed.returncode == 0, removed.stderr
+        back = cli("cluster", "up", spec, "--dir", str(run), "--only", victim, "--rejoin")
+        assert back.returncode == 0, back.stderr
+        table = cli("cluster", "status", spec)
+        assert "rejoining" in table.stdout
+        added = cli("cluster", "add", spec, victim)
+        assert added.returncode == 0, added.stderr
+        got = cli("kv", "get", "a", "--spec", spec, "--node", victim)
+        assert got.stdout.strip() == '"1"'
+        status = json.loads(cli("cluster", "status", spec, "--json").stdout)
+        assert all(s["rejoining"] is False for s in status)
+    finally:
+        cli("cluster", "down", spec, "--dir", str(run))
+        _kill_run(run)
