@@ -28,7 +28,9 @@ EXIT_CODES = """exit codes:
   1  the answer is no: kv cas did not swap (prints false); cluster status: a node did
      not answer; the cluster refused the request (unknown client key, a refused
      membership change); cluster down: no running node was recorded for the spec
-  2  bad input: usage, spec, key file, node id, a command the state machine rejects
+  2  bad input: usage, spec (a backend real nodes cannot run too), key file, node id,
+     a command the state machine rejects; a node that refuses to start (a key file
+     others can read, saved state it lost: see node --rejoin)
   3  unavailable: no answer in time (a write may or may not have been applied);
      cluster up: a node did not start (it was stopped again)"""
 """The exit codes of keygen, node, cluster and kv: the epilog of their ``--help``."""
