@@ -39,7 +39,9 @@ async def asyncio_program(nodes: list[BlockingNode]) -> None:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        spec = str(write_local_spec(tmp, "mesh", 3, runtime={"data_dir": None}))
+        # durable (the default): the blocking nodes below reopen the WALs the trio program
+        # wrote (memory storage would refuse: a node that lost its state must not vote)
+        spec = str(write_local_spec(tmp, "mesh", 3))
         trio.run(trio_program, spec)
         nodes = [BlockingNode(spec, n, KVStateMachine()).start() for n in ("n1", "n2", "n3")]
         try:

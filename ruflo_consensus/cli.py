@@ -1,8 +1,11 @@
 """The ``ruflo-consensus`` command.
 
-Exit codes, everywhere: 0 success, 1 a safety/linearizability failure was found, 2 bad
-input (a clear one-line message on stderr, never a traceback), 3 unknown (a checker
-timed out without deciding).
+Exit codes, everywhere: 0 success, 1 the answer is "no" (a safety/linearizability
+failure was found, ``kv cas`` did not swap, a node did not answer ``cluster status``, …),
+2 bad input (a clear one-line message on stderr, never a traceback), 3 unknown or
+unavailable (a checker timed out without deciding, a cluster did not answer in time).
+The runtime commands list theirs in their ``--help`` epilog
+(:data:`ruflo_consensus.runtime.commands.EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -346,21 +349,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     """keygen, node, cluster up/status/down/add/remove, kv put/get/cas and bench cluster."""
+    from .runtime.commands import EXIT_CODES
+
+    raw = argparse.RawDescriptionHelpFormatter
+    sub = _EpilogAdder(sub, EXIT_CODES, raw)
     kg = sub.add_parser("keygen", help="write an Ed25519 key file (mode 0600) and its manifest")
-    kg.add_argument("--id", required=True, help="the node id")
-    kg.add_argument("--out", default=None, help="key file path (default keys/ID.key)")
+    kg.add_argument("--id", required=True, help="the node (or client) id")
+    where = kg.add_mutually_exclusive_group()
+    where.add_argument(
+        "--spec", default=None, help="write the key file where this cluster spec reads it"
+    )
+    where.add_argument("--out", default=None, help="key file path (default ./keys/ID.key)")
     kg.add_argument("--force", action="store_true", help="replace an existing key file")
 
     node = sub.add_parser("node", help="run one node of a cluster spec in this process")
     node.add_argument("--spec", required=True, help="the cluster spec (TOML)")
     node.add_argument("--id", required=True, help="which node of the spec to run")
     node.add_argument("--machine", default="kv", choices=["kv", "register"])
+    rejoin_help = (
+        "a node that saved state once and lost it (a wiped disk, memory storage) starts as "
+        "a spare that never votes, instead of refusing to start (exit 2); use it after "
+        "'cluster remove', then 'cluster add'"
+    )
+    node.add_argument("--rejoin", action="store_true", help=rejoin_help)
 
     cl = sub.add_parser("cluster", help="run a spec's nodes as local processes")
-    csub = cl.add_subparsers(dest="cluster", required=True, parser_class=_Parser)
+    csub = _EpilogAdder(
+        cl.add_subparsers(dest="cluster", required=True, parser_class=_Parser), EXIT_CODES, raw
+    )
     up = csub.add_parser("up", help="start every node (logs in RUN_DIR/logs)")
     st = csub.add_parser("status", help="roles, terms, commit indexes and link health")
-    down = csub.add_parser("down", help="stop the nodes 'cluster up' started")
+    down = csub.add_parser(
+        "down", help="stop the nodes 'cluster up' started (exit 1 when none was running)"
+    )
     add = csub.add_parser(
         "add", help="add a node of the spec: as a learner, then a voter once it caught up"
     )
@@ -371,22 +392,31 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         c.add_argument("node", help="the node id (a node of the spec)")
         c.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds")
     for c in (up, down):
-        c.add_argument("--dir", default=None, help="run folder (default .ruflo-cluster/NAME)")
+        c.add_argument(
+            "--dir",
+            default=None,
+            help="run folder (default: .ruflo-cluster/NAME beside the spec, from any folder)",
+        )
     up.add_argument("--only", default=None, help="comma list of node ids to start")
     up.add_argument("--machine", default="kv", choices=["kv", "register"])
+    up.add_argument("--rejoin", action="store_true", help=rejoin_help)
     st.add_argument("--json", action="store_true")
     key_help = "client key file to sign requests with (default: the spec's first [[clients]] key)"
     for c in (st, add, rm):
         c.add_argument("--key", dest="key_file", default=None, help=key_help)
 
     kv = sub.add_parser("kv", help="put/get/cas against a running cluster's KV machine")
-    ksub = kv.add_subparsers(dest="kv", required=True, parser_class=_Parser)
+    ksub = _EpilogAdder(
+        kv.add_subparsers(dest="kv", required=True, parser_class=_Parser), EXIT_CODES, raw
+    )
     kput = ksub.add_parser("put", help="set KEY to VALUE")
     kput.add_argument("key")
     kput.add_argument("value")
     kget = ksub.add_parser("get", help="a linearizable read of KEY")
     kget.add_argument("key")
-    kcas = ksub.add_parser("cas", help="set KEY to NEW if it is OLD")
+    kcas = ksub.add_parser(
+        "cas", help="set KEY to NEW if it is OLD: prints true, or false and exits 1 (did not swap)"
+    )
     kcas.add_argument("key")
     kcas.add_argument("old")
     kcas.add_argument("new")
@@ -418,6 +448,18 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         help="our leader fsyncs before it sends AppendEntries (parallel_leader_append = false)",
     )
     bcl.add_argument("--json", action="store_true")
+
+
+class _EpilogAdder:
+    """A subparsers action whose ``add_parser`` gives each parser the exit-code epilog."""
+
+    def __init__(self, action: Any, epilog: str, formatter: Any) -> None:
+        self._action, self._epilog, self._formatter = action, epilog, formatter
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("epilog", self._epilog)
+        kwargs.setdefault("formatter_class", self._formatter)
+        return self._action.add_parser(name, **kwargs)
 
 
 def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import stat
 import time
@@ -61,6 +62,7 @@ __all__ = [
     "StaleEnvelope",
     "UnknownSender",
     "WrongDestination",
+    "check_node_id",
     "keygen",
     "load_key_file",
     "load_manifest",
@@ -195,13 +197,32 @@ def manifest_path(key_file: str | Path) -> Path:
     return p.with_name(p.stem + ".manifest.json")
 
 
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_node_id(node_id: str) -> str:
+    """Return ``node_id`` if it can name a node or client; else raise :class:`IdentityError`.
+
+    An id becomes a file name (its key file, its data folder), so it is 1-128 letters,
+    digits, ``.``, ``_`` or ``-``, starting with a letter or digit: no ``/``, no ``..``.
+    """
+    if not isinstance(node_id, str) or _NODE_ID.fullmatch(node_id) is None:
+        raise IdentityError(
+            f"bad node id {node_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return node_id
+
+
 def keygen(node_id: str, key_file: str | Path, *, overwrite: bool = False) -> NodeIdentity:
     """Write a new key file (mode 0600) and its signed manifest; return the identity.
 
-    Refuses (:class:`IdentityError`) to replace an existing key file unless ``overwrite``.
+    Refuses (:class:`IdentityError`) an id :func:`check_node_id` refuses, and to replace
+    an existing key file unless ``overwrite``.
     The key file is created with ``O_EXCL`` and mode 0600 from the start, so the secret is
     never readable by others, not even for a moment.
     """
+    check_node_id(node_id)
     path = Path(key_file)
     if path.exists() and not overwrite:
         raise IdentityError(f"{path}: a key file already exists (use --force to replace it)")

@@ -461,6 +461,12 @@ class MembershipChanges(Protocol):
         ...
 
     @property
+    def is_voter(self) -> bool:
+        """True when this node votes in the configuration in effect (a spare still
+        joining does not)."""
+        ...
+
+    @property
     def commit(self) -> int:
         """The commit index (a configuration at or below it is committed)."""
         ...

@@ -161,15 +161,26 @@ def _ruflo_worker(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- pysyncobj
 
 
+def pysyncobj_conf(me: str, append_period: float | None = None) -> Any:
+    """The ``SyncObjConf`` of a benchmark's pysyncobj node at ``me`` (``host:port``).
+
+    It binds ``me`` itself: without ``bindAddress`` pysyncobj listens on 0.0.0.0 (every
+    interface) whatever host its own address names.
+    """
+    from pysyncobj import SyncObjConf
+
+    conf = SyncObjConf(dynamicMembershipChange=False, bindAddress=me)
+    if append_period is not None:
+        conf.appendEntriesPeriod = append_period
+    return conf
+
+
 def _pysyncobj_worker(args: argparse.Namespace) -> int:
-    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
+    from pysyncobj import FAIL_REASON, SyncObj, SyncObjException, replicated
 
     class Counter(SyncObj):  # type: ignore[misc]
         def __init__(self, me: str, partners: list[str]) -> None:
-            conf = SyncObjConf(dynamicMembershipChange=False)
-            if args.append_period is not None:
-                conf.appendEntriesPeriod = args.append_period
-            super().__init__(me, partners, conf)
+            super().__init__(me, partners, pysyncobj_conf(me, args.append_period))
             self.value = 0
 
         @replicated  # type: ignore[untyped-decorator]

@@ -29,7 +29,14 @@ from typing import Any
 
 import trio
 
-from ..identity import NodeIdentity, keygen, manifest_path
+from ..identity import (
+    IdentityError,
+    NodeIdentity,
+    keygen,
+    load_key_file,
+    load_manifest,
+    manifest_path,
+)
 from .client import ClientError, ClusterClient
 from .spec import ClusterSpec, load_spec
 
@@ -37,6 +44,7 @@ __all__ = [
     "ClusterError",
     "MembershipError",
     "add_member",
+    "check_keys",
     "cluster_down",
     "cluster_status",
     "cluster_up",
@@ -51,15 +59,29 @@ __all__ = [
 
 
 class ClusterError(Exception):
-    """A cluster could not be started or stopped as asked."""
+    """A cluster could not be started or stopped as asked.
+
+    ``exit_code`` is the command line's for it: 3 (unavailable: nodes did not start or
+    answer) unless said otherwise — 1 for a ``down`` that found nothing to stop, 2 when a
+    node refused to start on bad input (its key file, its spec).
+    """
+
+    def __init__(self, message: str, exit_code: int = 3) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def default_run_dir(spec_path: str | Path) -> Path:
-    """Where ``cluster up`` keeps logs and pids by default: ``.ruflo-cluster/<spec name>``."""
-    return Path(".ruflo-cluster") / Path(spec_path).stem
+    """Where ``cluster up`` keeps logs and pids by default: ``.ruflo-cluster/<spec name>``
+    in the spec's folder — it follows the spec, not the current folder, so ``down`` and
+    ``up --only`` find it from anywhere."""
+    p = Path(spec_path).resolve()
+    return p.parent / ".ruflo-cluster" / p.stem
 
 
-def node_command(spec_path: str | Path, node_id: str, machine: str = "kv") -> list[str]:
+def node_command(
+    spec_path: str | Path, node_id: str, machine: str = "kv", *, rejoin: bool = False
+) -> list[str]:
     """The command line that runs one node of a spec."""
     return [
         sys.executable,
@@ -71,6 +93,7 @@ def node_command(spec_path: str | Path, node_id: str, machine: str = "kv") -> li
         node_id,
         "--machine",
         machine,
+        *(["--rejoin"] if rejoin else []),
     ]
 
 
@@ -128,6 +151,23 @@ def ensure_keys(spec: ClusterSpec) -> list[str]:
     return made
 
 
+def check_keys(spec: ClusterSpec, nodes: list[str]) -> None:
+    """Load what ``cluster up`` and its probes need before anything starts: the key file of
+    each of ``nodes``, every node's manifest and the default client key.
+
+    Raises :class:`~ruflo_consensus.identity.IdentityError` (a key file others can read,
+    a manifest that does not verify, …) naming the file: a node would refuse to start on
+    it, and a client key that cannot be loaded would make every probe fail.
+    """
+    from .client import default_client_identity
+
+    for node_id in nodes:
+        load_key_file(spec.key_files[node_id], node_id)
+    for node_id in spec.ids:
+        load_manifest(spec.manifest_file(node_id), node_id)
+    default_client_identity(spec)
+
+
 def cluster_up(
     spec_path: str | Path,
     run_dir: str | Path | None = None,
@@ -135,57 +175,131 @@ def cluster_up(
     only: list[str] | None = None,
     machine: str = "kv",
     wait_s: float = 30.0,
+    rejoin: bool = False,
 ) -> dict[str, int]:
     """Start the spec's nodes (or ``only`` those) as processes; return ``{node: pid}``.
 
-    Nodes already running from this run folder are left alone. Raises
-    :class:`ClusterError` with the tail of its log when a node exits during start-up or
-    does not answer within ``wait_s`` seconds.
+    ``rejoin`` starts a node that lost its saved state as a spare (``node --rejoin``)
+    instead of letting it refuse to start; use it after ``cluster remove``.
+
+    Nodes already running from this run folder are left alone. Key files are checked
+    first (:func:`check_keys`): a bad one starts nothing. When a node exits during
+    start-up or does not answer within ``wait_s`` seconds, every node this call started is
+    stopped again and :class:`ClusterError` says which node failed, with the one line of
+    its log (from this start, not earlier runs) that says why; its ``exit_code`` is 2 when
+    the node refused its input (exit code 2), else 3.
     """
     spec = load_spec(spec_path)
     folder = Path(run_dir) if run_dir is not None else default_run_dir(spec_path)
-    (folder / "logs").mkdir(parents=True, exist_ok=True)
-    ensure_keys(spec)
-    state = read_state(folder)
-    state["spec"] = str(Path(spec_path).resolve())
-    pids: dict[str, int] = {k: int(v) for k, v in state["pids"].items()}
     wanted = only or spec.ids
     for node_id in wanted:
         spec.check_node(node_id)
+    ensure_keys(spec)
+    check_keys(spec, wanted)
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    state = read_state(folder)
+    state["spec"] = str(Path(spec_path).resolve())
+    pids: dict[str, int] = {k: int(v) for k, v in state["pids"].items()}
     started: dict[str, subprocess.Popen[bytes]] = {}
-    for node_id in wanted:
-        if node_id in pids and _alive(pids[node_id]):
-            continue
-        log = open(folder / "logs" / f"{node_id}.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            proc = subprocess.Popen(
-                node_command(spec_path, node_id, machine),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        started[node_id] = proc
-        pids[node_id] = proc.pid
-    state["pids"] = pids
-    _write_state(folder, state)
+    log_start: dict[str, int] = {}
+    try:
+        for node_id in wanted:
+            if node_id in pids and _alive(pids[node_id]):
+                continue
+            log_path = folder / "logs" / f"{node_id}.log"
+            log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+            try:
+                log_start[node_id] = log.tell()
+                proc = subprocess.Popen(
+                    node_command(spec_path, node_id, machine, rejoin=rejoin),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            finally:
+                log.close()
+            started[node_id] = proc
+            pids[node_id] = proc.pid
+        state["pids"] = pids
+        _write_state(folder, state)
+        _wait_started(spec, folder, started, log_start, wait_s)
+    except BaseException:
+        _stop_started(started)
+        for node_id in started:
+            pids.pop(node_id, None)
+        state["pids"] = pids
+        _write_state(folder, state)
+        raise
+    return {n: pids[n] for n in wanted}
+
+
+def _wait_started(
+    spec: ClusterSpec,
+    folder: Path,
+    started: dict[str, subprocess.Popen[bytes]],
+    log_start: dict[str, int],
+    wait_s: float,
+) -> None:
+    """Wait until every started node answers; :class:`ClusterError` when one cannot."""
+    others = len(started) - 1
+    stopped = f"; stopped the {others} other node(s) this start began" if others > 0 else ""
     deadline = time.monotonic() + wait_s
     waiting = set(started)
     while waiting:
         for node_id in sorted(waiting):
             proc = started[node_id]
             if proc.poll() is not None:
-                tail = _tail(folder / "logs" / f"{node_id}.log")
-                raise ClusterError(f"{node_id} exited with code {proc.returncode}:\n{tail}")
+                log_path = folder / "logs" / f"{node_id}.log"
+                why = _cause(log_path, log_start[node_id])
+                raise ClusterError(
+                    f"{node_id} exited with code {proc.returncode}: {why} (log {log_path})"
+                    f"{stopped}",
+                    exit_code=2 if proc.returncode == 2 else 3,
+                )
         ready = {n for n in waiting if _answers(spec, n)}
         waiting -= ready
         if waiting and time.monotonic() > deadline:
-            raise ClusterError(f"{', '.join(sorted(waiting))} did not answer in {wait_s} s")
+            late = sorted(waiting)
+            log_path = folder / "logs" / f"{late[0]}.log"
+            why = _cause(log_path, log_start[late[0]])
+            raise ClusterError(
+                f"{', '.join(late)} did not answer in {wait_s} s: {why} (log {log_path})"
+                + (f"; stopped the {len(started)} node(s) this start began" if started else "")
+            )
         if waiting:
             time.sleep(0.05)
-    return {n: pids[n] for n in wanted}
+
+
+def _stop_started(started: dict[str, subprocess.Popen[bytes]], grace_s: float = 5.0) -> None:
+    """Stop the processes a failed ``cluster up`` started: SIGTERM, then SIGKILL."""
+    for proc in started.values():
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in started.values():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _cause(path: Path, start: int) -> str:
+    """The line of a node's log, written since ``start``, that says why it stopped: its
+    last ``error`` line, else its last line (``no output`` when it wrote nothing)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return "no log"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return "no output"
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    line = (errors or lines)[-1]
+    return line if len(line) <= 600 else line[:597] + "..."
 
 
 def _answers(spec: ClusterSpec, node_id: str) -> bool:
@@ -194,18 +308,13 @@ def _answers(spec: ClusterSpec, node_id: str) -> bool:
             await ClusterClient(spec, node_id, only=True).call("status", timeout=1.0)
         except ClientError as exc:
             return exc.code == "UNAUTHENTICATED"  # it is up, it just does not know our key
+        except IdentityError:
+            raise  # our own key cannot be loaded: no probe can ever succeed
         except Exception:
             return False
         return True
 
     return trio.run(probe)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def cluster_status(
@@ -271,7 +380,7 @@ class MembershipError(ClusterError):
 
     def __init__(self, reason: str, message: str) -> None:
         what = "failed" if reason in ("timeout", "unavailable") else "refused"
-        super().__init__(f"membership change {what} ({reason}): {message}")
+        super().__init__(f"membership change {what} ({reason}): {message}", 1)
         self.reason = reason
 
 

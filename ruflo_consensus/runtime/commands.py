@@ -1,7 +1,10 @@
 """The command-line side of the runtime: keygen, node, cluster up/status/down/add/remove, kv.
 
-Exit codes follow the CLI's: 0 success, 1 the operation failed (a node or the cluster is
-unavailable, a timeout), 2 bad input (a clear one-line message, never a traceback).
+Exit codes follow the CLI's one scheme (:data:`EXIT_CODES` is the ``--help`` epilog):
+0 success; 1 the answer is "no" (``kv cas`` did not swap, a node in ``cluster status``
+did not answer, the cluster refused the request, ``cluster down`` found nothing to
+stop); 2 bad input (a clear one-line message, never a traceback); 3 unavailable (no
+answer in time: a write may or may not have been applied; nodes that did not start).
 """
 
 from __future__ import annotations
@@ -16,15 +19,29 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["render_status", "run_runtime_command"]
+__all__ = ["EXIT_CODES", "render_status", "run_runtime_command"]
 
-EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  the answer is no: kv cas did not swap (prints false); cluster status: a node did
+     not answer; the cluster refused the request (unknown client key, a refused
+     membership change); cluster down: no running node was recorded for the spec
+  2  bad input: usage, spec (a backend real nodes cannot run too), key file, node id,
+     a command the state machine rejects; a node that refuses to start (a key file
+     others can read, saved state it lost: see node --rejoin)
+  3  unavailable: no answer in time (a write may or may not have been applied);
+     cluster up: a node did not start (it was stopped again)"""
+"""The exit codes of keygen, node, cluster and kv: the epilog of their ``--help``."""
+
+_REFUSALS = ("UNAUTHENTICATED", "REFUSED")  # client errors that are an answer: "no"
 
 
 def run_runtime_command(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Dispatch ``keygen``, ``node``, ``cluster …`` and ``kv …``."""
     from ..identity import IdentityError
-    from .cluster import ClusterError
+    from .cluster import ClusterError, MembershipError
     from .spec import SpecError
 
     try:
@@ -33,42 +50,73 @@ def run_runtime_command(args: argparse.Namespace, out: Console, err: Console) ->
         if args.command == "node":
             from .process import run_node_process
 
-            return run_node_process(args.spec, args.id, args.machine)
+            return run_node_process(args.spec, args.id, args.machine, rejoin=args.rejoin)
         if args.command == "cluster":
             return _cluster(args, out)
         return _kv(args, out)
     except (SpecError, IdentityError) as exc:
         print(f"ruflo-consensus: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MembershipError as exc:
+        print(f"ruflo-consensus: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if exc.reason in ("timeout", "unavailable") else EXIT_FAIL
     except ClusterError as exc:
         print(f"ruflo-consensus: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return exc.exit_code
 
 
 def _keygen(args: argparse.Namespace, out: Console) -> int:
-    from ..identity import keygen, manifest_path
+    """Write the key file where ``--out`` says, where ``--spec`` reads it, or in ./keys."""
+    from ..identity import check_node_id, keygen, manifest_path
+    from .spec import SpecError, load_spec
 
-    path = Path(args.out or f"keys/{args.id}.key")
+    check_node_id(args.id)
+    if args.spec is not None:
+        spec = load_spec(args.spec)
+        client = spec.clients.get(args.id)
+        if args.id in spec.key_files:
+            path = spec.key_files[args.id]
+        elif client is not None and client.key_file is not None:
+            path = client.key_file
+        else:
+            raise SpecError(
+                f"{args.spec}: {args.id!r} is neither a node nor a client with a key_file "
+                f"(nodes: {', '.join(spec.ids)}; clients: {', '.join(spec.clients) or '-'})"
+            )
+    else:
+        path = Path(args.out or f"keys/{args.id}.key")
+    path = path.resolve()
     ident = keygen(args.id, path, overwrite=args.force)
-    out.print(f"wrote {path} (mode 0600) and {manifest_path(path)}")
+    print(f"wrote {path} (mode 0600) and {manifest_path(path)}")
     out.print(f"public key {ident.public_key.hex()}")
     return EXIT_OK
 
 
 def _cluster(args: argparse.Namespace, out: Console) -> int:
     from .cluster import cluster_down, cluster_status, cluster_up, default_run_dir
+    from .spec import SpecError
 
     if args.cluster == "up":
         only = [x for x in args.only.split(",") if x] if args.only else None
         run_dir = Path(args.dir) if args.dir else default_run_dir(args.spec)
-        pids = cluster_up(args.spec, run_dir, only=only, machine=args.machine)
+        pids = cluster_up(args.spec, run_dir, only=only, machine=args.machine, rejoin=args.rejoin)
         for node_id, pid in pids.items():
             out.print(f"{node_id} running as pid {pid} (log {run_dir / 'logs' / node_id}.log)")
         return EXIT_OK
     if args.cluster == "down":
+        if not Path(args.spec).is_file():
+            raise SpecError(f"{args.spec}: no such spec file")
         run_dir = Path(args.dir) if args.dir else default_run_dir(args.spec)
-        for node_id, how in cluster_down(run_dir).items():
+        outcome = cluster_down(run_dir)
+        for node_id, how in outcome.items():
             out.print(f"{node_id}: {how}")
+        if not any(how in ("stopped", "killed") for how in outcome.values()):
+            print(
+                f"ruflo-consensus: nothing to stop: no running node is recorded in "
+                f"{run_dir.resolve() / 'cluster.json'}",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
         return EXIT_OK
     if args.cluster in ("add", "remove"):
         return _membership(args, out)
@@ -134,13 +182,26 @@ def render_status(statuses: list[dict[str, Any]]) -> Table:
     members = membership_roles(statuses)
     shown = {"voter": "voter", "learner": "learner", "none": "not a member"}
     table = Table(title="cluster status")
-    cols = ("node", "role", "member", "term", "leader", "commit", "applied", "links", "rejected")
+    cols = (
+        "node",
+        "backend",
+        "role",
+        "member",
+        "term",
+        "leader",
+        "commit",
+        "applied",
+        "links",
+        "rejected",
+    )
     for col in cols:
         table.add_column(col, justify="right" if col in ("term", "commit", "applied") else "left")
     for s in statuses:
         member = shown.get(members[s["id"]], members[s["id"]])
+        if s.get("rejoining"):
+            member += " (rejoining: lost its state, does not vote)"
         if "error" in s:
-            table.add_row(s["id"], "[red]down[/red]", member, "", "", "", "", s["error"], "")
+            table.add_row(s["id"], "", "[red]down[/red]", member, "", "", "", "", s["error"], "")
             continue
         links = " ".join(
             f"{ln['peer']}:{'[green]up[/green]' if ln['connected'] else '[red]down[/red]'}"
@@ -151,6 +212,7 @@ def render_status(statuses: list[dict[str, Any]]) -> Table:
         role = f"[bold]{s['role']}[/bold]" if s["role"] == "leader" else s["role"]
         table.add_row(
             s["id"],
+            str(s.get("backend", "?")),
             role,
             member,
             str(s["term"]),
@@ -188,9 +250,11 @@ def _kv(args: argparse.Namespace, out: Console) -> int:
         _node, result = trio.run(lambda: client.call(op, args.timeout, **fields))
     except ClientError as exc:
         print(f"ruflo-consensus kv: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAIL if exc.code in _REFUSALS else EXIT_UNAVAILABLE
     if isinstance(result, CommandRejected):
         print(f"ruflo-consensus kv: rejected: {result.code}: {result.message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(json.dumps(result))
+    if args.kv == "cas" and result is False:
+        return EXIT_FAIL  # the value was not OLD: nothing changed
     return EXIT_OK

@@ -58,8 +58,9 @@ def write_local_spec(
 
     Keys are generated into ``directory/keys``. ``raft``/``runtime`` become the spec's
     ``[raft]``/``[runtime]`` tables (default: 10 ms ticks, 150–300 ms elections, WAL in
-    ``directory/data``). ``node_extra`` adds fields to given nodes (TLS paths, …); ``top``
-    adds top-level fields (``hub``, ``coordinators``). Each of ``clients`` gets a key in
+    ``directory/data``; ``runtime={"data_dir": None}`` keeps the log in memory).
+    ``node_extra`` adds fields to given nodes (TLS paths, …); ``top`` adds top-level
+    fields (``hub``, ``coordinators``). Each of ``clients`` gets a key in
     ``directory/keys`` and a ``[[clients]]`` entry (the first is the CLI's default key).
     """
     d = Path(directory)
@@ -81,6 +82,9 @@ def write_local_spec(
     lines.append("")
     lines.append("[runtime]")
     rt = {"data_dir": "data", **(runtime or {})}
+    if "data_dir" in rt and rt["data_dir"] is None:  # no folder for a WAL: memory storage
+        rt["data_dir"] = "data"
+        rt.setdefault("storage", "memory")
     for k, v in rt.items():
         if v is not None:
             lines.append(f"{k} = {_toml_value(v)}")

@@ -143,6 +143,7 @@ class Node:
         seed: int | None = None,
         relay_hook: Callable[[bytes], bytes] | None = None,
         client_keys: dict[str, bytes] | None = None,
+        rejoin: bool = False,
     ) -> None:
         node_id = identity.node_id
         spec.check_node(node_id)
@@ -171,6 +172,24 @@ class Node:
         self._persist_in_thread = isinstance(storage, FileStorage)
         self._early_append = spec.runtime.parallel_leader_append
         stored = storage.load()
+        self._marker = spec.state_marker(node_id)
+        empty = (
+            stored.hard_state is None
+            and stored.snapshot is None
+            and not stored.entries
+            and stored.state is None
+        )
+        self.rejoining = empty and self._marker.exists()
+        """This node saved state once and lost it: it starts as a spare (see below)."""
+        if self.rejoining and not rejoin:
+            storage.close()
+            raise NodeError(
+                f"{node_id} lost its saved state (storage empty, {self._marker} exists): it "
+                "may have voted and acknowledged entries, so it will not start as a voter. "
+                f"Restore its data, or: cluster remove SPEC {node_id}; start it with "
+                f"--rejoin; cluster add SPEC {node_id}"
+            )
+        self._marker_pending = empty and not self.rejoining
         self.table = SessionTable(state_machine)
         self.applied = 0
         try:
@@ -182,7 +201,7 @@ class Node:
                 stored.hard_state,
                 stored.entries,
                 snapshot=stored.snapshot,
-                join=node_id not in spec.voters,
+                join=node_id not in spec.voters or self.rejoining,
             )
         except ValueError as exc:  # a snapshot of another membership, a gap in the log
             raise NodeError(f"cannot start from the stored state: {exc}") from None
@@ -303,6 +322,8 @@ class Node:
                         await trio.to_thread.run_sync(self.storage.save, rd.persist)
                     else:
                         self.storage.save(rd.persist)
+                    if self._marker_pending:
+                        self._mark_initialised()
                 for m in messages:
                     self._send_message(m)
                 for rc in rd.role_changes:
@@ -318,6 +339,15 @@ class Node:
                     or rd.snapshot_request is not None
                 ):
                     await self._apply_send.send(rd)
+
+    def _mark_initialised(self) -> None:
+        """This node's first state is saved (before any message that tells of it leaves):
+        write the marker that makes a later start from empty storage refuse to vote."""
+        self._marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._marker.with_name(self._marker.name + ".tmp")
+        tmp.write_text(f"{self.node_id} saved state; an empty storage later means it lost it\n")
+        tmp.replace(self._marker)
+        self._marker_pending = False
 
     async def _apply_loop(self) -> None:
         async for work in self._apply_recv:
@@ -523,6 +553,12 @@ class Node:
             return await self.membership.change(kind, node_id, deadline - 0.05 * limit)
         raise SubmitTimeout(f"membership change {kind} {node_id} not done within {limit} s")
 
+    def _votes(self) -> bool:
+        """True when the core votes (a voter of its configuration that is not joining)."""
+        membership = self.capabilities.membership
+        # a core without membership changes has a fixed set of voters: this node votes
+        return membership is None or membership.is_voter
+
     @property
     def member_role(self) -> str:
         """``"voter"``, ``"learner"`` or ``"none"`` in the configuration in effect here."""
@@ -558,12 +594,13 @@ class Node:
         return self.router.unroutable
 
     def status(self) -> dict[str, Any]:
-        """Role, term, leader, commit/applied indexes, link health, rejection counts and
-        membership: ``member`` (this node's ``voter``/``learner``/``none``), ``voters``,
-        ``learners``, ``conf_index``, ``conf_committed`` as this node sees them, and on a
-        leader ``progress`` (each member's highest replicated index). Fields a core has
-        no capability for are None (``commit``, ``last_index``, ``snapshot_index``) or
-        left out (membership, ``progress``)."""
+        """The spec's ``backend``, role, term, leader, commit/applied indexes, link health,
+        rejection counts and membership: ``member`` (this node's
+        ``voter``/``learner``/``none``), ``voters``, ``learners``, ``conf_index``,
+        ``conf_committed`` as this node sees them, and on a leader ``progress`` (each
+        member's highest replicated index). Fields a core has no capability for are None
+        (``commit``, ``last_index``, ``snapshot_index``) or left out (membership,
+        ``progress``)."""
         core, caps = self.core, self.capabilities
         rejected = Counter(self.rejected)
         if caps.counters is not None:
@@ -571,6 +608,7 @@ class Node:
         positions = caps.log
         out: dict[str, Any] = {
             "id": self.node_id,
+            "backend": self.spec.backend,
             "role": str(core.role),
             "term": core.term,
             "leader": core.leader,
@@ -586,6 +624,7 @@ class Node:
             **self.router.link_status(),
             "rejected": dict(sorted(rejected.items())),
             "member": self.member_role,
+            "rejoining": self.rejoining and not self._votes(),
             **configuration_map(caps.membership),
         }
         if core.role is Role.LEADER and caps.progress is not None:

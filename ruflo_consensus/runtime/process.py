@@ -31,9 +31,9 @@ class StartupError(Exception):
     """The node cannot start (bad spec, key file, manifest or storage)."""
 
 
-async def _serve(spec_path: str, node_id: str, machine: str) -> None:
+async def _serve(spec_path: str, node_id: str, machine: str, rejoin: bool) -> None:
     spec = load_spec(spec_path)
-    node = build_node(spec, node_id, MACHINES[machine]())
+    node = build_node(spec, node_id, MACHINES[machine](), rejoin=rejoin)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
@@ -46,8 +46,14 @@ async def _serve(spec_path: str, node_id: str, machine: str) -> None:
                 break
 
 
-def run_node_process(spec_path: str | Path, node_id: str, machine: str = "kv") -> int:
-    """Run one node in this process until a signal; return the exit code."""
+def run_node_process(
+    spec_path: str | Path, node_id: str, machine: str = "kv", *, rejoin: bool = False
+) -> int:
+    """Run one node in this process until a signal; return the exit code.
+
+    ``rejoin``: a node that saved state once and lost it starts as a spare (see
+    :class:`~.node.Node`) instead of refusing to start (exit 2).
+    """
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -57,7 +63,7 @@ def run_node_process(spec_path: str | Path, node_id: str, machine: str = "kv") -
         print(f"ruflo-consensus node: unknown machine {machine!r}", file=sys.stderr)
         return 2
     try:
-        trio.run(_serve, str(spec_path), node_id, machine)
+        trio.run(_serve, str(spec_path), node_id, machine, rejoin)
     except (SpecError, IdentityError, NodeError, StorageError) as exc:
         print(f"ruflo-consensus node: error: {exc}", file=sys.stderr)
         return 2
@@ -87,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True)
     parser.add_argument("--id", required=True)
     parser.add_argument("--machine", default="kv", choices=sorted(MACHINES))
+    parser.add_argument("--rejoin", action="store_true")
     args = parser.parse_args(argv)
-    return run_node_process(args.spec, args.id, args.machine)
+    return run_node_process(args.spec, args.id, args.machine, rejoin=args.rejoin)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

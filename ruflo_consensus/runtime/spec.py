@@ -1,7 +1,9 @@
 """A cluster spec for real nodes: the topology plus endpoints, keys, TLS and timing.
 
 The same TOML file drives the simulator (``simulate --topology FILE`` reads only the
-topology) and real nodes. The runtime reads these extra, optional parts::
+topology) and real nodes. ``backend`` (default ``"raft"``) must be one the runtime can
+run (:data:`RUNTIME_BACKENDS`): any other is refused with :class:`SpecError`, never run
+as Raft. The runtime reads these extra, optional parts::
 
     [raft]                       # RaftConfig fields (milliseconds)
     tick_ms = 10
@@ -10,7 +12,11 @@ topology) and real nodes. The runtime reads these extra, optional parts::
     heartbeat_ms = 50
 
     [runtime]
-    data_dir = "data"            # per-node WAL at <data_dir>/<node id>; relative to the spec
+    storage = "file"             # "file" (the default: a WAL per node) or "memory"
+    data_dir = "data"            # the default: WAL at <data_dir>/<node id>, relative to
+                                 # the spec; <data_dir>/<node id>.initialised marks a node
+                                 # that has saved state (see Node: a node that lost it
+                                 # refuses to start as a voter)
     fsync = true
     max_frame = 1048576          # bytes; bigger frames are refused before decoding
     send_queue = 1024            # frames per peer link before frames are dropped
@@ -56,6 +62,7 @@ from ..core.raft import RaftConfig
 from ..topology import Topology, TopologyError, load_topology
 
 __all__ = [
+    "RUNTIME_BACKENDS",
     "ClientSpec",
     "ClusterSpec",
     "Endpoint",
@@ -64,6 +71,10 @@ __all__ = [
     "SpecError",
     "load_spec",
 ]
+
+
+RUNTIME_BACKENDS: tuple[str, ...] = ("raft",)
+"""The ``backend`` values real nodes can run today (the simulator runs more)."""
 
 
 class SpecError(ValueError):
@@ -114,7 +125,8 @@ class NodeTLS:
 class RuntimeOptions:
     """Transport and storage settings of the runtime (the ``[runtime]`` table)."""
 
-    data_dir: str | None = None
+    data_dir: str = "data"
+    storage: str = "file"
     fsync: bool = True
     max_frame: int = 1 << 20
     send_queue: int = 1024
@@ -128,6 +140,10 @@ class RuntimeOptions:
     parallel_leader_append: bool = True
 
     def __post_init__(self) -> None:
+        if self.storage not in ("file", "memory"):
+            raise SpecError(f"runtime.storage must be 'file' or 'memory', not {self.storage!r}")
+        if not isinstance(self.data_dir, str) or not self.data_dir:
+            raise SpecError("runtime.data_dir must be a folder name (storage = 'memory': no WAL)")
         if self.max_frame < 1024:
             raise SpecError("runtime.max_frame must be at least 1024 bytes")
         if self.send_queue < 1 or self.max_sessions < 1:
@@ -177,11 +193,22 @@ class ClusterSpec:
     spares: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        if self.backend not in RUNTIME_BACKENDS:
+            raise SpecError(
+                f"backend {self.backend!r} cannot run on real nodes; the runtime runs "
+                f"{', '.join(repr(b) for b in RUNTIME_BACKENDS)} (the simulator runs more: "
+                "simulate --backend)"
+            )
         unknown = self.spares - set(self.topology.ids)
         if unknown:
             raise SpecError(f"spare node(s) not in the spec: {', '.join(sorted(unknown))}")
         if not self.voters:
             raise SpecError("every node is a spare (join = true): the cluster needs a voter")
+
+    @property
+    def backend(self) -> str:
+        """The consensus backend the nodes run (the spec's ``backend``)."""
+        return self.topology.backend
 
     @property
     def ids(self) -> list[str]:
@@ -204,10 +231,16 @@ class ClusterSpec:
         return manifest_path(self.key_files[node_id])
 
     def data_dir(self, node_id: str) -> Path | None:
-        """The node's WAL folder (``None``: keep the log in memory)."""
-        if self.runtime.data_dir is None:
+        """The node's WAL folder (``None``: ``storage = "memory"``, the log in memory)."""
+        if self.runtime.storage == "memory":
             return None
         return _resolve(self.base, self.runtime.data_dir) / node_id
+
+    def state_marker(self, node_id: str) -> Path:
+        """``<data_dir>/<node id>.initialised``: written once the node has saved state (with
+        memory storage too), beside — not in — its WAL folder, so that a wiped WAL or a
+        restart from memory is told apart from a node's very first start."""
+        return _resolve(self.base, self.runtime.data_dir) / f"{node_id}.initialised"
 
     def check_node(self, node_id: str) -> None:
         """Raise :class:`SpecError` unless ``node_id`` is in the spec."""
@@ -232,6 +265,8 @@ def _table(data: dict[str, Any], name: str, allowed: set[str], where: Path) -> d
 
 def load_spec(path: str | Path) -> ClusterSpec:
     """Load a spec file for real nodes; raise :class:`SpecError` naming the file."""
+    from ..identity import IdentityError, check_node_id
+
     p = Path(path)
     try:
         topology = load_topology(p)
@@ -252,6 +287,10 @@ def load_spec(path: str | Path) -> ClusterSpec:
     spares: set[str] = set()
     raw_nodes = {n["id"]: n for n in data["nodes"]}
     for node in topology.nodes:
+        try:
+            check_node_id(node.id)
+        except IdentityError as exc:
+            raise SpecError(f"{p}: {exc}") from None
         if node.endpoint is None:
             raise SpecError(f"{p}: node {node.id!r} needs an endpoint")
         try:

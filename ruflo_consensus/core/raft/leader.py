@@ -123,9 +123,21 @@ class LeaderRole(RaftState):
                 self._send_append(m.src, allow_empty=False)
             return
         # rejection: back off
+        if m.round and m.index <= pr.match:
+            # A heartbeat names only an index the follower acknowledged to this leader,
+            # in this term, before the heartbeat left: rejecting it means the follower
+            # lost those entries (it restarted without its storage). Forget what it was
+            # known to hold and probe from its hint; log matching repairs it.
+            self._count("follower-lost-log")
+            pr.match = 0
+            pr.become_probe()
+            hint = self._log.next_after_rejection(m.index, m.hint_index, m.hint_term)
+            pr.next = max(1, min(hint, m.index))
+            self._send_append(m.src, allow_empty=True)
+            return
         if pr.state is ProgressState.REPLICATE:
             if m.index <= pr.match:
-                return  # stale
+                return  # stale: an append's answer that a later success overtook
             pr.become_probe()
         elif m.index != pr.next - 1:
             return  # stale probe answer
