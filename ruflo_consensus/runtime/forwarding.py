@@ -100,6 +100,9 @@ class Submissions:
         self.waiters: dict[tuple[str, int], Waiter] = {}
         self.proposed = 0
         """Commands proposed to the core (as leader; a retry in a new term counts again)."""
+        self.refused = 0
+        """Proposals the core refused at once (``ProposalDropped``: a leadership transfer
+        in progress, too many uncommitted entries); the submit tries again."""
         self.sweep_s = node.retry_s / 2  # how often the node's sweeper pokes every waiter
         self._serving = trio.Semaphore(_MAX_FORWARDS)
         self._lanes_send, self._lanes_recv = trio.open_memory_channel[Lane](lanes)
@@ -204,6 +207,7 @@ class Submissions:
                     except NotLeader:
                         pass
                     except ProposalDropped:
+                        self.refused += 1
                         await trio.sleep(node.tick_s * 5)
                         continue
             elif not forward:

@@ -156,7 +156,7 @@ class NodeCollector(Collector):
         )
         yield by(
             "proposals_dropped",
-            "Proposals the core dropped (not leader, transfer, full), by reason",
+            "Proposals the core refused or dropped, by reason ('refused': at propose)",
             "reason",
             st["proposals_dropped"],
         )

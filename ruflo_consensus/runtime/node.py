@@ -248,7 +248,7 @@ class Node:
         self.started = trio.Event()
         self.port: int | None = None
         self.proposals_dropped: Counter[str] = Counter()
-        """Proposals the core dropped, per reason."""
+        """Proposals the core dropped after taking them (``Ready.dropped``), per reason."""
         self.metrics = NodeMetrics(self)
         """This node's Prometheus registry and histograms (:mod:`.metrics`)."""
         self.metrics_port: int | None = None
@@ -659,6 +659,9 @@ class Node:
         ``progress``)."""
         core, caps = self.core, self.capabilities
         rejected = Counter(self.rejected)
+        dropped = Counter(self.proposals_dropped)
+        if self.submissions.refused:
+            dropped["refused"] += self.submissions.refused
         if caps.counters is not None:
             rejected.update(caps.counters.rejected)
         positions = caps.log
@@ -678,7 +681,7 @@ class Node:
             "delivered": self.delivered,
             "received": self.transport.received,
             "proposed": self.submissions.proposed,
-            "proposals_dropped": dict(sorted(self.proposals_dropped.items())),
+            "proposals_dropped": dict(sorted(dropped.items())),
             "unroutable": self.unroutable,
             **self.router.link_status(),
             "rejected": dict(sorted(rejected.items())),
