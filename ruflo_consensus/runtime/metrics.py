@@ -34,6 +34,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from ..core.base import Role
+from .errors import NodeError
 
 __all__ = ["MetricsSource", "NodeCollector", "NodeMetrics", "serve_metrics"]
 
@@ -215,6 +216,7 @@ class NodeMetrics:
 
 _MAX_HEAD = 8192
 _REQUEST_TIMEOUT_S = 10.0
+_MAX_CONNECTIONS = 16  # scrapes served at once; more connections are closed at once
 
 
 async def serve_metrics(
@@ -225,12 +227,30 @@ async def serve_metrics(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``GET /metrics`` on ``host:port`` until cancelled; reports the bound port
-    (``port`` 0 binds any free one). One request per connection (``Connection: close``)."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    (``port`` 0 binds any free one). One request per connection (``Connection: close``),
+    at most 16 connections at once, each closed after 10 s. Raises :class:`NodeError`
+    when the address cannot be bound (in use, not an address of this host)."""
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise NodeError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    if port == 0:  # a name with several addresses got a free port for each: keep one
+        for extra in listeners[1:]:
+            await extra.aclose()
+        listeners = listeners[:1]
     bound = int(listeners[0].socket.getsockname()[1])
+    slots = trio.Semaphore(_MAX_CONNECTIONS)
 
     async def handle(stream: trio.SocketStream) -> None:
-        await _answer(stream, metrics)
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await _answer(stream, metrics)
+        finally:
+            slots.release()
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, listeners)

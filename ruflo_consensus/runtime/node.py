@@ -21,7 +21,9 @@ starts, in one nursery:
   restores the state machine (and session table) from a snapshot the core hands over
   (``Ready.snapshot``: installed from the leader, or the stored one at start-up), and
   answers ``Ready.snapshot_request`` by snapshotting both and calling the core's
-  ``compact`` once it has applied through the requested index.
+  ``compact`` once it has applied through the requested index;
+* the **metrics server**, when the spec gives the node a ``metrics`` address: Prometheus
+  metrics over HTTP (:mod:`.metrics`; :attr:`Node.metrics` holds the node's registry).
 
 Cancelling the nursery stops the node. Any task that raises takes the whole node down
 with the exception (trio's nursery semantics): a node is never half-alive.

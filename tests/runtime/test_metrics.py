@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from ruflo_consensus.codec import encode_message
 from ruflo_consensus.core.raft import VoteResponse
 from ruflo_consensus.identity import NodeIdentity, NonceSource, seal
-from ruflo_consensus.runtime import Node
+from ruflo_consensus.runtime import Node, NodeError
+from ruflo_consensus.runtime.metrics import NodeMetrics, serve_metrics
 from ruflo_consensus.runtime.spec import MetricsAddress, SpecError
 from ruflo_consensus.runtime.transport import connect
 from tests.helpers.runtime_helpers import (
@@ -166,11 +170,95 @@ def _listening_ports() -> set[int]:
 async def test_metrics_are_off_by_default(tmp_path: Path) -> None:
     spec = local_spec(tmp_path, "mesh", 3, runtime={"data_dir": None})
     assert spec.metrics == {}
+    before = _listening_ports()
     async with trio.open_nursery() as nursery:
         nodes = await start_nodes(nursery, spec)
         await wait_leader(nodes)
         assert all(n.metrics_port is None for n in nodes.values())
-        assert _listening_ports() == {n.port for n in nodes.values()}
+        assert _listening_ports() - before == {n.port for n in nodes.values()}
         # the registry is still there for an embedder's own exporter
         assert b"ruflo_role{" in nodes["n1"].metrics.exposition()
         nursery.cancel_scope.cancel()
+
+
+class _FakeNode:
+    """What the collector reads of a node, without one (a core with no log positions)."""
+
+    node_id = "n9"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": "follower",
+            "term": 7,
+            "commit": None,
+            "applied": 3,
+            "last_index": None,
+            "snapshot_index": None,
+            "links": [{"peer": "n8", "sent": 5, "dropped": 1}],
+            "received": 4,
+            "delivered": 2,
+            "relayed": 0,
+            "unroutable": 0,
+            "rejected": {"malformed": 2},
+            "proposed": 0,
+            "proposals_dropped": {},
+        }
+
+
+async def _raw_http(port: int, request: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        out = b""
+        while data := await stream.receive_some(65536):
+            out += data
+    return out
+
+
+async def test_the_metrics_server_answers_http_and_stops_when_cancelled() -> None:
+    metrics = NodeMetrics(_FakeNode())
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_metrics, metrics, "127.0.0.1", 0)
+        ok = await _raw_http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = ok.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head
+        assert f"Content-Length: {len(body)}".encode() in head
+        samples = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(body.decode())
+            for s in f.samples
+        }
+        assert value(samples, "ruflo_term", "n9") == 7
+        assert value(samples, "ruflo_role", "n9", role="follower") == 1
+        assert value(samples, "ruflo_frames_dropped_total", "n9", peer="n8") == 1
+        assert value(samples, "ruflo_frames_rejected_total", "n9", reason="malformed") == 2
+        assert not any(name == "ruflo_commit_index" for name, _ in samples)  # no such index
+        openmetrics = b"Accept: application/openmetrics-text; version=1.0.0\r\n"
+        om = await _raw_http(port, b"GET / HTTP/1.1\r\n" + openmetrics + b"\r\n")
+        assert b"application/openmetrics-text" in om.split(b"\r\n\r\n")[0]
+        assert om.endswith(b"# EOF\n")
+        head_only = await _raw_http(port, b"HEAD /metrics HTTP/1.0\r\n\r\n")
+        assert head_only.startswith(b"HTTP/1.1 200") and head_only.endswith(b"\r\n\r\n")
+        assert (await _raw_http(port, b"POST /metrics HTTP/1.1\r\n\r\n")).startswith(
+            b"HTTP/1.1 405"
+        )
+        assert (await _raw_http(port, b"nonsense\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        assert (await _raw_http(port, b"GET /other HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
+        # a connection that says nothing does not hold the server up
+        idle = await trio.open_tcp_stream("127.0.0.1", port)
+        assert (await _raw_http(port, b"GET /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await idle.aclose()
+        nursery.cancel_scope.cancel()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+    # nothing went to the process's global registry
+    assert not [m for m in REGISTRY.collect() if m.name.startswith("ruflo")]
+
+
+async def test_a_taken_metrics_port_is_a_node_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(NodeError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            await serve_metrics(NodeMetrics(_FakeNode()), "127.0.0.1", port)
