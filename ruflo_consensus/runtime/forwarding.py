@@ -98,6 +98,11 @@ class Submissions:
     def __init__(self, node: NodeServices, lane_prefix: str, lanes: int) -> None:
         self.node = node
         self.waiters: dict[tuple[str, int], Waiter] = {}
+        self.proposed = 0
+        """Commands proposed to the core (as leader; a retry in a new term counts again)."""
+        self.refused = 0
+        """Proposals the core refused at once (``ProposalDropped``: a leadership transfer
+        in progress, too many uncommitted entries); the submit tries again."""
         self.sweep_s = node.retry_s / 2  # how often the node's sweeper pokes every waiter
         self._serving = trio.Semaphore(_MAX_FORWARDS)
         self._lanes_send, self._lanes_recv = trio.open_memory_channel[Lane](lanes)
@@ -196,11 +201,13 @@ class Submissions:
                 if owner and attempt != ("lead", core.term):
                     try:
                         core.propose(Proposal(client, seq, command))
+                        self.proposed += 1
                         attempt = ("lead", core.term)
                         node.wake()
                     except NotLeader:
                         pass
                     except ProposalDropped:
+                        self.refused += 1
                         await trio.sleep(node.tick_s * 5)
                         continue
             elif not forward:

@@ -21,7 +21,9 @@ starts, in one nursery:
   restores the state machine (and session table) from a snapshot the core hands over
   (``Ready.snapshot``: installed from the leader, or the stored one at start-up), and
   answers ``Ready.snapshot_request`` by snapshotting both and calling the core's
-  ``compact`` once it has applied through the requested index.
+  ``compact`` once it has applied through the requested index;
+* the **metrics server**, when the spec gives the node a ``metrics`` address: Prometheus
+  metrics over HTTP (:mod:`.metrics`; :attr:`Node.metrics` holds the node's registry).
 
 Cancelling the nursery stops the node. Any task that raises takes the whole node down
 with the exception (trio's nursery semantics): a node is never half-alive.
@@ -49,6 +51,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVarTuple
@@ -65,6 +68,7 @@ from ..core.base import (
     CoreFactory,
     Message,
     NodeId,
+    Persist,
     ProtocolError,
     Ready,
     Role,
@@ -85,6 +89,7 @@ from .membership import (
     configuration_map,
     member_role,
 )
+from .metrics import NodeMetrics, serve_metrics
 from .routing import Router
 from .spec import ClusterSpec
 
@@ -244,6 +249,12 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.started = trio.Event()
         self.port: int | None = None
+        self.proposals_dropped: Counter[str] = Counter()
+        """Proposals the core dropped after taking them (``Ready.dropped``), per reason."""
+        self.metrics = NodeMetrics(self)
+        """This node's Prometheus registry and histograms (:mod:`.metrics`)."""
+        self.metrics_port: int | None = None
+        """The port metrics are served on (None: the spec gives this node no address)."""
 
     # ------------------------------------------------------------------ running
 
@@ -253,6 +264,11 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.port = await nursery.start(self.transport.run)
+                address = self.spec.metrics.get(self.node_id)
+                if address is not None:
+                    self.metrics_port = await nursery.start(
+                        serve_metrics, self.metrics, address.host, address.port
+                    )
                 nursery.start_soon(self._tick_loop)
                 nursery.start_soon(self._ready_loop)
                 nursery.start_soon(self._apply_loop)
@@ -266,6 +282,7 @@ class Node:
                 task_status.started(self)
         finally:
             self._nursery = None
+            self.metrics_port = None
             with trio.CancelScope(shield=True):
                 self.storage.close()
 
@@ -319,7 +336,8 @@ class Node:
                                 later.append(m)
                         messages = later
                     if self._persist_in_thread:
-                        await trio.to_thread.run_sync(self.storage.save, rd.persist)
+                        seconds = await trio.to_thread.run_sync(self._timed_save, rd.persist)
+                        self.metrics.fsync.observe(seconds)
                     else:
                         self.storage.save(rd.persist)
                     if self._marker_pending:
@@ -328,7 +346,8 @@ class Node:
                     self._send_message(m)
                 for rc in rd.role_changes:
                     self._on_role_change(rc)
-                for proposal, _reason in rd.dropped:
+                for proposal, reason in rd.dropped:
+                    self.proposals_dropped[str(reason)] += 1
                     if proposal.client is not None:
                         self.submissions.poke(proposal.client, proposal.seq)
                 if (
@@ -339,6 +358,12 @@ class Node:
                     or rd.snapshot_request is not None
                 ):
                     await self._apply_send.send(rd)
+
+    def _timed_save(self, persist: Persist) -> float:
+        """``storage.save`` (one WAL record and its fsync), in a worker thread: seconds."""
+        start = time.perf_counter()
+        self.storage.save(persist)
+        return time.perf_counter() - start
 
     def _mark_initialised(self) -> None:
         """This node's first state is saved (before any message that tells of it leaves):
@@ -353,8 +378,11 @@ class Node:
         async for work in self._apply_recv:
             if work.snapshot is not None:
                 self._restore(work.snapshot)
-            for c in work.committed:
-                self._apply(c)
+            if work.committed:
+                start = time.perf_counter()
+                for c in work.committed:
+                    self._apply(c)
+                self.metrics.apply.observe(time.perf_counter() - start)
             if work.snapshot_request is not None:
                 self._compact(work.snapshot_request)
             for r in work.results:
@@ -480,19 +508,40 @@ class Node:
         are in flight per node; more wait for a free lane (back-pressure).
         """
         limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
-        lane = await self.submissions.take_lane(limit)
+        start = time.perf_counter()
+        outcome = "error"
         try:
-            lane.seq += 1
-            return await self.submit_as(lane.client, lane.seq, command, limit)
+            lane = await self.submissions.take_lane(limit)
+            try:
+                lane.seq += 1
+                self._check_member()
+                result = await self.submissions.submit_as(lane.client, lane.seq, command, limit)
+            finally:
+                self.submissions.return_lane(lane)
+            outcome = "ok"
+            return result
+        except SubmitTimeout:
+            outcome = "timeout"
+            raise
         finally:
-            self.submissions.return_lane(lane)
+            self.metrics.request("submit", outcome, time.perf_counter() - start)
 
     async def submit_as(self, client: str, seq: int, command: Any, timeout: float) -> Any:
         """Like :meth:`submit`, in the caller's session lane ``(client, seq)``: a retry of
         the same lane (on any node) is applied once. The client server uses it for
         clients that name their lane; ``timeout`` is in seconds."""
-        self._check_member()
-        return await self.submissions.submit_as(client, seq, command, timeout)
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            self._check_member()
+            result = await self.submissions.submit_as(client, seq, command, timeout)
+            outcome = "ok"
+            return result
+        except SubmitTimeout:
+            outcome = "timeout"
+            raise
+        finally:
+            self.metrics.request("submit", outcome, time.perf_counter() - start)
 
     async def read(self, query: Any, *, timeout: float | None = None) -> Any:
         """A linearizable read: ``query`` runs on this node's machine once it has applied
@@ -503,15 +552,24 @@ class Node:
         ordering, CRDT) the query runs on the local machine at once.
         """
         limit = self.spec.runtime.submit_timeout_s if timeout is None else timeout
-        self._check_member()
-        reads = self.capabilities.reads
-        if reads is None:
-            return self.table.machine.apply(query)
+        start = time.perf_counter()
+        outcome = "error"
         try:
-            with trio.fail_after(limit):
-                return await self.pending_reads.read(reads, query)
-        except trio.TooSlowError:
-            raise SubmitTimeout(f"read not confirmed within {limit} s") from None
+            self._check_member()
+            reads = self.capabilities.reads
+            if reads is None:
+                result = self.table.machine.apply(query)
+            else:
+                try:
+                    with trio.fail_after(limit):
+                        result = await self.pending_reads.read(reads, query)
+                except trio.TooSlowError:
+                    outcome = "timeout"
+                    raise SubmitTimeout(f"read not confirmed within {limit} s") from None
+            outcome = "ok"
+            return result
+        finally:
+            self.metrics.request("read", outcome, time.perf_counter() - start)
 
     def transfer_leadership(self, target: NodeId) -> None:
         """Ask this node, the leader, to hand leadership to ``target`` (a caught-up voter).
@@ -603,6 +661,9 @@ class Node:
         ``progress``)."""
         core, caps = self.core, self.capabilities
         rejected = Counter(self.rejected)
+        dropped = Counter(self.proposals_dropped)
+        if self.submissions.refused:
+            dropped["refused"] += self.submissions.refused
         if caps.counters is not None:
             rejected.update(caps.counters.rejected)
         positions = caps.log
@@ -620,6 +681,9 @@ class Node:
             "snapshots_restored": self.snapshots_restored,
             "relayed": self.relayed,
             "delivered": self.delivered,
+            "received": self.transport.received,
+            "proposed": self.submissions.proposed,
+            "proposals_dropped": dict(sorted(dropped.items())),
             "unroutable": self.unroutable,
             **self.router.link_status(),
             "rejected": dict(sorted(rejected.items())),

@@ -41,11 +41,16 @@ as Raft. The runtime reads these extra, optional parts::
     tls_fingerprint = "ab12…"           # optional: SHA-256 of the DER certificate, pinned
     tls_ca = "tls/ca.pem"               # optional: a CA to verify the certificate with
     join = false                        # true: a spare, outside the bootstrap configuration
+    metrics = "127.0.0.1:9101"          # optional: serve Prometheus metrics here (HOST:PORT,
+                                        # or a bare port on 127.0.0.1; 0: any free port)
 
 A node with ``join = true`` is a *spare*: it has keys, an endpoint and links like every
 other node, but it is not one of the bootstrap voters. It starts empty, never campaigns,
 and waits until the leader adds it (``cluster add``); the bootstrap voters are the other
 nodes, in spec order.
+
+A node without ``metrics`` opens no metrics port (the default). See ``docs/runtime.md``
+(Metrics) for what a scrape of ``http://HOST:PORT/metrics`` returns.
 
 Relative paths are relative to the spec file's folder.
 """
@@ -66,6 +71,7 @@ __all__ = [
     "ClientSpec",
     "ClusterSpec",
     "Endpoint",
+    "MetricsAddress",
     "NodeTLS",
     "RuntimeOptions",
     "SpecError",
@@ -109,6 +115,40 @@ class Endpoint:
         if parts.scheme not in ("ws", "wss") or not parts.hostname or port is None:
             raise SpecError(f"endpoint {text!r} must look like ws://HOST:PORT or wss://HOST:PORT")
         return cls(parts.scheme, parts.hostname, port)
+
+
+@dataclass(frozen=True)
+class MetricsAddress:
+    """Where a node serves its Prometheus metrics (a node's ``metrics`` in the spec)."""
+
+    host: str
+    port: int  # 0: any free port (the node reports the one it bound)
+
+    def url(self) -> str:
+        """The URL a scraper fetches."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    @classmethod
+    def parse(cls, value: object) -> MetricsAddress:
+        """``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) or a bare port number (on
+        127.0.0.1); raise :class:`SpecError` for anything else."""
+        if type(value) is int:
+            host, port = "127.0.0.1", value
+        elif isinstance(value, str) and value:
+            try:
+                parts = urlsplit(f"//{value}")
+                port_or_none = parts.port
+            except ValueError as exc:
+                raise SpecError(f"bad metrics address {value!r}: {exc}") from None
+            if not parts.hostname or port_or_none is None or parts.netloc != value or "@" in value:
+                raise SpecError(f"metrics address {value!r} must look like HOST:PORT")
+            host, port = parts.hostname, port_or_none
+        else:
+            raise SpecError(f"metrics must be a HOST:PORT string or a port number, not {value!r}")
+        if not 0 <= port <= 65535:
+            raise SpecError(f"metrics port {port} is not in 0..65535")
+        return cls(host, port)
 
 
 @dataclass(frozen=True)
@@ -191,6 +231,8 @@ class ClusterSpec:
     path: Path | None = None
     clients: dict[str, ClientSpec] = field(default_factory=dict)
     spares: frozenset[str] = frozenset()
+    metrics: dict[str, MetricsAddress] = field(default_factory=dict)
+    """Where each node serves Prometheus metrics; a node not in it serves none."""
 
     def __post_init__(self) -> None:
         if self.backend not in RUNTIME_BACKENDS:
@@ -285,6 +327,7 @@ def load_spec(path: str | Path) -> ClusterSpec:
     key_files: dict[str, Path] = {}
     tls: dict[str, NodeTLS] = {}
     spares: set[str] = set()
+    metrics: dict[str, MetricsAddress] = {}
     raw_nodes = {n["id"]: n for n in data["nodes"]}
     for node in topology.nodes:
         try:
@@ -324,10 +367,25 @@ def load_spec(path: str | Path) -> ClusterSpec:
             raise SpecError(f"{p}: node {node.id!r}: join must be true or false")
         if join:
             spares.add(node.id)
+        if raw.get("metrics") is not None:
+            try:
+                metrics[node.id] = MetricsAddress.parse(raw["metrics"])
+            except SpecError as exc:
+                raise SpecError(f"{p}: node {node.id!r}: {exc}") from None
     clients = _clients(data, base, set(endpoints), p)
     try:
         return ClusterSpec(
-            topology, base, endpoints, key_files, tls, raft, runtime, p, clients, frozenset(spares)
+            topology,
+            base,
+            endpoints,
+            key_files,
+            tls,
+            raft,
+            runtime,
+            p,
+            clients,
+            frozenset(spares),
+            metrics,
         )
     except SpecError as exc:
         raise SpecError(f"{p}: {exc}") from None

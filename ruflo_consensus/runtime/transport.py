@@ -207,6 +207,8 @@ class Transport:
             p: trio.open_memory_channel[bytes](spec.runtime.send_queue) for p in self.neighbours
         }
         self.inbound = 0
+        self.received = 0
+        """Frames that arrived on ``/peer`` (checked or not)."""
         self.port: int | None = None
 
     # ------------------------------------------------------------------ sending
@@ -275,6 +277,7 @@ class Transport:
         try:
             while True:
                 data = await ws.get_message()
+                self.received += 1
                 if not isinstance(data, bytes):
                     self.rejected["malformed"] += 1
                     continue
