@@ -75,7 +75,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        page = self.page.relative_to(ROOT) if self.page.is_relative_to(ROOT) else self.page
+        return f"{page}:{self.line}"
 
 
 def _mark_above(lines: list[str], fence_index: int) -> tuple[str | None, str, bool]:
@@ -261,10 +262,8 @@ def _teardown(work: Path) -> None:
                     os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("page", _runnable_pages())
-def test_page_runs(page: Path, tmp_path: Path) -> None:
-    """The page's runnable blocks, in order, in one fresh folder; teardown always."""
-    work = tmp_path / "work"
+def run_page(page: Path, work: Path) -> None:
+    """The page's runnable blocks, in order, in ``work``; teardown always."""
     work.mkdir()
     started = time.monotonic()
     try:
@@ -273,6 +272,38 @@ def test_page_runs(page: Path, tmp_path: Path) -> None:
     finally:
         _teardown(work)
     print(f"{page.name}: {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.parametrize("page", _runnable_pages())
+def test_page_runs(page: Path, tmp_path: Path) -> None:
+    run_page(page, tmp_path / "work")
+
+
+def test_a_failing_block_still_stops_the_cluster(tmp_path: Path) -> None:
+    """A block fails after ``cluster up``: the page fails and no node is left running."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- doc-test: run -->\n```console\n"
+        '$ python -c "from ruflo_consensus.runtime import write_local_spec; '
+        "write_local_spec('demo')\"\n"
+        "$ ruflo-consensus cluster up demo/cluster.toml --only n1\n"
+        "$ false\n```\n"
+    )
+    work = tmp_path / "work"
+    with pytest.raises(pytest.fail.Exception, match="'false' exited 1, not 0"):
+        run_page(page, work)
+    pids = json.loads((work / "demo/.ruflo-cluster/cluster/cluster.json").read_text())
+    assert pids["pids"] == {}  # cluster down ran
+    assert pids["spec"]
+    ran = [p for p in Path("/proc").glob("[0-9]*") if _cmdline_names(p, work)]
+    assert not ran, ran
+
+
+def _cmdline_names(proc: Path, work: Path) -> bool:
+    try:
+        return str(work).encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_readme_embedding_without_its_cluster_ends_in_one_line(tmp_path: Path) -> None:
