@@ -40,6 +40,7 @@ import re
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,8 @@ PYTHON_LANGS = {"python", "py"}
 SHELL_LANGS = {"console", "sh", "bash", "shell"}
 BLOCK_TIMEOUT_S = 90.0
 SLOW_BLOCK_TIMEOUT_S = 600.0
-_CLI = str(Path(sys.executable).parent / "ruflo-consensus")
+# where pip put the `ruflo-consensus` script of this interpreter's install (the venv's bin)
+_BIN_DIRS = list(dict.fromkeys([sysconfig.get_path("scripts"), str(Path(sys.executable).parent)]))
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 _MARK = re.compile(r"<!--\s*doc-test:\s*(?P<what>.*?)\s*-->")
@@ -198,7 +200,7 @@ def _runnable_pages() -> list[object]:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["PATH"] = os.pathsep.join([*_BIN_DIRS, env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("PYTHONPATH", None)  # blocks see the installed package, as a reader does
     return env
@@ -251,7 +253,7 @@ def _teardown(work: Path) -> None:
         spec = state.parent.parent.parent / f"{state.parent.name}.toml"
         if spec.is_file():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                _run([_CLI, "cluster", "down", str(spec)], work, 60)
+                _run(["ruflo-consensus", "cluster", "down", str(spec)], work, 60)
         for pid in pids:
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
