@@ -92,13 +92,21 @@ async def open_node(
 
     The node is listening when the block starts; it is stopped (its tasks cancelled, its
     storage closed) when the block ends. If the node crashes, the exception propagates
-    out of the block.
+    out of the block. An exception the block raises (a ``SubmitTimeout`` it did not
+    catch, …) comes out of it as itself, not wrapped in the node's nursery's
+    ``ExceptionGroup``, so ``except SubmitTimeout`` around the block catches it.
     """
     node = build_node(spec, node_id, state_machine, **options)
+    raised: BaseException | None = None
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
-        yield node
+        try:
+            yield node
+        except BaseException as exc:  # re-raised below, once the node has stopped
+            raised = exc
         nursery.cancel_scope.cancel()
+    if raised is not None:
+        raise raised
 
 
 class BlockingNode:

@@ -1,6 +1,7 @@
 """Write a cluster spec for nodes on 127.0.0.1 with free ports and fresh keys.
 
-Tests, the benchmark and ``cluster up --local`` use it to get a self-contained folder::
+Tests, the benchmark and the docs (docs/getting-started.md: there is no CLI command for it
+yet) use it to get a self-contained folder::
 
     folder/
       cluster.toml       the spec (topology kind, endpoints, key files, [raft], [runtime])
