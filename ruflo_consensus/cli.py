@@ -149,6 +149,12 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         + ", ".join(BYZANTINE_BEHAVIOURS),
     )
     p.add_argument(
+        "--allow-over-f",
+        action="store_true",
+        help="pbft: run more than f Byzantine replicas anyway (refused otherwise, exit 2); "
+        "the report then says safety is not guaranteed",
+    )
+    p.add_argument(
         "--quiet-tail",
         type=float,
         default=d.quiet_tail_s,
@@ -227,6 +233,7 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
         workload=args.workload,
         byzantine=args.byzantine,
         behaviours=parse_behaviours(args.behaviours),
+        allow_over_f=args.allow_over_f,
         quiet_tail_s=args.quiet_tail,
         nemesis_interval_s=parse_span(args.nemesis_interval, "--nemesis-interval"),
         fault_duration_s=parse_span(args.fault_duration, "--fault-duration"),
@@ -282,7 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         setup=_simulate_setup,
     )
     sim.add_argument("--seed", type=int, default=0, help="seed of a single run (default 0)")
-    sim.add_argument("--seeds", help="sweep START:END (end exclusive) across processes")
+    sim.add_argument(
+        "--seeds",
+        metavar="A:B|N",
+        help="sweep seeds A to B-1 across processes; a count N means 0:N",
+    )
     sim.add_argument("--processes", type=int, default=None, help="sweep workers (default: cores)")
     sim.add_argument("--json", action="store_true", help="print a machine-readable summary")
     sim.add_argument(
@@ -313,7 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     bsim = bsub.add_parser(
         "sim", help="simulated messages delivered per wall second", setup=_add_sim_options
     )
-    bsim.add_argument("--seeds", type=int, default=3, help="how many seeds to run (default 3)")
+    bsim.add_argument(
+        "--seeds",
+        default="3",
+        metavar="A:B|N",
+        help="seeds A to B-1, one after another; a count N means 0:N (default 3)",
+    )
     bsim.add_argument("--json", action="store_true")
     bsto = bsub.add_parser("storage", help="write, then reopen a WAL of N entries (time, memory)")
     bsto.add_argument("--entries", type=int, default=1_000_000)
@@ -467,9 +483,9 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .sim.report import render_summary, run_simulation
     from .sim.sweep import parse_seed_range, render_sweep, run_sweep
 
-    if args.history and args.seeds:
+    if args.history and args.seeds is not None:
         raise SimConfigError("--history writes one run's history: use it with --seed")
-    if args.seeds:
+    if args.seeds is not None:
         seeds = parse_seed_range(args.seeds)
         base = _config_from(args)
         result = run_sweep(
@@ -480,11 +496,13 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
             progress=not args.json,
             workload=_workload_factory(base.workload),
         )
+        warnings = [w for w in (base.over_f_warning(),) if w is not None]
         if args.json:
             print(
                 json.dumps(
                     {
                         "seeds": [seeds.start, seeds.stop],
+                        "warnings": warnings,
                         "passed": sum(s.status == "pass" for s in result.summaries),
                         "failed": [s.to_json() for s in result.failures],
                         "unknown": [s.seed for s in result.unknown],
@@ -493,6 +511,8 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
                 )
             )
         else:
+            for warning in warnings:
+                out.print(f"[bold yellow]warning:[/] {warning}")
             render_sweep(result, out)
         if result.failures:
             return EXIT_FAIL
@@ -568,14 +588,13 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
         return EXIT_OK
     from .sim.bench import render_bench_sim, run_bench_sim
-    from .sim.config import SimConfigError
+    from .sim.sweep import parse_seed_range
 
-    if args.seeds < 1:
-        raise SimConfigError("--seeds must be at least 1")
+    seeds = parse_seed_range(args.seeds)
     config = _config_from(args)
     result = run_bench_sim(
         config,
-        args.seeds,
+        seeds,
         console=err,
         progress=not args.json,
         workload=_workload_factory(config.workload),

@@ -1,0 +1,122 @@
+"""Traps a new user of the ``ruflo-consensus`` command fell into: each test failed before
+its fix.
+
+The runtime tests start real nodes (``cluster up``) on 127.0.0.1 and stop them in a
+``finally`` (SIGKILL of whatever is left), also when the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ruflo_consensus.cli import main
+from ruflo_consensus.sim.config import SimConfig, SimConfigError
+from ruflo_consensus.sim.sweep import parse_seed_range
+
+
+def _exit_code(argv: list[str]) -> int | str | None:
+    """``main(argv)``'s exit code, also when argparse exits."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+# --------------------------------------------------------------- 1. Byzantine replicas past f
+
+PBFT_SHORT = ["simulate", "--backend", "pbft", "--nodes", "4", "--duration", "1"]
+
+
+def test_more_byzantine_replicas_than_f_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([*PBFT_SHORT, "--byzantine", "3"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "f = 1" in lines[0] and "--allow-over-f" in lines[0]
+    assert captured.out == ""
+    with pytest.raises(SimConfigError, match="f = 1"):
+        SimConfig(backend="pbft", nodes=4, byzantine=2)
+    SimConfig(backend="pbft", nodes=4, byzantine=1)  # f itself is fine
+    SimConfig(backend="pbft", nodes=7, byzantine=2)
+
+
+def test_allow_over_f_runs_and_the_report_says_safety_is_not_guaranteed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = [*PBFT_SHORT, "--byzantine", "2", "--behaviours", "silent", "--allow-over-f"]
+    main([*args, "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert any("not guaranteed" in w and "f = 1" in w for w in data["warnings"])
+    assert "--allow-over-f" in data["replay"]
+    main(args)
+    assert "not guaranteed" in capsys.readouterr().out
+    main(["simulate", "--duration", "1", "--json"])
+    assert json.loads(capsys.readouterr().out)["warnings"] == []
+
+
+@pytest.mark.parametrize("value", ["0"])
+def test_bench_check_refuses_zero_clients_and_ops(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for option in ("--clients", "--ops"):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "check", option, value])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and option in err
+
+
+# --------------------------------------------------------------- 5. one meaning of --seeds
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"),
+    [("0:4", range(0, 4)), ("3:5", range(3, 5)), ("3", range(0, 3)), (" 2 ", range(0, 2))],
+)
+def test_seeds_is_a_range_or_a_count(text: str, seeds: range) -> None:
+    assert parse_seed_range(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["0", "5:1", "a:b", "-1:3", "1:2:3", "", "x", "2:2"])
+def test_bad_seeds_are_one_line_exit_2_in_simulate_and_bench(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SimConfigError):
+        parse_seed_range(text)
+    for argv in (["simulate", f"--seeds={text}"], ["bench", "sim", f"--seeds={text}"]):
+        assert _exit_code(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "--seeds" in err, err
+
+
+def test_bench_sim_seeds_takes_the_same_range_as_simulate(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    common = ["--duration", "1", "--faults", "none", "--json"]
+    assert main(["bench", "sim", "--seeds", "2:4", *common]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["seed"] for r in data["rows"]] == [2, 3] and data["seed_range"] == [2, 4]
+    assert main(["bench", "sim", "--seeds", "2", *common]) == 0
+    assert [r["seed"] for r in json.loads(capsys.readouterr().out)["rows"]] == [0, 1]
+    assert main(["simulate", "--seeds", "2", "--processes", "1", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["seeds"] == [0, 2]
+
+
+# --------------------------------------------------------------- 6. what a "fail" op is
+
+
+def test_federation_report_says_fail_ops_are_refusals_by_design(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["simulate", "--workload", "federation", "--duration", "2", "--faults", "none"]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["operations"]["fail"] > 0
+    meaning = data["operation_types"]
+    assert "refused by design" in meaning["fail"] and "unknown" in meaning["info"]
+    assert main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "refused by design" in out and "unknown outcome" in out
