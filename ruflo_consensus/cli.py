@@ -34,6 +34,88 @@ __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
 
+EXIT_CODES: dict[str, str] = {
+    "": """exit codes:
+  0  success
+  1  the answer is no (a failing seed, a non-linearizable history, kv cas did not swap)
+  2  bad input: one line on stderr (or a JSON error object with --json), no traceback
+  3  unknown or unavailable (a checker timed out, a cluster did not answer in time)
+
+'ruflo-consensus COMMAND --help' shows a command's options, examples and exit codes.""",
+    "simulate": """exit codes:
+  0  every seed passed: no invariant broke, every checked history is linearizable
+  1  a seed failed: an invariant broke or a history is not linearizable
+  2  bad input: usage, a setting out of range, more Byzantine replicas than f
+     without --allow-over-f
+  3  unknown: a linearizability check timed out without deciding""",
+    "check": """exit codes:
+  0  every history is linearizable
+  1  a history is not linearizable
+  2  bad input: a file that cannot be read or parsed, an unknown model
+  3  unknown: a check ran out of time (--timeout) or memory (--memo-budget)""",
+    "bench": """exit codes:
+  0  the benchmark ran (it prints numbers, not verdicts)
+  2  bad input: usage, a setting out of range""",
+}
+"""The exit-code epilogs of the top-level help, ``simulate``, ``check`` and ``bench``
+(the runtime commands have theirs: :data:`ruflo_consensus.runtime.commands.EXIT_CODES`)."""
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "": (
+        "simulate --seed 7                          # one seeded chaos run of 5-node Raft",
+        "simulate --seeds 0:200 --json              # a sweep, one process per core",
+        "simulate --backend pbft --nodes 4          # PBFT with f = 1 Byzantine replica",
+        "check run.jsonl --model kv                 # a history's linearizability",
+        "bench sim --seeds 3                        # simulator speed",
+        "cluster up topologies/mesh.toml            # real nodes on 127.0.0.1",
+        "kv put greeting hello --spec topologies/mesh.toml",
+    ),
+    "simulate": (
+        "simulate --seed 7",
+        "simulate --seeds 0:1000 --faults crash,partition",
+        "simulate --seeds 50 --json                 # seeds 0 to 49",
+        "simulate --backend pbft --nodes 7 --byzantine 2 --behaviours equivocate",
+        "simulate --backend pbft --nodes 4 --byzantine 2 --allow-over-f   # past f: may fail",
+        "simulate --workload federation --duration 10",
+        "simulate --seed 3 --history run.jsonl      # then: ruflo-consensus check run.jsonl",
+    ),
+    "check": (
+        "check run.jsonl --model kv",
+        "check a.jsonl b.edn --model register --timeout 60 --json",
+    ),
+    "bench": (
+        "bench sim --seeds 3 --json",
+        "bench storage --entries 100000",
+        "bench check --ops 10000 --clients 10",
+        "bench cluster --seconds 5",
+    ),
+    "bench sim": (
+        "bench sim --seeds 3 --json                 # seeds 0, 1, 2",
+        "bench sim --seeds 10:13 --backend pbft --nodes 4",
+    ),
+    "bench storage": (
+        "bench storage --entries 1000000 --batch 1000",
+        "bench storage --entries 100000 --snapshot-every 10000 --json",
+    ),
+    "bench check": (
+        "bench check --ops 10000 --clients 10 --keys 10",
+        "bench check --partition --json",
+    ),
+    "bench cluster": (
+        "bench cluster --seconds 5",
+        "bench cluster --only ruflo --no-fsync --json",
+    ),
+}
+"""Example command lines (without ``ruflo-consensus``) for the ``--help`` of the top level,
+``simulate``, ``check`` and ``bench``; the runtime commands' are in
+:data:`ruflo_consensus.runtime.commands.EXAMPLES`."""
+
+
+def _epilog(command: str) -> str:
+    """The ``--help`` epilog of ``command`` (``""``: the top level): examples, exit codes."""
+    lines = "\n".join(f"  ruflo-consensus {example}" for example in EXAMPLES[command])
+    return f"examples:\n{lines}\n\n{EXIT_CODES[command.split()[0] if command else '']}"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with 2 and one line, never a traceback.
@@ -275,17 +357,24 @@ def _simulate_setup(sim: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ruflo-consensus`` command."""
+    raw = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog="ruflo-consensus",
-        description="Consensus-replicated state machines: simulate, check, benchmark.",
+        description="Consensus-replicated state machines (Raft, PBFT, CRDT): simulate and\n"
+        "check them under faults, benchmark them, and run real nodes.",
+        epilog=_epilog(""),
+        formatter_class=raw,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND", title="commands"
+    )
 
     sim = sub.add_parser(
         "simulate",
-        help="run a deterministic chaos simulation (default: 5-node Raft, all faults, 30 s)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="run a seeded chaos simulation and check it",
+        formatter_class=raw,
+        epilog=_epilog("simulate"),
         setup=_simulate_setup,
     )
     sim.add_argument("--seed", type=int, default=0, help="seed of a single run (default 0)")
@@ -300,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--history", metavar="FILE", help="write the clients' history as JSON Lines (for 'check')"
     )
 
-    chk = sub.add_parser("check", help="check history files for linearizability")
+    chk = sub.add_parser(
+        "check",
+        help="check history files for linearizability",
+        formatter_class=raw,
+        epilog=_epilog("check"),
+    )
     chk.add_argument("files", nargs="+", metavar="HISTORY", help="JSON Lines or EDN history files")
     chk.add_argument("--model", default="kv", help="register | kv | a registered model name")
     chk.add_argument(
@@ -319,8 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chk.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
-    bench = sub.add_parser("bench", help="benchmarks (numbers go to docs/benchmarks.md)")
-    bsub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: sim, storage, check, cluster",
+        description="Benchmarks; their numbers go to docs/benchmarks.md.",
+        formatter_class=raw,
+        epilog=_epilog("bench"),
+    )
+    bsub = _EpilogAdder(
+        bench.add_subparsers(dest="bench", required=True, parser_class=_Parser), _epilog, "bench"
+    )
     bsim = bsub.add_parser(
         "sim", help="simulated messages delivered per wall second", setup=_add_sim_options
     )
@@ -365,10 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     """keygen, node, cluster up/status/down/add/remove, kv put/get/cas and bench cluster."""
-    from .runtime.commands import EXIT_CODES
+    from .runtime.commands import help_epilog
 
-    raw = argparse.RawDescriptionHelpFormatter
-    sub = _EpilogAdder(sub, EXIT_CODES, raw)
+    sub = _EpilogAdder(sub, help_epilog)
     kg = sub.add_parser("keygen", help="write an Ed25519 key file (mode 0600) and its manifest")
     kg.add_argument("--id", required=True, help="the node (or client) id")
     where = kg.add_mutually_exclusive_group()
@@ -389,9 +490,11 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     )
     node.add_argument("--rejoin", action="store_true", help=rejoin_help)
 
-    cl = sub.add_parser("cluster", help="run a spec's nodes as local processes")
+    cl = sub.add_parser("cluster", help="start, inspect, resize and stop a local cluster")
     csub = _EpilogAdder(
-        cl.add_subparsers(dest="cluster", required=True, parser_class=_Parser), EXIT_CODES, raw
+        cl.add_subparsers(dest="cluster", required=True, parser_class=_Parser),
+        help_epilog,
+        "cluster",
     )
     up = csub.add_parser("up", help="start every node (logs in RUN_DIR/logs)")
     st = csub.add_parser("status", help="roles, terms, commit indexes and link health")
@@ -423,7 +526,7 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
 
     kv = sub.add_parser("kv", help="put/get/cas against a running cluster's KV machine")
     ksub = _EpilogAdder(
-        kv.add_subparsers(dest="kv", required=True, parser_class=_Parser), EXIT_CODES, raw
+        kv.add_subparsers(dest="kv", required=True, parser_class=_Parser), help_epilog, "kv"
     )
     kput = ksub.add_parser("put", help="set KEY to VALUE")
     kput.add_argument("key")
@@ -467,14 +570,15 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
 
 
 class _EpilogAdder:
-    """A subparsers action whose ``add_parser`` gives each parser the exit-code epilog."""
+    """A subparsers action whose ``add_parser`` gives each parser its ``--help`` epilog
+    (examples and exit codes): ``epilog("PARENT NAME")``, kept as written."""
 
-    def __init__(self, action: Any, epilog: str, formatter: Any) -> None:
-        self._action, self._epilog, self._formatter = action, epilog, formatter
+    def __init__(self, action: Any, epilog: Any, parent: str = "") -> None:
+        self._action, self._epilog, self._parent = action, epilog, parent
 
     def add_parser(self, name: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("epilog", self._epilog)
-        kwargs.setdefault("formatter_class", self._formatter)
+        kwargs.setdefault("epilog", self._epilog(f"{self._parent} {name}".strip()))
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         return self._action.add_parser(name, **kwargs)
 
 

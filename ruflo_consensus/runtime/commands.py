@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["EXIT_CODES", "render_status", "run_runtime_command"]
+__all__ = ["EXAMPLES", "EXIT_CODES", "help_epilog", "render_status", "run_runtime_command"]
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -34,6 +34,67 @@ EXIT_CODES = """exit codes:
   3  unavailable: no answer in time (a write may or may not have been applied);
      cluster up: a node did not start (it was stopped again)"""
 """The exit codes of keygen, node, cluster and kv: the epilog of their ``--help``."""
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "keygen": (
+        "keygen --id n1 --spec topologies/mesh.toml     # where the spec reads n1's key",
+        "keygen --id ops --out keys/ops.key --json      # a client key; prints its public key",
+    ),
+    "node": (
+        "node --spec topologies/mesh.toml --id n1",
+        "node --spec cluster.toml --id n4 --json        # one JSON line once it listens",
+    ),
+    "cluster": (
+        "cluster up cluster.toml",
+        "cluster status cluster.toml | grep leader",
+        "cluster add cluster.toml n4",
+        "cluster down cluster.toml",
+    ),
+    "cluster up": (
+        "cluster up cluster.toml",
+        "cluster up cluster.toml --only n2              # restart one node",
+        "cluster up cluster.toml --json",
+    ),
+    "cluster status": (
+        "cluster status cluster.toml",
+        "cluster status cluster.toml --json | jq '.[] | {id, role, term}'",
+    ),
+    "cluster down": ("cluster down cluster.toml", "cluster down cluster.toml --json"),
+    "cluster add": (
+        "cluster add cluster.toml n4                    # a spare: learner, then voter",
+        "cluster add cluster.toml n4 --timeout 120 --json",
+    ),
+    "cluster remove": (
+        "cluster remove cluster.toml n2",
+        "cluster remove cluster.toml n2 --json",
+    ),
+    "kv": (
+        "kv put greeting hello --spec cluster.toml",
+        "kv get greeting --spec cluster.toml",
+        "kv cas greeting hello bye --spec cluster.toml --json",
+    ),
+    "kv put": (
+        "kv put greeting hello --spec cluster.toml",
+        "kv put greeting hello --spec cluster.toml --node n2 --json",
+    ),
+    "kv get": (
+        "kv get greeting --spec cluster.toml",
+        "kv get greeting --spec cluster.toml --json",
+    ),
+    "kv cas": (
+        "kv cas greeting hello bye --spec cluster.toml  # prints true, or false (exit 1)",
+        "kv cas greeting hello bye --spec cluster.toml --json",
+    ),
+}
+"""Example command lines (without ``ruflo-consensus``) for each runtime command's help."""
+
+
+def help_epilog(command: str) -> str:
+    """The ``--help`` epilog of a runtime command (``"kv cas"``): examples, exit codes."""
+    lines = [f"  ruflo-consensus {example}" for example in EXAMPLES.get(command, ())]
+    examples = "examples:\n" + "\n".join(lines) + "\n\n" if lines else ""
+    return examples + EXIT_CODES
+
 
 _REFUSALS = ("UNAUTHENTICATED", "REFUSED")  # client errors that are an answer: "no"
 

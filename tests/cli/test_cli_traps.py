@@ -8,10 +8,13 @@ The runtime tests start real nodes (``cluster up``) on 127.0.0.1 and stop them i
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from ruflo_consensus.cli import main
+from ruflo_consensus.cli import build_parser, main
 from ruflo_consensus.sim.config import SimConfig, SimConfigError
 from ruflo_consensus.sim.sweep import parse_seed_range
 
@@ -120,3 +123,62 @@ def test_federation_report_says_fail_ops_are_refusals_by_design(
     assert main(args) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "refused by design" in out and "unknown outcome" in out
+
+
+# --------------------------------------------------------------- 4. help with examples
+
+COMMANDS = ("simulate", "check", "bench", "keygen", "node", "cluster", "kv")
+
+
+def _help(*argv: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruflo_consensus.cli", *argv, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_top_level_help_lists_every_command_and_examples() -> None:
+    text = _help()
+    for command in COMMANDS:
+        assert any(line.split()[:1] == [command] for line in text.splitlines()), command
+    assert "examples:" in text and "exit codes:" in text
+    assert "ruflo-consensus simulate" in text.split("examples:")[1]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("simulate",),
+        ("check",),
+        ("bench",),
+        ("bench", "sim"),
+        ("bench", "check"),
+        ("bench", "storage"),
+        ("bench", "cluster"),
+        ("keygen",),
+        ("node",),
+        ("cluster",),
+        ("cluster", "up"),
+        ("cluster", "status"),
+        ("cluster", "down"),
+        ("cluster", "add"),
+        ("cluster", "remove"),
+        ("kv",),
+        ("kv", "put"),
+        ("kv", "get"),
+        ("kv", "cas"),
+    ],
+)
+def test_every_help_has_examples_and_exit_codes(argv: tuple[str, ...]) -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--help"])
+    text = _help(*argv)
+    assert "examples:" in text and "exit codes:" in text, text
+    examples = text.split("examples:")[1].split("exit codes:")[0]
+    assert f"ruflo-consensus {' '.join(argv)}" in examples, examples
