@@ -124,6 +124,10 @@ class _Parser(argparse.ArgumentParser):
     when this (sub)command is parsed or its help is shown.
     """
 
+    json_errors = False
+    """Set by :func:`main` when ``--json`` is on the command line: a usage error is then
+    the JSON error object on stdout, like every other error under ``--json``."""
+
     def __init__(self, *args: Any, setup: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._setup = setup
@@ -142,6 +146,9 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
     def error(self, message: str) -> Any:
+        if _Parser.json_errors:
+            print(json.dumps({"error": "bad-input", "message": f"{self.prog}: {message}"}))
+            self.exit(EXIT_BAD_INPUT)
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
@@ -478,6 +485,7 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     )
     where.add_argument("--out", default=None, help="key file path (default ./keys/ID.key)")
     kg.add_argument("--force", action="store_true", help="replace an existing key file")
+    json_help = "one JSON object on stdout, errors too (the shape is below)"
 
     node = sub.add_parser("node", help="run one node of a cluster spec in this process")
     node.add_argument("--spec", required=True, help="the cluster spec (TOML)")
@@ -489,6 +497,8 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         "'cluster remove', then 'cluster add'"
     )
     node.add_argument("--rejoin", action="store_true", help=rejoin_help)
+    for c in (kg, node):
+        c.add_argument("--json", action="store_true", help=json_help)
 
     cl = sub.add_parser("cluster", help="start, inspect, resize and stop a local cluster")
     csub = _EpilogAdder(
@@ -519,7 +529,8 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     up.add_argument("--only", default=None, help="comma list of node ids to start")
     up.add_argument("--machine", default="kv", choices=["kv", "register"])
     up.add_argument("--rejoin", action="store_true", help=rejoin_help)
-    st.add_argument("--json", action="store_true")
+    for c in (up, st, down, add, rm):
+        c.add_argument("--json", action="store_true", help=json_help)
     key_help = "client key file to sign requests with (default: the spec's first [[clients]] key)"
     for c in (st, add, rm):
         c.add_argument("--key", dest="key_file", default=None, help=key_help)
@@ -544,6 +555,7 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         c.add_argument("--node", default=None, help="ask this node first (default: any)")
         c.add_argument("--timeout", type=_positive_float, default=10.0)
         c.add_argument("--key", dest="key_file", default=None, help=key_help)
+        c.add_argument("--json", action="store_true", help=json_help)
 
     bcl = bsub.add_parser(
         "cluster", help="3-node cluster vs pysyncobj on 127.0.0.1: writes/s and latency"
@@ -753,7 +765,11 @@ def _bench_storage(args: argparse.Namespace, out: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ruflo-consensus`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        _Parser.json_errors = False
     out = Console()
     err = Console(stderr=True)
     handlers = {"simulate": _cmd_simulate, "check": _cmd_check, "bench": _cmd_bench}
@@ -766,7 +782,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args, out, err)
     except SimConfigError as exc:
-        print(f"ruflo-consensus: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": "bad-input", "message": str(exc)}))
+        else:
+            print(f"ruflo-consensus: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("ruflo-consensus: interrupted", file=sys.stderr)

@@ -7,16 +7,24 @@ The runtime tests start real nodes (``cluster up``) on 127.0.0.1 and stop them i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ruflo_consensus.cli import build_parser, main
+from ruflo_consensus.runtime import write_local_spec
+from ruflo_consensus.runtime.cluster import read_state
 from ruflo_consensus.sim.config import SimConfig, SimConfigError
 from ruflo_consensus.sim.sweep import parse_seed_range
+from tests.helpers.runtime_helpers import FAST_RAFT, cli
 
 
 def _exit_code(argv: list[str]) -> int | str | None:
@@ -182,3 +190,132 @@ def test_every_help_has_examples_and_exit_codes(argv: tuple[str, ...]) -> None:
     assert "examples:" in text and "exit codes:" in text, text
     examples = text.split("examples:")[1].split("exit codes:")[0]
     assert f"ruflo-consensus {' '.join(argv)}" in examples, examples
+
+
+# --------------------------------------------------------------- 2, 3. real nodes
+
+
+def _kill_run(run: Path) -> None:
+    with contextlib.suppress(Exception):
+        for pid in read_state(run)["pids"].values():
+            with contextlib.suppress(OSError):
+                os.killpg(int(pid), signal.SIGKILL)
+
+
+def _piped(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``ruflo-consensus ARGS`` with stdout a pipe and no COLUMNS: what a script sees."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return subprocess.run(
+        [sys.executable, "-m", "ruflo_consensus.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _json(proc: subprocess.CompletedProcess[str]) -> Any:
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    return json.loads(lines[0])
+
+
+@pytest.fixture
+def spare_cluster(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Three voters and a spare n4 (not running yet), ports on 127.0.0.1."""
+    spec = write_local_spec(tmp_path, "mesh", 4, raft=FAST_RAFT, node_extra={"n4": {"join": True}})
+    run = tmp_path / "run"
+    try:
+        yield spec, run
+    finally:
+        _piped("cluster", "down", str(spec), "--dir", str(run))
+        _kill_run(run)
+
+
+def test_cluster_status_piped_is_one_aligned_line_per_node(
+    spare_cluster: tuple[Path, Path],
+) -> None:
+    spec, run = spare_cluster
+    assert cli("cluster", "up", str(spec), "--dir", str(run)).returncode == 0
+    st = _piped("cluster", "status", str(spec))
+    assert st.returncode == 0, st.stderr
+    lines = st.stdout.rstrip("\n").splitlines()
+    assert lines[0].split()[:3] == ["node", "backend", "role"], st.stdout
+    assert [ln.split()[0] for ln in lines[1:]] == ["n1", "n2", "n3", "n4"], st.stdout
+    for line in lines[1:]:
+        assert " raft " in line and "\x1b" not in line
+    # columns line up: every row has the header's "role" column at the same offset
+    at = lines[0].index("role")
+    assert all(ln[at - 1] == " " and ln[at] != " " for ln in lines[1:]), st.stdout
+    assert json.loads(_piped("cluster", "status", str(spec), "--json").stdout)[0]["id"] == "n1"
+
+
+def test_json_everywhere_with_one_error_shape(
+    tmp_path: Path, spare_cluster: tuple[Path, Path]
+) -> None:
+    spec, run = spare_cluster
+    key = tmp_path / "eve.key"
+    kg = _json(_piped("keygen", "--id", "eve", "--out", str(key), "--json"))
+    assert kg["id"] == "eve" and kg["key_file"] == str(key.resolve())
+    assert len(bytes.fromhex(kg["public_key"])) == 32 and kg["manifest"].endswith(".json")
+    again = _piped("keygen", "--id", "eve", "--out", str(key), "--json")
+    assert again.returncode == 2 and set(_json(again)) == {"error", "message"}
+    assert _json(again)["error"] == "bad-input"
+
+    none = _piped("kv", "get", "a", "--spec", str(spec), "--timeout", "1", "--json")
+    assert none.returncode == 3 and _json(none)["error"] == "unavailable"
+
+    up = _piped("cluster", "up", str(spec), "--dir", str(run), "--json")
+    assert up.returncode == 0, up.stderr
+    nodes = _json(up)["nodes"]
+    assert sorted(nodes) == ["n1", "n2", "n3", "n4"] and all(n["pid"] > 0 for n in nodes.values())
+
+    put = _piped("kv", "put", "a", "x", "--spec", str(spec), "--json")
+    assert put.returncode == 0 and _json(put) == {"op": "put", "key": "a", "result": None}
+    got = _json(_piped("kv", "get", "a", "--spec", str(spec), "--json"))
+    assert got == {"op": "get", "key": "a", "result": "x"}
+    kept = _piped("kv", "cas", "a", "q", "z", "--spec", str(spec), "--json")
+    assert kept.returncode == 1 and _json(kept) == {"op": "cas", "key": "a", "result": False}
+
+    add = _piped("cluster", "add", str(spec), "n4", "--timeout", "60", "--json")
+    assert add.returncode == 0, add.stderr
+    assert _json(add)["voters"] == ["n1", "n2", "n3", "n4"] and _json(add)["node"] == "n4"
+    twice = _piped("cluster", "add", str(spec), "n2", "--json")
+    assert twice.returncode == 1 and _json(twice)["error"] == "already-member"
+    rm = _piped("cluster", "remove", str(spec), "n4", "--json")
+    assert rm.returncode == 0, rm.stderr
+    assert "n4" not in _json(rm)["voters"] and _json(rm)["action"] == "removed"
+    bad = _piped("cluster", "remove", str(spec), "n9", "--json")
+    assert bad.returncode == 2 and _json(bad)["error"] == "bad-input"
+
+    down = _piped("cluster", "down", str(spec), "--dir", str(run), "--json")
+    assert down.returncode == 0, down.stderr
+    assert set(_json(down)["nodes"].values()) == {"stopped"}
+    nothing = _piped("cluster", "down", str(spec), "--dir", str(run), "--json")
+    assert nothing.returncode == 1 and _json(nothing)["error"] == "nothing-to-stop"
+
+
+def test_node_json_prints_one_line_when_it_listens(tmp_path: Path) -> None:
+    spec = write_local_spec(tmp_path, "mesh", 1, raft=FAST_RAFT)
+    cmd = [sys.executable, "-m", "ruflo_consensus.cli", "node", "--spec", str(spec)]
+    proc = subprocess.Popen(
+        [*cmd, "--id", "n1", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = json.loads(proc.stdout.readline())
+        assert line["event"] == "ready" and line["id"] == "n1"
+        assert line["url"].startswith("ws://127.0.0.1:") and line["pid"] == proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    bad = subprocess.run([*cmd, "--id", "n9", "--json"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and _json(bad)["error"] == "bad-input"
