@@ -27,7 +27,8 @@ OPERATION_TYPES: dict[str, str] = {
     "ok": "completed: the command was applied, or the read answered",
     "fail": "definitely not applied: the command was refused (a cas whose old value did "
     "not match, a typed rejection) and changed nothing",
-    "info": "unknown outcome: no answer in time, the command may or may not have been applied",
+    "info": "unknown outcome: no answer in time (or before the run ended), the command may "
+    "or may not have been applied",
 }
 """What each client operation type means (``operation_types`` in ``simulate --json``)."""
 
