@@ -683,13 +683,10 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.bench == "check":
         from .check.command import run_bench_check
         from .check.linearizability import DEFAULT_MEMO_BUDGET
+        from .sim.config import SimConfigError
 
         if args.partition and args.clients < 2:
-            print(
-                "ruflo-consensus bench check: error: --partition needs --clients 2 or more",
-                file=sys.stderr,
-            )
-            return EXIT_BAD_INPUT
+            raise SimConfigError("bench check: --partition needs --clients 2 or more")
         run_bench_check(
             n_ops=args.ops,
             n_clients=args.clients,

@@ -80,6 +80,24 @@ def test_bench_check_refuses_zero_clients_and_ops(
         assert len(err.strip().splitlines()) == 1 and option in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "check", "--partition", "--clients", "1"],
+        ["bench", "cluster", "--nodes", "0"],
+        ["simulate", "--nodes", "0"],
+        ["simulate", "--seed", "x"],
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_or_one_json_error_on_stdout(argv: list[str]) -> None:
+    human = _piped(*argv)
+    assert human.returncode == 2 and human.stdout == ""
+    assert len(human.stderr.strip().splitlines()) == 1 and "error" in human.stderr
+    as_json = _piped(*argv, "--json")
+    assert as_json.returncode == 2 and as_json.stderr == ""
+    assert _json(as_json)["error"] == "bad-input"
+
+
 # --------------------------------------------------------------- 5. one meaning of --seeds
 
 
