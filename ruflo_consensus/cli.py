@@ -4,8 +4,13 @@ Exit codes, everywhere: 0 success, 1 the answer is "no" (a safety/linearizabilit
 failure was found, ``kv cas`` did not swap, a node did not answer ``cluster status``, …),
 2 bad input (a clear one-line message on stderr, never a traceback), 3 unknown or
 unavailable (a checker timed out without deciding, a cluster did not answer in time).
-The runtime commands list theirs in their ``--help`` epilog
-(:data:`ruflo_consensus.runtime.commands.EXIT_CODES`).
+Every ``--help`` ends with examples and these codes as that command means them
+(:data:`EXAMPLES`, :data:`EXIT_CODES`; the runtime commands':
+:data:`ruflo_consensus.runtime.commands.EXIT_CODES`).
+
+Under ``--json`` (every command has it) an error is one object ``{"error": CODE,
+"message": TEXT}`` on stdout instead of the line on stderr, with the same exit code
+(``check`` reports a bad file in its per-file object).
 """
 
 from __future__ import annotations
@@ -661,6 +666,14 @@ def _cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .check.command import run_check
     from .check.linearizability import DEFAULT_MEMO_BUDGET
 
+    if args.json:  # an unknown model as the one JSON error object, like any bad input
+        from .check.models import UnknownModelError, get_model
+        from .sim.config import SimConfigError
+
+        try:
+            get_model(args.model)
+        except UnknownModelError as exc:
+            raise SimConfigError(f"check: {exc}") from None
     budget = args.memo_budget or DEFAULT_MEMO_BUDGET
     return run_check(
         args.files,

@@ -87,6 +87,7 @@ def test_bench_check_refuses_zero_clients_and_ops(
         ["bench", "cluster", "--nodes", "0"],
         ["simulate", "--nodes", "0"],
         ["simulate", "--seed", "x"],
+        ["check", str(Path(__file__).with_name("__init__.py")), "--model", "nope"],
     ],
 )
 def test_bad_input_is_one_line_on_stderr_or_one_json_error_on_stdout(argv: list[str]) -> None:
