@@ -357,8 +357,13 @@ def _simulate_setup(sim: argparse.ArgumentParser) -> None:
     from .sim.config import BYZANTINE_DESCRIPTIONS, FAULT_DESCRIPTIONS
 
     sim.description = (
-        "Run a seeded chaos simulation of a Raft cluster under a KV workload, "
-        "check Raft's invariants while it runs and the history's linearizability after.\n\n"
+        "Run a seeded chaos simulation (Raft, PBFT or CRDT; the KV or the federation\n"
+        "workload), check the backend's invariants while it runs and, for KV under Raft\n"
+        "or PBFT, the history's linearizability after. One seed replays bit for bit;\n"
+        "--seeds sweeps many.\n\n"
+        "operations in the report: ok completed; fail definitely not applied (a refusal:\n"
+        "in the federation workload, commands the machines reject by design); info\n"
+        "unknown outcome (no answer in time).\n\n"
         "faults:\n"
         + "\n".join(f"  {k}: {v}" for k, v in FAULT_DESCRIPTIONS.items())
         + "\n\nByzantine behaviours (--backend pbft):\n"
