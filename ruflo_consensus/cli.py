@@ -4,8 +4,13 @@ Exit codes, everywhere: 0 success, 1 the answer is "no" (a safety/linearizabilit
 failure was found, ``kv cas`` did not swap, a node did not answer ``cluster status``, …),
 2 bad input (a clear one-line message on stderr, never a traceback), 3 unknown or
 unavailable (a checker timed out without deciding, a cluster did not answer in time).
-The runtime commands list theirs in their ``--help`` epilog
-(:data:`ruflo_consensus.runtime.commands.EXIT_CODES`).
+Every ``--help`` ends with examples and these codes as that command means them
+(:data:`EXAMPLES`, :data:`EXIT_CODES`; the runtime commands':
+:data:`ruflo_consensus.runtime.commands.EXIT_CODES`).
+
+Under ``--json`` (every command has it) an error is one object ``{"error": CODE,
+"message": TEXT}`` on stdout instead of the line on stderr, with the same exit code
+(``check`` reports a bad file in its per-file object).
 """
 
 from __future__ import annotations
@@ -34,6 +39,88 @@ __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
 
+EXIT_CODES: dict[str, str] = {
+    "": """exit codes:
+  0  success
+  1  the answer is no (a failing seed, a non-linearizable history, kv cas did not swap)
+  2  bad input: one line on stderr (or a JSON error object with --json), no traceback
+  3  unknown or unavailable (a checker timed out, a cluster did not answer in time)
+
+'ruflo-consensus COMMAND --help' shows a command's options, examples and exit codes.""",
+    "simulate": """exit codes:
+  0  every seed passed: no invariant broke, every checked history is linearizable
+  1  a seed failed: an invariant broke or a history is not linearizable
+  2  bad input: usage, a setting out of range, more Byzantine replicas than f
+     without --allow-over-f
+  3  unknown: a linearizability check timed out without deciding""",
+    "check": """exit codes:
+  0  every history is linearizable
+  1  a history is not linearizable
+  2  bad input: a file that cannot be read or parsed, an unknown model
+  3  unknown: a check ran out of time (--timeout) or memory (--memo-budget)""",
+    "bench": """exit codes:
+  0  the benchmark ran (it prints numbers, not verdicts)
+  2  bad input: usage, a setting out of range""",
+}
+"""The exit-code epilogs of the top-level help, ``simulate``, ``check`` and ``bench``
+(the runtime commands have theirs: :data:`ruflo_consensus.runtime.commands.EXIT_CODES`)."""
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "": (
+        "simulate --seed 7                          # one seeded chaos run of 5-node Raft",
+        "simulate --seeds 0:200 --json              # a sweep, one process per core",
+        "simulate --backend pbft --nodes 4          # PBFT with f = 1 Byzantine replica",
+        "check run.jsonl --model kv                 # a history's linearizability",
+        "bench sim --seeds 3                        # simulator speed",
+        "cluster up topologies/mesh.toml            # real nodes on 127.0.0.1",
+        "kv put greeting hello --spec topologies/mesh.toml",
+    ),
+    "simulate": (
+        "simulate --seed 7",
+        "simulate --seeds 0:1000 --faults crash,partition",
+        "simulate --seeds 50 --json                 # seeds 0 to 49",
+        "simulate --backend pbft --nodes 7 --byzantine 2 --behaviours equivocate",
+        "simulate --backend pbft --nodes 4 --byzantine 2 --allow-over-f   # past f: may fail",
+        "simulate --workload federation --duration 10",
+        "simulate --seed 3 --history run.jsonl      # then: ruflo-consensus check run.jsonl",
+    ),
+    "check": (
+        "check run.jsonl --model kv",
+        "check a.jsonl b.edn --model register --timeout 60 --json",
+    ),
+    "bench": (
+        "bench sim --seeds 3 --json",
+        "bench storage --entries 100000",
+        "bench check --ops 10000 --clients 10",
+        "bench cluster --seconds 5",
+    ),
+    "bench sim": (
+        "bench sim --seeds 3 --json                 # seeds 0, 1, 2",
+        "bench sim --seeds 10:13 --backend pbft --nodes 4",
+    ),
+    "bench storage": (
+        "bench storage --entries 1000000 --batch 1000",
+        "bench storage --entries 100000 --snapshot-every 10000 --json",
+    ),
+    "bench check": (
+        "bench check --ops 10000 --clients 10 --keys 10",
+        "bench check --partition --json",
+    ),
+    "bench cluster": (
+        "bench cluster --seconds 5",
+        "bench cluster --only ruflo --no-fsync --json",
+    ),
+}
+"""Example command lines (without ``ruflo-consensus``) for the ``--help`` of the top level,
+``simulate``, ``check`` and ``bench``; the runtime commands' are in
+:data:`ruflo_consensus.runtime.commands.EXAMPLES`."""
+
+
+def _epilog(command: str) -> str:
+    """The ``--help`` epilog of ``command`` (``""``: the top level): examples, exit codes."""
+    lines = "\n".join(f"  ruflo-consensus {example}" for example in EXAMPLES[command])
+    return f"examples:\n{lines}\n\n{EXIT_CODES[command.split()[0] if command else '']}"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with 2 and one line, never a traceback.
@@ -41,6 +128,10 @@ class _Parser(argparse.ArgumentParser):
     ``setup(parser)``, when given, adds options that need heavy imports: it runs once,
     when this (sub)command is parsed or its help is shown.
     """
+
+    json_errors = False
+    """Set by :func:`main` when ``--json`` is on the command line: a usage error is then
+    the JSON error object on stdout, like every other error under ``--json``."""
 
     def __init__(self, *args: Any, setup: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,6 +151,9 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
     def error(self, message: str) -> Any:
+        if _Parser.json_errors:
+            print(json.dumps({"error": "bad-input", "message": f"{self.prog}: {message}"}))
+            self.exit(EXIT_BAD_INPUT)
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
@@ -149,6 +243,12 @@ def _add_sim_options(p: argparse.ArgumentParser) -> None:
         + ", ".join(BYZANTINE_BEHAVIOURS),
     )
     p.add_argument(
+        "--allow-over-f",
+        action="store_true",
+        help="pbft: run more than f Byzantine replicas anyway (refused otherwise, exit 2); "
+        "the report then says safety is not guaranteed",
+    )
+    p.add_argument(
         "--quiet-tail",
         type=float,
         default=d.quiet_tail_s,
@@ -227,6 +327,7 @@ def _config_from(args: argparse.Namespace, seed: int = 0) -> SimConfig:
         workload=args.workload,
         byzantine=args.byzantine,
         behaviours=parse_behaviours(args.behaviours),
+        allow_over_f=args.allow_over_f,
         quiet_tail_s=args.quiet_tail,
         nemesis_interval_s=parse_span(args.nemesis_interval, "--nemesis-interval"),
         fault_duration_s=parse_span(args.fault_duration, "--fault-duration"),
@@ -256,8 +357,13 @@ def _simulate_setup(sim: argparse.ArgumentParser) -> None:
     from .sim.config import BYZANTINE_DESCRIPTIONS, FAULT_DESCRIPTIONS
 
     sim.description = (
-        "Run a seeded chaos simulation of a Raft cluster under a KV workload, "
-        "check Raft's invariants while it runs and the history's linearizability after.\n\n"
+        "Run a seeded chaos simulation (Raft, PBFT or CRDT; the KV or the federation\n"
+        "workload), check the backend's invariants while it runs and, for KV under Raft\n"
+        "or PBFT, the history's linearizability after. One seed replays bit for bit;\n"
+        "--seeds sweeps many.\n\n"
+        "operations in the report: ok completed; fail definitely not applied (a refusal:\n"
+        "in the federation workload, commands the machines reject by design); info\n"
+        "unknown outcome (no answer in time).\n\n"
         "faults:\n"
         + "\n".join(f"  {k}: {v}" for k, v in FAULT_DESCRIPTIONS.items())
         + "\n\nByzantine behaviours (--backend pbft):\n"
@@ -268,28 +374,44 @@ def _simulate_setup(sim: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ruflo-consensus`` command."""
+    raw = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog="ruflo-consensus",
-        description="Consensus-replicated state machines: simulate, check, benchmark.",
+        description="Consensus-replicated state machines (Raft, PBFT, CRDT): simulate and\n"
+        "check them under faults, benchmark them, and run real nodes.",
+        epilog=_epilog(""),
+        formatter_class=raw,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND", title="commands"
+    )
 
     sim = sub.add_parser(
         "simulate",
-        help="run a deterministic chaos simulation (default: 5-node Raft, all faults, 30 s)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="run a seeded chaos simulation and check it",
+        formatter_class=raw,
+        epilog=_epilog("simulate"),
         setup=_simulate_setup,
     )
     sim.add_argument("--seed", type=int, default=0, help="seed of a single run (default 0)")
-    sim.add_argument("--seeds", help="sweep START:END (end exclusive) across processes")
+    sim.add_argument(
+        "--seeds",
+        metavar="A:B|N",
+        help="sweep seeds A to B-1 across processes; a count N means 0:N",
+    )
     sim.add_argument("--processes", type=int, default=None, help="sweep workers (default: cores)")
     sim.add_argument("--json", action="store_true", help="print a machine-readable summary")
     sim.add_argument(
         "--history", metavar="FILE", help="write the clients' history as JSON Lines (for 'check')"
     )
 
-    chk = sub.add_parser("check", help="check history files for linearizability")
+    chk = sub.add_parser(
+        "check",
+        help="check history files for linearizability",
+        formatter_class=raw,
+        epilog=_epilog("check"),
+    )
     chk.add_argument("files", nargs="+", metavar="HISTORY", help="JSON Lines or EDN history files")
     chk.add_argument("--model", default="kv", help="register | kv | a registered model name")
     chk.add_argument(
@@ -308,12 +430,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chk.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
-    bench = sub.add_parser("bench", help="benchmarks (numbers go to docs/benchmarks.md)")
-    bsub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: sim, storage, check, cluster",
+        description="Benchmarks; their numbers go to docs/benchmarks.md.",
+        formatter_class=raw,
+        epilog=_epilog("bench"),
+    )
+    bsub = _EpilogAdder(
+        bench.add_subparsers(dest="bench", required=True, parser_class=_Parser), _epilog, "bench"
+    )
     bsim = bsub.add_parser(
         "sim", help="simulated messages delivered per wall second", setup=_add_sim_options
     )
-    bsim.add_argument("--seeds", type=int, default=3, help="how many seeds to run (default 3)")
+    bsim.add_argument(
+        "--seeds",
+        default="3",
+        metavar="A:B|N",
+        help="seeds A to B-1, one after another; a count N means 0:N (default 3)",
+    )
     bsim.add_argument("--json", action="store_true")
     bsto = bsub.add_parser("storage", help="write, then reopen a WAL of N entries (time, memory)")
     bsto.add_argument("--entries", type=int, default=1_000_000)
@@ -349,10 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     """keygen, node, cluster up/status/down/add/remove, kv put/get/cas and bench cluster."""
-    from .runtime.commands import EXIT_CODES
+    from .runtime.commands import help_epilog
 
-    raw = argparse.RawDescriptionHelpFormatter
-    sub = _EpilogAdder(sub, EXIT_CODES, raw)
+    sub = _EpilogAdder(sub, help_epilog)
     kg = sub.add_parser("keygen", help="write an Ed25519 key file (mode 0600) and its manifest")
     kg.add_argument("--id", required=True, help="the node (or client) id")
     where = kg.add_mutually_exclusive_group()
@@ -361,6 +495,7 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     )
     where.add_argument("--out", default=None, help="key file path (default ./keys/ID.key)")
     kg.add_argument("--force", action="store_true", help="replace an existing key file")
+    json_help = "one JSON object on stdout, errors too (the shape is below)"
 
     node = sub.add_parser("node", help="run one node of a cluster spec in this process")
     node.add_argument("--spec", required=True, help="the cluster spec (TOML)")
@@ -372,10 +507,14 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         "'cluster remove', then 'cluster add'"
     )
     node.add_argument("--rejoin", action="store_true", help=rejoin_help)
+    for c in (kg, node):
+        c.add_argument("--json", action="store_true", help=json_help)
 
-    cl = sub.add_parser("cluster", help="run a spec's nodes as local processes")
+    cl = sub.add_parser("cluster", help="start, inspect, resize and stop a local cluster")
     csub = _EpilogAdder(
-        cl.add_subparsers(dest="cluster", required=True, parser_class=_Parser), EXIT_CODES, raw
+        cl.add_subparsers(dest="cluster", required=True, parser_class=_Parser),
+        help_epilog,
+        "cluster",
     )
     up = csub.add_parser("up", help="start every node (logs in RUN_DIR/logs)")
     st = csub.add_parser("status", help="roles, terms, commit indexes and link health")
@@ -400,14 +539,15 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
     up.add_argument("--only", default=None, help="comma list of node ids to start")
     up.add_argument("--machine", default="kv", choices=["kv", "register"])
     up.add_argument("--rejoin", action="store_true", help=rejoin_help)
-    st.add_argument("--json", action="store_true")
+    for c in (up, st, down, add, rm):
+        c.add_argument("--json", action="store_true", help=json_help)
     key_help = "client key file to sign requests with (default: the spec's first [[clients]] key)"
     for c in (st, add, rm):
         c.add_argument("--key", dest="key_file", default=None, help=key_help)
 
     kv = sub.add_parser("kv", help="put/get/cas against a running cluster's KV machine")
     ksub = _EpilogAdder(
-        kv.add_subparsers(dest="kv", required=True, parser_class=_Parser), EXIT_CODES, raw
+        kv.add_subparsers(dest="kv", required=True, parser_class=_Parser), help_epilog, "kv"
     )
     kput = ksub.add_parser("put", help="set KEY to VALUE")
     kput.add_argument("key")
@@ -425,6 +565,7 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         c.add_argument("--node", default=None, help="ask this node first (default: any)")
         c.add_argument("--timeout", type=_positive_float, default=10.0)
         c.add_argument("--key", dest="key_file", default=None, help=key_help)
+        c.add_argument("--json", action="store_true", help=json_help)
 
     bcl = bsub.add_parser(
         "cluster", help="3-node cluster vs pysyncobj on 127.0.0.1: writes/s and latency"
@@ -451,14 +592,15 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
 
 
 class _EpilogAdder:
-    """A subparsers action whose ``add_parser`` gives each parser the exit-code epilog."""
+    """A subparsers action whose ``add_parser`` gives each parser its ``--help`` epilog
+    (examples and exit codes): ``epilog("PARENT NAME")``, kept as written."""
 
-    def __init__(self, action: Any, epilog: str, formatter: Any) -> None:
-        self._action, self._epilog, self._formatter = action, epilog, formatter
+    def __init__(self, action: Any, epilog: Any, parent: str = "") -> None:
+        self._action, self._epilog, self._parent = action, epilog, parent
 
     def add_parser(self, name: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("epilog", self._epilog)
-        kwargs.setdefault("formatter_class", self._formatter)
+        kwargs.setdefault("epilog", self._epilog(f"{self._parent} {name}".strip()))
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         return self._action.add_parser(name, **kwargs)
 
 
@@ -467,9 +609,9 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .sim.report import render_summary, run_simulation
     from .sim.sweep import parse_seed_range, render_sweep, run_sweep
 
-    if args.history and args.seeds:
+    if args.history and args.seeds is not None:
         raise SimConfigError("--history writes one run's history: use it with --seed")
-    if args.seeds:
+    if args.seeds is not None:
         seeds = parse_seed_range(args.seeds)
         base = _config_from(args)
         result = run_sweep(
@@ -480,11 +622,13 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
             progress=not args.json,
             workload=_workload_factory(base.workload),
         )
+        warnings = [w for w in (base.over_f_warning(),) if w is not None]
         if args.json:
             print(
                 json.dumps(
                     {
                         "seeds": [seeds.start, seeds.stop],
+                        "warnings": warnings,
                         "passed": sum(s.status == "pass" for s in result.summaries),
                         "failed": [s.to_json() for s in result.failures],
                         "unknown": [s.seed for s in result.unknown],
@@ -493,6 +637,8 @@ def _cmd_simulate(args: argparse.Namespace, out: Console, err: Console) -> int:
                 )
             )
         else:
+            for warning in warnings:
+                out.print(f"[bold yellow]warning:[/] {warning}")
             render_sweep(result, out)
         if result.failures:
             return EXIT_FAIL
@@ -525,6 +671,14 @@ def _cmd_check(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .check.command import run_check
     from .check.linearizability import DEFAULT_MEMO_BUDGET
 
+    if args.json:  # an unknown model as the one JSON error object, like any bad input
+        from .check.models import UnknownModelError, get_model
+        from .sim.config import SimConfigError
+
+        try:
+            get_model(args.model)
+        except UnknownModelError as exc:
+            raise SimConfigError(f"check: {exc}") from None
     budget = args.memo_budget or DEFAULT_MEMO_BUDGET
     return run_check(
         args.files,
@@ -547,13 +701,10 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.bench == "check":
         from .check.command import run_bench_check
         from .check.linearizability import DEFAULT_MEMO_BUDGET
+        from .sim.config import SimConfigError
 
         if args.partition and args.clients < 2:
-            print(
-                "ruflo-consensus bench check: error: --partition needs --clients 2 or more",
-                file=sys.stderr,
-            )
-            return EXIT_BAD_INPUT
+            raise SimConfigError("bench check: --partition needs --clients 2 or more")
         run_bench_check(
             n_ops=args.ops,
             n_clients=args.clients,
@@ -568,14 +719,13 @@ def _cmd_bench(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
         return EXIT_OK
     from .sim.bench import render_bench_sim, run_bench_sim
-    from .sim.config import SimConfigError
+    from .sim.sweep import parse_seed_range
 
-    if args.seeds < 1:
-        raise SimConfigError("--seeds must be at least 1")
+    seeds = parse_seed_range(args.seeds)
     config = _config_from(args)
     result = run_bench_sim(
         config,
-        args.seeds,
+        seeds,
         console=err,
         progress=not args.json,
         workload=_workload_factory(config.workload),
@@ -630,7 +780,11 @@ def _bench_storage(args: argparse.Namespace, out: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ruflo-consensus`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        _Parser.json_errors = False
     out = Console()
     err = Console(stderr=True)
     handlers = {"simulate": _cmd_simulate, "check": _cmd_check, "bench": _cmd_bench}
@@ -643,7 +797,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args, out, err)
     except SimConfigError as exc:
-        print(f"ruflo-consensus: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": "bad-input", "message": str(exc)}))
+        else:
+            print(f"ruflo-consensus: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("ruflo-consensus: interrupted", file=sys.stderr)

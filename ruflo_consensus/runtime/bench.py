@@ -432,7 +432,11 @@ def render_bench_cluster(results: dict[str, Any], console: Any) -> None:
 def run_bench_cluster_command(args: argparse.Namespace, out: Any, err: Any) -> int:
     """The ``bench cluster`` subcommand."""
     if args.nodes < 1 or args.pipeline < 1 or args.latency_ops < 1:
-        print("ruflo-consensus: error: --nodes, --pipeline and --latency-ops must be positive")
+        message = "--nodes, --pipeline and --latency-ops must be positive"
+        if args.json:
+            print(json.dumps({"error": "bad-input", "message": message}))
+        else:
+            print(f"ruflo-consensus bench cluster: error: {message}", file=sys.stderr)
         return 2
     results = run_bench_cluster(
         nodes=args.nodes,

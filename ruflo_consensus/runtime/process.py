@@ -8,7 +8,9 @@ traceback in its log: a node is never left half-alive.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,13 +33,18 @@ class StartupError(Exception):
     """The node cannot start (bad spec, key file, manifest or storage)."""
 
 
-async def _serve(spec_path: str, node_id: str, machine: str, rejoin: bool) -> None:
+async def _serve(spec_path: str, node_id: str, machine: str, rejoin: bool, as_json: bool) -> None:
     spec = load_spec(spec_path)
     node = build_node(spec, node_id, MACHINES[machine](), rejoin=rejoin)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            print(f"{node_id} ready on {spec.endpoints[node_id].url()}", flush=True)
+            url = spec.endpoints[node_id].url()
+            if as_json:
+                ready = {"event": "ready", "id": node_id, "url": url, "pid": os.getpid()}
+                print(json.dumps(ready), flush=True)
+            else:
+                print(f"{node_id} ready on {url}", flush=True)
             async for signum in signals:
                 logging.getLogger("ruflo_consensus.runtime").info(
                     "%s stopping on %s", node_id, signal.Signals(signum).name
@@ -46,13 +53,31 @@ async def _serve(spec_path: str, node_id: str, machine: str, rejoin: bool) -> No
                 break
 
 
+def _refuse(message: str, as_json: bool, error: str = "bad-input") -> None:
+    """Say why the node stops: a line on stderr, or under ``--json`` an error object."""
+    if as_json:
+        print(json.dumps({"error": error, "message": message}), flush=True)
+    else:
+        print(
+            f"ruflo-consensus node: {'error: ' if error == 'bad-input' else ''}{message}",
+            file=sys.stderr,
+        )
+
+
 def run_node_process(
-    spec_path: str | Path, node_id: str, machine: str = "kv", *, rejoin: bool = False
+    spec_path: str | Path,
+    node_id: str,
+    machine: str = "kv",
+    *,
+    rejoin: bool = False,
+    as_json: bool = False,
 ) -> int:
     """Run one node in this process until a signal; return the exit code.
 
     ``rejoin``: a node that saved state once and lost it starts as a spare (see
-    :class:`~.node.Node`) instead of refusing to start (exit 2).
+    :class:`~.node.Node`) instead of refusing to start (exit 2). ``as_json``: print
+    ``{"event": "ready", "id", "url", "pid"}`` once it listens, and a refusal to start as
+    ``{"error": "bad-input", "message"}``, on stdout.
     """
     logging.basicConfig(
         level=logging.INFO,
@@ -60,12 +85,12 @@ def run_node_process(
         stream=sys.stderr,
     )
     if machine not in MACHINES:
-        print(f"ruflo-consensus node: unknown machine {machine!r}", file=sys.stderr)
+        _refuse(f"unknown machine {machine!r}", as_json)
         return 2
     try:
-        trio.run(_serve, str(spec_path), node_id, machine, rejoin)
+        trio.run(_serve, str(spec_path), node_id, machine, rejoin, as_json)
     except (SpecError, IdentityError, NodeError, StorageError) as exc:
-        print(f"ruflo-consensus node: error: {exc}", file=sys.stderr)
+        _refuse(str(exc), as_json)
         return 2
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
@@ -73,10 +98,11 @@ def run_node_process(
             isinstance(e, SpecError | IdentityError | NodeError | StorageError | OSError)
             for e in leaves
         ):
-            for e in leaves:
-                print(f"ruflo-consensus node: error: {e}", file=sys.stderr)
+            _refuse("; ".join(str(e) for e in leaves), as_json)
             return 2
         logging.getLogger("ruflo_consensus.runtime").exception("%s crashed", node_id)
+        if as_json:
+            _refuse(f"{node_id} crashed (the traceback is on stderr)", as_json, "crashed")
         return 1
     return 0
 
@@ -94,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", required=True)
     parser.add_argument("--machine", default="kv", choices=sorted(MACHINES))
     parser.add_argument("--rejoin", action="store_true")
+    parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    return run_node_process(args.spec, args.id, args.machine, rejoin=args.rejoin)
+    return run_node_process(args.spec, args.id, args.machine, rejoin=args.rejoin, as_json=args.json)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

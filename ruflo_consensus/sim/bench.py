@@ -45,19 +45,31 @@ class _TimedCrdtSimulation(CrdtSimulation):
         self.update_messages += 1
 
 
+def _seed_range(seeds: int | range) -> range:
+    """``seeds`` as a range: a count N is seeds ``0 .. N-1``."""
+    return range(seeds) if isinstance(seeds, int) else seeds
+
+
+def _seed_fields(seeds: int | range) -> dict[str, Any]:
+    """How a result names its seeds: ``seeds`` (how many) and ``seed_range`` ``[A, B)``."""
+    r = _seed_range(seeds)
+    return {"seeds": len(r), "seed_range": [r.start, r.stop]}
+
+
 def _per_seed(
     label: str,
-    seeds: int,
+    seeds: int | range,
     run_seed: Callable[[int], dict[str, Any]],
     console: Console | None,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    """Run seeds ``0 .. seeds-1`` one after another under a progress bar; their rows."""
+    """Run the seeds (a count N: ``0 .. N-1``) one after another under a progress bar;
+    their rows."""
     rows: list[dict[str, Any]] = []
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console or Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task("bench", total=seeds)
-        for seed in range(seeds):
+        task = bar.add_task("bench", total=len(_seed_range(seeds)))
+        for seed in _seed_range(seeds):
             rows.append(run_seed(seed))
             bar.update(task, advance=1)
     return rows
@@ -78,7 +90,7 @@ def _raw_pycrdt_seconds(captured: list[tuple[int, bytes]], nodes: int) -> float:
 
 
 def run_bench_crdt(
-    base: SimConfig, seeds: int, console: Console | None = None, progress: bool = True
+    base: SimConfig, seeds: int | range, console: Console | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """CRDT merge throughput, and what the core costs over raw pycrdt on the same updates.
 
@@ -113,7 +125,7 @@ def run_bench_crdt(
         "nodes": base.nodes,
         "faults": list(base.faults),
         "duration_s": base.duration_s,
-        "seeds": seeds,
+        **_seed_fields(seeds),
         "update_messages": msgs,
         "updates_merged_new": sum(r["updates_merged_new"] for r in rows),
         "updates_per_second": msgs / core if core else 0.0,
@@ -171,7 +183,7 @@ def _raft_committed(sim: RaftSimulation) -> int:
 
 
 def run_bench_pbft(
-    base: SimConfig, seeds: int, console: Console | None = None, progress: bool = True
+    base: SimConfig, seeds: int | range, console: Console | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """PBFT against Raft on the same scenario and seeds: committed requests per wall second.
 
@@ -224,7 +236,7 @@ def run_bench_pbft(
         "faults": list(base.faults),
         "duration_s": base.duration_s,
         "clients": base.clients,
-        "seeds": seeds,
+        **_seed_fields(seeds),
         "pbft_committed_per_wall_second": total("pbft_committed") / pbft_wall if pbft_wall else 0,
         "raft_committed_per_wall_second": total("raft_committed") / raft_wall if raft_wall else 0,
         "pbft_committed": total("pbft_committed"),
@@ -288,12 +300,13 @@ def render_bench_pbft(result: dict[str, Any], console: Console) -> None:
 
 def run_bench_sim(
     base: SimConfig,
-    seeds: int,
+    seeds: int | range,
     console: Console | None = None,
     progress: bool = True,
     workload: WorkloadFactory | None = None,
 ) -> dict[str, Any]:
-    """Run ``seeds`` seeds one after another on one core; measure simulation speed only.
+    """Run ``seeds`` (a range, or a count N: ``0 .. N-1``) one after another on one core;
+    measure simulation speed only.
 
     The linearizability check is not part of the timing (``bench check`` measures it).
     ``workload`` builds the Raft runs' workload (see :func:`.report.run_simulation`).
@@ -325,7 +338,7 @@ def run_bench_sim(
         "nodes": base.nodes,
         "faults": list(base.faults),
         "duration_s": base.duration_s,
-        "seeds": seeds,
+        **_seed_fields(seeds),
         "messages": total_msgs,
         "wall_seconds": total_wall,
         "messages_per_second": total_msgs / total_wall if total_wall else 0.0,

@@ -169,6 +169,9 @@ class SimConfig:
     # pbft: how many replicas are Byzantine (None: f) and the behaviours they draw from
     byzantine: int | None = None
     behaviours: tuple[str, ...] = BYZANTINE_BEHAVIOURS
+    # pbft: run more than f Byzantine replicas on purpose (a run that may fail: see
+    # :meth:`SimConfig.over_f_warning`); without it such a config is refused
+    allow_over_f: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.nodes > 64:
@@ -225,6 +228,13 @@ class SimConfig:
             raise SimConfigError("--quiet-tail must not be negative")
         if self.byzantine is not None and not 0 <= self.byzantine <= self.nodes:
             raise SimConfigError("--byzantine must be between 0 and the number of nodes")
+        if self.over_f_warning() is not None and not self.allow_over_f:
+            tolerated = (self.nodes - 1) // 3
+            raise SimConfigError(
+                f"--byzantine {self.byzantine} exceeds f = {tolerated}, what PBFT tolerates with "
+                f"{self.nodes} nodes (n >= 3f + 1): its safety is not guaranteed; add "
+                "--allow-over-f to run it anyway, e.g. to watch it break"
+            )
         parse_behaviours(",".join(self.behaviours))  # raises on an unknown one
         if self.reads == "fast" and self.backend != "pbft":
             raise SimConfigError("--reads fast is PBFT's read-only fast path (--backend pbft)")
@@ -262,6 +272,20 @@ class SimConfig:
                 raise SimConfigError(f"{name} must be positive")
         if self.client_give_up_ms < self.client_timeout_ms:
             raise SimConfigError("client_give_up_ms must be at least client_timeout_ms")
+
+    def over_f_warning(self) -> str | None:
+        """What a PBFT run with more Byzantine replicas than ``f`` does not promise, or None.
+
+        Such a config is refused unless ``allow_over_f``; the report of one that runs
+        carries this sentence.
+        """
+        f = (self.nodes - 1) // 3
+        if self.backend != "pbft" or self.byzantine is None or self.byzantine <= f:
+            return None
+        return (
+            f"{self.byzantine} Byzantine replicas exceed f = {f} for {self.nodes} nodes "
+            "(--allow-over-f): safety is not guaranteed past f, so a failing seed is no bug"
+        )
 
     def with_seed(self, seed: int) -> SimConfig:
         """The same config with another seed."""
@@ -301,6 +325,8 @@ class SimConfig:
             parts += ["--byzantine", str(self.byzantine)]
         if self.behaviours != default.behaviours:
             parts += ["--behaviours", ",".join(self.behaviours)]
+        if self.allow_over_f:
+            parts += ["--allow-over-f"]
         if self.snapshot_entries != default.snapshot_entries:
             parts += ["--snapshot-entries", str(self.snapshot_entries)]
         if self.snapshot_chunk_bytes != default.snapshot_chunk_bytes:
@@ -350,6 +376,7 @@ _OWN_OPTIONS = frozenset(
         "fault_duration_s",
         "byzantine",
         "behaviours",
+        "allow_over_f",
         "snapshot_entries",
         "snapshot_chunk_bytes",
         "max_drift",

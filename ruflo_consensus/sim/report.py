@@ -14,7 +14,36 @@ from .config import FAULT_DESCRIPTIONS, SimConfig
 from .raft_sim import RaftSimulation, SimResult, default_core_factory
 from .workload import WorkloadFactory
 
-__all__ = ["SimSummary", "render_summary", "run_simulation", "summarize"]
+__all__ = [
+    "OPERATION_TYPES",
+    "SimSummary",
+    "operation_types",
+    "render_summary",
+    "run_simulation",
+    "summarize",
+]
+
+OPERATION_TYPES: dict[str, str] = {
+    "ok": "completed: the command was applied, or the read answered",
+    "fail": "definitely not applied: the command was refused (a cas whose old value did "
+    "not match, a typed rejection) and changed nothing",
+    "info": "unknown outcome: no answer in time (or before the run ended), the command may "
+    "or may not have been applied",
+}
+"""What each client operation type means (``operation_types`` in ``simulate --json``)."""
+
+
+def operation_types(workload: str) -> dict[str, str]:
+    """:data:`OPERATION_TYPES`, worded for ``workload``: in the federation workload a
+    ``fail`` is a command the machines refused by design (a typed rejection)."""
+    if workload != "federation":
+        return dict(OPERATION_TYPES)
+    return {
+        **OPERATION_TYPES,
+        "fail": "refused by design: the replicated machines rejected the command with a "
+        "typed code (see 'commands rejected by code'), as the workload means some to be; "
+        "not an error of the run",
+    }
 
 
 @dataclass(frozen=True)
@@ -23,7 +52,9 @@ class SimSummary:
 
     ``status`` is ``"pass"`` (no invariant broken, history linearizable), ``"fail"``
     (an invariant broke or the history is not linearizable) or ``"unknown"`` (the
-    linearizability check timed out).
+    linearizability check timed out). ``operation_types`` says what the ``ok``, ``fail``
+    and ``info`` counts of ``operations`` mean for this workload; ``warnings`` what the
+    run does not promise (more Byzantine replicas than f, allowed on purpose).
     """
 
     seed: int
@@ -50,6 +81,8 @@ class SimSummary:
     replay: str
     failure_window: str | None
     recent_events: list[str]
+    operation_types: dict[str, str]
+    warnings: list[str]
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``recent_events`` only when the run failed)."""
@@ -107,6 +140,8 @@ def summarize(result: SimResult, check_timeout_s: float | None = None) -> SimSum
         replay=result.config.replay_command(),
         failure_window=window,
         recent_events=result.recent_events,
+        operation_types=operation_types(result.config.workload),
+        warnings=[w for w in (result.config.over_f_warning(),) if w is not None],
     )
 
 
@@ -147,11 +182,15 @@ def render_summary(summary: SimSummary, console: Console) -> None:
         f"[bold]ruflo-consensus simulation[/] seed {summary.seed}: "
         f"[bold {colour}]{summary.status.upper()}[/]"
     )
+    for warning in summary.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     ops = summary.operations
     table.add_row("operations", f"{ops['ok']} ok, {ops['fail']} fail, {ops['info']} info")
+    for kind in ("fail", "info"):
+        table.add_row(f"  {kind}", summary.operation_types[kind])
     if summary.max_term:
         table.add_row(
             "leader changes", f"{summary.leader_changes} (highest term {summary.max_term})"

@@ -21,18 +21,22 @@ __all__ = ["SweepResult", "parse_seed_range", "render_sweep", "run_sweep"]
 
 
 def parse_seed_range(text: str) -> range:
-    """Parse ``"0:1000"`` (start inclusive, end exclusive) or a single ``"17"``."""
+    """Parse ``--seeds``: ``"A:B"`` (seeds A to B-1, ``0 <= A < B``) or a count ``"N"``,
+    which means ``"0:N"``. ``simulate`` and ``bench sim`` both read it so.
+
+    Raises :class:`SimConfigError` with a one-line message on anything else.
+    """
+    usage = "--seeds takes a range A:B (seeds A to B-1) or a count N (= 0:N)"
     try:
         if ":" in text:
             start_s, end_s = text.split(":", 1)
             start, end = int(start_s), int(end_s)
         else:
-            start = int(text)
-            end = start + 1
-    except ValueError as exc:
-        raise SimConfigError(f"--seeds takes START:END (integers), got {text!r}") from exc
+            start, end = 0, int(text)
+    except ValueError:
+        raise SimConfigError(f"{usage}, got {text!r}") from None
     if start < 0 or end <= start:
-        raise SimConfigError(f"--seeds needs 0 <= START < END, got {text!r}")
+        raise SimConfigError(f"{usage} with 0 <= A < B and N >= 1, got {text!r}")
     return range(start, end)
 
 

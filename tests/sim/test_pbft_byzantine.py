@@ -99,7 +99,7 @@ def test_wrong_replies_from_f_replicas_are_never_accepted() -> None:
 
 
 def test_f_plus_1_liars_get_a_wrong_answer_accepted_and_the_checker_sees_it() -> None:
-    base = replace(SWEEP, byzantine=2, behaviours=("wrong-reply",))
+    base = replace(SWEEP, byzantine=2, behaviours=("wrong-reply",), allow_over_f=True)
     summary = run_simulation(base.with_seed(1))
     assert summary.status == "fail"
     assert summary.linearizable is False  # clients accepted 'lie' that nobody wrote
@@ -110,7 +110,7 @@ def test_byzantine_settings_are_checked_and_replayed() -> None:
         SimConfig(backend="pbft", nodes=4, byzantine=5)
     with pytest.raises(SimConfigError):
         SimConfig(backend="pbft", behaviours=("teleport",))
-    cfg = replace(SWEEP, byzantine=2, behaviours=("silent", "forge"))
+    cfg = replace(SWEEP, byzantine=2, behaviours=("silent", "forge"), allow_over_f=True)
     cmd = cfg.replay_command()
     assert "--byzantine 2" in cmd and "--behaviours silent,forge" in cmd
     assert "--quiet-tail 0.6" in cmd and "--nemesis-interval 0.1:0.4" in cmd

@@ -154,7 +154,9 @@ def test_f_plus_1_colluding_byzantine_replicas_break_agreement_and_the_seed_repl
     nodes: int,
 ) -> None:
     f = (nodes - 1) // 3
-    base = replace(SWEEP, nodes=nodes, byzantine=f + 1, behaviours=("equivocate",))
+    base = replace(
+        SWEEP, nodes=nodes, byzantine=f + 1, behaviours=("equivocate",), allow_over_f=True
+    )
     _first_failure_replays(base, range(6))
     assert "--byzantine" in base.with_seed(0).replay_command()
     # the very same adversary with f replicas is harmless
@@ -317,7 +319,7 @@ def test_cli_pbft_sweep_and_byzantine_options(capsys: pytest.CaptureFixture[str]
     code = main([*PBFT_ARGS, "--seeds", "0:4", "--processes", "2", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["passed"] == 4
-    colluders = ["--byzantine", "2", "--behaviours", "equivocate"]
+    colluders = ["--byzantine", "2", "--behaviours", "equivocate", "--allow-over-f"]
     code = main([*PBFT_ARGS, "--seeds", "0:3", *colluders, "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 1  # f + 1 colluders: the sweep fails and says how to replay it
