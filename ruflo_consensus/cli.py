@@ -516,6 +516,24 @@ def _add_runtime_commands(sub: Any, bsub: Any) -> None:
         help_epilog,
         "cluster",
     )
+    init = csub.add_parser(
+        "init", help="write DIR/cluster.toml: nodes on free ports of 127.0.0.1, fresh keys"
+    )
+    init.add_argument("dir", help="the folder for cluster.toml, keys/ and data/")
+    init.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (1-64)")
+    init.add_argument(
+        "--topology", default="mesh", choices=["mesh", "ring", "star", "hierarchical"]
+    )
+    init.add_argument(
+        "--spares",
+        type=int,
+        default=0,
+        help="how many of the nodes start as spares (join = true) for 'cluster add'",
+    )
+    init.add_argument(
+        "--force", action="store_true", help="rewrite an existing cluster.toml (keys are kept)"
+    )
+    init.add_argument("--json", action="store_true", help=json_help)
     up = csub.add_parser("up", help="start every node (logs in RUN_DIR/logs)")
     st = csub.add_parser("status", help="roles, terms, commit indexes and link health")
     down = csub.add_parser(

@@ -53,10 +53,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "node --spec cluster.toml --id n4 --json        # one JSON line once it listens",
     ),
     "cluster": (
+        "cluster init demo                              # writes demo/cluster.toml",
         "cluster up cluster.toml",
         "cluster status cluster.toml | grep leader",
         "cluster add cluster.toml n4",
         "cluster down cluster.toml",
+    ),
+    "cluster init": (
+        "cluster init demo                              # demo/cluster.toml, 3 nodes",
+        "cluster init demo --nodes 5 --topology ring --spares 1 --json",
     ),
     "cluster up": (
         "cluster up cluster.toml",
@@ -112,6 +117,7 @@ _REFUSALS = ("UNAUTHENTICATED", "REFUSED")  # client errors that are an answer: 
 JSON_SHAPES: dict[str, str] = {
     "keygen": '{"id", "key_file", "manifest", "public_key"}',
     "node": '{"event": "ready", "id", "url", "pid"}, one line once it listens',
+    "cluster init": '{"spec", "topology", "voters": [ID, ...], "spares": [ID, ...]}',
     "cluster up": '{"spec", "run_dir", "nodes": {ID: {"pid", "log"}}}',
     "cluster status": '[{"id", "backend", "role", "term", "leader", "commit", ...}, ...]',
     "cluster down": '{"run_dir", "nodes": {ID: "stopped" | "killed" | "not running"}}',
@@ -213,10 +219,60 @@ def _keygen(args: argparse.Namespace, out: Console) -> int:
     return EXIT_OK
 
 
+MAX_INIT_NODES = 64
+"""The most nodes ``cluster init`` writes a spec for."""
+
+
+def _cluster_init(args: argparse.Namespace, out: Console) -> int:
+    """``cluster init DIR``: a spec for nodes on free ports of 127.0.0.1, with fresh keys."""
+    from .localspec import write_local_spec
+    from .spec import SpecError, load_spec
+
+    if not 1 <= args.nodes <= MAX_INIT_NODES:
+        raise SpecError(f"--nodes must be 1 to {MAX_INIT_NODES}, got {args.nodes}")
+    if not 0 <= args.spares < args.nodes:
+        raise SpecError(
+            f"--spares must leave at least one voter: 0 to {args.nodes - 1}, got {args.spares}"
+        )
+    folder = Path(args.dir)
+    target = folder / "cluster.toml"
+    if target.exists() and not args.force:
+        raise SpecError(f"{target}: a spec is already there (use --force to rewrite it)")
+    ids = [f"n{i + 1}" for i in range(args.nodes)]
+    spares = ids[len(ids) - args.spares :] if args.spares else []
+    path = write_local_spec(
+        folder,
+        args.topology,
+        args.nodes,
+        node_extra={node_id: {"join": True} for node_id in spares},
+        name=folder.resolve().name,
+    )
+    spec = load_spec(path)  # what was written loads, or this is our bug: say so loudly
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "spec": str(path.resolve()),
+                    "topology": args.topology,
+                    "voters": list(spec.voters),
+                    "spares": spares,
+                }
+            )
+        )
+        return EXIT_OK
+    out.print(f"wrote {path.resolve()}: {args.nodes} {args.topology} nodes on 127.0.0.1")
+    if spares:
+        out.print(f"spares (join = true, for 'cluster add'): {', '.join(spares)}")
+    out.print(f"next: ruflo-consensus cluster up {path}")
+    return EXIT_OK
+
+
 def _cluster(args: argparse.Namespace, out: Console) -> int:
     from .cluster import cluster_down, cluster_status, cluster_up, default_run_dir
     from .spec import SpecError
 
+    if args.cluster == "init":
+        return _cluster_init(args, out)
     if args.cluster == "up":
         only = [x for x in args.only.split(",") if x] if args.only else None
         run_dir = Path(args.dir) if args.dir else default_run_dir(args.spec)
