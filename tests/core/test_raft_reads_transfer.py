@@ -24,6 +24,7 @@ from ruflo_consensus.core.raft import (
     VoteResponse,
     entry_size,
 )
+from tests.helpers.broken_raft import LeaseIgnoresDrift
 from tests.helpers.raft_harness import Harness
 
 
@@ -44,7 +45,7 @@ def test_leader_read_index_waits_for_a_heartbeat_round_then_returns_commit() -> 
     rd = core.ready()
     assert rd.reads == []  # not confirmed yet
     rounds = {m.round for m in rd.messages if isinstance(m, AppendEntries)}
-    assert rounds == {core._round}  # an immediate heartbeat round went out
+    assert rounds == {core._read_only.round}  # an immediate heartbeat round went out
     h.queue.extend(rd.messages)
     h.run()
     assert [(r.ctx, r.index) for r in h.reads[leader]] == [("r1", core.commit)]
@@ -76,7 +77,7 @@ def test_read_on_a_fresh_leader_waits_for_its_first_commit() -> None:
     assert core.role is Role.LEADER and core.term_at(core.commit) != core.term
     core.read_index("early")
     rd = core.ready()
-    assert rd.reads == [] and core._reads_before_commit  # the old commit could be stale
+    assert rd.reads == [] and core._read_only.waiting  # the old commit could be stale
     noop = core.last_index
     core.step(AppendResponse("n2", "n1", 2, True, noop, 0, 0))  # the no-op commits
     assert core.commit == noop
@@ -247,7 +248,7 @@ def _lease_scenario(core_factory: type[RaftCore]) -> tuple[Harness, str, str]:
         h.cores[nid] = core_factory(nid, h.ids, random.Random(nid.encode()[1]), cfg)
     old = h.elect()
     h.tick(6)
-    h.cores[old]._read_round_needed = True  # one more acknowledged round, then cut off
+    h.cores[old]._read_only.round_needed = True  # one more acknowledged round, then cut off
     h.run()
     h.isolate(old)
     others = [n for n in h.ids if n != old]
@@ -261,18 +262,8 @@ def _lease_scenario(core_factory: type[RaftCore]) -> tuple[Harness, str, str]:
     raise AssertionError("no new leader committed")
 
 
-class _LeaseIgnoringDrift(RaftCore):
-    def lease_valid(self) -> bool:
-        sent = self._round_tick.get(self._quorum_round())
-        return (
-            self.role is Role.LEADER
-            and sent is not None
-            and self.ticks < sent + self.config.election_ticks
-        )
-
-
 def test_a_lease_that_ignores_clock_drift_serves_a_stale_read() -> None:
-    h, old, new = _lease_scenario(_LeaseIgnoringDrift)
+    h, old, new = _lease_scenario(LeaseIgnoresDrift)
     core = h.cores[old]
     assert core.role is Role.LEADER  # check-quorum has not caught up with it yet
     core.read_index("stale?")

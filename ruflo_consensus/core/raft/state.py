@@ -31,7 +31,7 @@ from .log import RaftLog
 from .membership import ConfigHistory, Configuration, configuration_problem
 from .messages import ReadIndexRequest, ReadIndexResponse
 from .progress import Progress
-from .read_only import ReadOnly, WaitingRead
+from .read_only import ReadOnly
 from .snapshot import IncomingSnapshot, SnapshotTrigger
 
 __all__ = ["RaftState"]
@@ -203,29 +203,6 @@ class RaftState:
     def hard_state(self) -> HardState:
         """The current durable state (term, vote, commit)."""
         return HardState(self._term, self.vote, self.commit)
-
-    # Unit tests look at (and nudge) the read bookkeeping through these names, which
-    # the core had before :mod:`.read_only` held it; the core itself does not use them.
-
-    @property
-    def _round(self) -> int:
-        return self._read_only.round
-
-    @property
-    def _round_tick(self) -> dict[int, int]:
-        return self._read_only.round_tick
-
-    @property
-    def _reads_before_commit(self) -> list[WaitingRead]:
-        return self._read_only.waiting
-
-    @property
-    def _read_round_needed(self) -> bool:
-        return self._read_only.round_needed
-
-    @_read_round_needed.setter
-    def _read_round_needed(self, needed: bool) -> None:
-        self._read_only.round_needed = needed
 
     # ----------------------------------------------------------------- primitives
 
