@@ -20,6 +20,7 @@ __all__ = [
     "canonical_bytes",
     "canonical_digest",
     "canonical_loads",
+    "key_rank",
     "normalize",
 ]
 
@@ -30,7 +31,9 @@ _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 
 
-def _key_rank(key: Any) -> tuple[int, Any]:
+def key_rank(key: Any) -> tuple[int, Any]:
+    """The sort key of a map key in canonical order: strings, then bytes, then integers;
+    ``TypeError`` for any other key type."""
     if isinstance(key, str):
         return (0, key)
     if isinstance(key, bytes):
@@ -69,7 +72,7 @@ def normalize(obj: Any, depth: int = 0) -> Any:
         return [normalize(item, depth + 1) for item in obj]
     if isinstance(obj, dict):
         ranked = sorted(
-            ((_key_rank(k), normalize(k, depth + 1), v) for k, v in obj.items()),
+            ((key_rank(k), normalize(k, depth + 1), v) for k, v in obj.items()),
             key=lambda item: item[0],
         )
         out: dict[Any, Any] = {}

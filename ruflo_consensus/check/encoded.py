@@ -24,6 +24,8 @@ from typing import Any
 
 import msgpack
 
+from ..canonical import key_rank
+
 __all__ = ["same_command", "same_state", "state_bytes", "wire_bytes"]
 
 
@@ -41,13 +43,11 @@ def wire_bytes(value: Any) -> bytes:
 
 
 def _key_rank(key: Any) -> tuple[int, Any]:
-    if isinstance(key, str):
-        return (0, key)
-    if isinstance(key, bytes):
-        return (1, key)
-    if isinstance(key, int) and not isinstance(key, bool):
-        return (2, key)
-    return (3, repr(key))
+    """The canonical order of map keys, with any other key type last, by its ``repr``."""
+    try:
+        return key_rank(key)
+    except TypeError:
+        return (3, repr(key))
 
 
 def _ordered(value: Any) -> Any:
